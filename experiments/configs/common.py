@@ -1,0 +1,77 @@
+"""Fields shared by every family's config. Each preset file starts from here."""
+
+import ml_collections
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """The data section: which datasets, how windows are cut, how frames look."""
+  return ml_collections.ConfigDict(dict(
+      # Root holding one TFDS-layout dataset directory per registry entry.
+      data_dir="",  # "" -> $WAM_DATA_DIR or ./wam_data (embedded MetaWorld sample).
+      # ((registry name, sampling weight), ...).
+      mixture=(("metaworld_demos", 1.0),),
+      train_split="train",
+      val_split="val",
+      cameras=("primary",),
+      image_size=64,
+      history=2,            # h: observation frames t-h+1..t.
+      future_offset=4,      # k: world-prediction target frames at t+k, t+2k, ...
+      num_future=1,         # F.
+      action_horizon=8,     # H: chunk a_t..a_{t+H-1}.
+      action_dim=7,         # actions are zero-padded to this many dims.
+      proprio_dim=8,        # proprio is zero-padded to this many dims.
+      max_text_len=48,
+      normalization="quantile",  # "zscore" | "quantile" (q01/q99 -> [-1, 1]).
+      augment=ml_collections.ConfigDict(dict(
+          enabled=True, crop_scale=(0.85, 1.0), crop_ratio=(0.9, 1.1),
+          brightness=0.2, contrast=0.2, saturation=0.2)),
+      num_workers=0,        # grain worker processes (part of a run's identity).
+      shuffle_seed_offset=0,
+      # The embedded MetaWorld sample generated on first use when data_dir is empty.
+      metaworld=ml_collections.ConfigDict(dict(
+          tasks=("drawer-close-v3", "button-press-topdown-v3", "drawer-open-v3", "door-open-v3"),
+          episodes_per_task=25, video_episodes_per_task=10, resolution=64)),
+  ))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = data_config()
+  config.train = ml_collections.ConfigDict(dict(
+      steps=2000,
+      batch_size=64,
+      grad_accum_steps=1,
+      learning_rate=3e-4,
+      warmup_steps=100,
+      end_learning_rate_factor=0.05,
+      weight_decay=1e-4,
+      grad_clip_norm=1.0,
+      b1=0.9, b2=0.95,
+      ema_decay=0.0,          # 0 disables EMA params.
+      compute_dtype="float32",  # "bfloat16": bf16 matmuls, fp32 params.
+      log_every=25,
+      val_every=250,
+      val_batches=4,
+      ckpt_every=250,
+      keep_last=3,
+      keep_every=0,           # also keep every Nth step forever (0: off).
+      summary_every=500,      # image/video summaries (families that predict frames).
+      init_from="",           # params of another run to start from (fine-tuning).
+      matmul_peak_gflops=0.0,  # 0: measure the CPU peak once and cache it.
+  ))
+  config.mesh = ml_collections.ConfigDict(dict(
+      shape=(-1, 1, 1),       # (data, fsdp, tensor); -1 takes the remaining devices.
+      rules_name="fsdp",      # named logical-axis rule table (wam_jax/training/sharding.py).
+  ))
+  config.eval = ml_collections.ConfigDict(dict(
+      tasks=(),               # () -> the training tasks of the embedded MetaWorld sample.
+      episodes_per_task=10,
+      seed_offset=100_000,    # eval seeds are disjoint from generation seeds.
+      max_steps=200,
+      execute_steps=4,        # actions executed per predicted chunk.
+      temporal_ensemble=False,
+      num_workers=1,
+      num_videos=2,
+  ))
+  return config
