@@ -1,0 +1,31 @@
+"""Test-session setup shared by every test module.
+
+* 8 host CPU devices, so sharding tests use real meshes (single-device tests
+  build a 1-device mesh explicitly).
+* absl flags marked parsed: grain worker processes read flags at start-up.
+* Headless MuJoCo through EGL.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BRIDGE_DIR = REPO.parent / "shared" / "data" / "bridge_debug" / "bridge_dataset" / "1.0.0"
+
+
+@pytest.fixture(scope="session")
+def bridge_dir():
+  if not BRIDGE_DIR.exists():
+    pytest.fail(f"real Bridge sample missing at {BRIDGE_DIR} (CI copies ../shared beside the repo)")
+  return BRIDGE_DIR
