@@ -1,0 +1,53 @@
+"""What the thin entry points in experiments/ call: flag parsing with clear errors, train, evaluate."""
+
+import logging as py_logging
+import pathlib
+import sys
+
+from absl import app, flags, logging
+
+
+def _parse_flags(argv):
+  """absl parsing, but an unknown or mistyped --config.* field is a one-line error naming it."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}\nPass --helpfull to see the flags.", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError) as e:
+    missing = str(e).strip("'\"")
+    culprits = [a.split("=")[0] for a in argv if a.startswith("--config.") and missing in a.split("=")[0]]
+    where = culprits[0] if culprits else "a --config override"
+    print(f"error: {where}: the config has no field {missing!r}", file=sys.stderr)
+    sys.exit(2)
+
+
+def quiet_libraries():
+  for name in ("absl", "orbax", "jax._src", "grain"):
+    py_logging.getLogger(name).setLevel(py_logging.WARNING)
+  logging.set_verbosity(logging.INFO)
+  # Orbax and Grain log through absl at INFO: keep ours, drop theirs.
+  class _OnlyOurs(py_logging.Filter):
+    def filter(self, record):
+      return record.levelno >= py_logging.WARNING or "wam_jax" in record.pathname or "experiments" in record.pathname
+  py_logging.getLogger("absl").addFilter(_OnlyOurs())
+  logging.get_absl_handler().addFilter(_OnlyOurs())
+
+
+def run(main):
+  def _main(argv):
+    quiet_libraries()
+    return main(argv)
+  app.run(_main, flags_parser=_parse_flags)
+
+
+def train_and_evaluate(config, workdir):
+  from wam_jax.training import trainer
+  workdir = pathlib.Path(workdir)
+  final = trainer.train(config, workdir)
+  print(f"training done at step {final.get('step')}: checkpoints in {workdir / 'checkpoints'}, "
+        f"metrics in {workdir / 'metrics.jsonl'}, TensorBoard in {workdir / 'tensorboard'}")
+  if config.eval.get("at_end", False) and final.get("step") == config.train.steps:
+    from wam_jax.evaluation import run_eval
+    run_eval.evaluate_run(workdir, config)
+  return final

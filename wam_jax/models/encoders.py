@@ -1,0 +1,89 @@
+"""Observation encoders shared by every family: images, text, proprio -> tokens [B, N, D]."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from wam_jax.models import layers
+
+
+def patchify(frames_BTHWC, patch: int):
+  """[B, T, H, W, C] uint8/float -> [B, T, (H/p)*(W/p), p*p*C] float in [-1, 1]."""
+  b, t, h, w, c = frames_BTHWC.shape
+  if h % patch or w % patch:
+    raise ValueError(f"image size {h}x{w} is not divisible by model.patch_size={patch}")
+  x = frames_BTHWC.astype(jnp.float32) / 127.5 - 1.0
+  x = x.reshape(b, t, h // patch, patch, w // patch, patch, c)
+  x = x.transpose(0, 1, 2, 4, 3, 5, 6)
+  return x.reshape(b, t, (h // patch) * (w // patch), patch * patch * c)
+
+
+class ImageTokenizer(nn.Module):
+  """ViT-style patch embedding with learned spatial and temporal position embeddings.
+
+  [B, T, H, W, 3] -> tokens [B, T*N, D] and their mask [B, T*N] from mask_BT.
+  """
+  width: int
+  patch_size: int
+  dot_general: layers.DotGeneral = None
+
+  @nn.compact
+  def __call__(self, frames_BTHWC, mask_BT):
+    patches = patchify(frames_BTHWC, self.patch_size)
+    b, t, n, _ = patches.shape
+    tok_BTND = layers.logical_dense(self.width, ("patch", "embed"), dot_general=self.dot_general,
+                                    name="patch_embed")(patches)
+    tok_BTND = tok_BTND + layers.learned_embedding(self, "pos", (n, self.width), ("length", "embed"))
+    tok_BTND = tok_BTND + layers.learned_embedding(self, "time", (t, self.width), ("time", "embed"))[:, None]
+    mask_BTN = jnp.broadcast_to(mask_BT[:, :, None], (b, t, n))
+    return tok_BTND.reshape(b, t * n, self.width), mask_BTN.reshape(b, t * n)
+
+
+class TextTokenizer(nn.Module):
+  """Token ids [B, L] -> embeddings [B, L, D] (+ learned positions)."""
+  width: int
+  vocab_size: int
+
+  @nn.compact
+  def __call__(self, ids_BL):
+    emb = nn.Embed(self.vocab_size, self.width, name="embed",
+                   embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
+    x = emb(ids_BL)
+    return x + layers.learned_embedding(self, "pos", (ids_BL.shape[1], self.width), ("length", "embed"))
+
+
+class ObservationEncoder(nn.Module):
+  """All observation tokens of a batch: cameras, proprio, instruction, dataset id.
+
+  Returns tokens [B, N, D] and mask [B, N]. Each camera has its own patch
+  embedding; proprio is one token per history step.
+  """
+  width: int
+  patch_size: int
+  cameras: tuple
+  vocab_size: int
+  num_datasets: int
+  dot_general: layers.DotGeneral = None
+
+  @nn.compact
+  def __call__(self, batch):
+    history_mask = batch["history_mask"]
+    tokens, masks = [], []
+    for cam in self.cameras:
+      t, m = ImageTokenizer(self.width, self.patch_size, self.dot_general, name=f"image_{cam}")(
+          batch[f"image_{cam}"], history_mask)
+      t = t + layers.learned_embedding(self, f"camera_{cam}", (self.width,), ("embed",))
+      tokens.append(t)
+      masks.append(m)
+    proprio = layers.logical_dense(self.width, (None, "embed"), dot_general=self.dot_general,
+                                   name="proprio")(batch["proprio"])
+    proprio = proprio + layers.learned_embedding(self, "proprio_time", (proprio.shape[1], self.width), ("time", "embed"))
+    tokens.append(proprio)
+    masks.append(history_mask)
+    tokens.append(TextTokenizer(self.width, self.vocab_size, name="text")(batch["language_tokens"]))
+    masks.append(batch["language_mask"])
+    dataset_tok = nn.Embed(self.num_datasets, self.width, name="dataset",
+                           embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")))(
+                               batch["dataset_id"])
+    tokens.append(dataset_tok[:, None])
+    masks.append(jnp.ones_like(batch["dataset_id"], bool)[:, None])
+    return jnp.concatenate(tokens, axis=1), jnp.concatenate(masks, axis=1)

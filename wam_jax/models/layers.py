@@ -1,0 +1,114 @@
+"""Shared transformer blocks. Every family builds on these.
+
+Parameters carry logical axis names (``embed``, ``mlp``, ``heads``, ``kv``,
+``vocab``, ``patch``, ``length``); ``wam_jax.training.sharding`` maps them to
+the device mesh. Dense layers take a ``dot_general`` so bf16/AMX compute is a
+config switch (``wam_jax.models.matmul``) while parameters stay float32.
+"""
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+DotGeneral = Optional[Callable[..., jax.Array]]
+
+default_init = nn.initializers.xavier_uniform()
+
+
+def logical_dense(features, names, *, dot_general=None, use_bias=True, axis=-1, name=None,
+                  kernel_init=default_init):
+  """A DenseGeneral whose kernel/bias are annotated with logical axis names."""
+  out_names = names[-(len(features) if isinstance(features, tuple) else 1):]
+  return nn.DenseGeneral(
+      features=features, axis=axis, use_bias=use_bias, dot_general=dot_general,
+      kernel_init=nn.with_logical_partitioning(kernel_init, names),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), out_names),
+      name=name)
+
+
+def layer_norm(name=None):
+  return nn.LayerNorm(
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+      name=name)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention over [B, N, D] with a key padding mask [B, N]."""
+  num_heads: int
+  dot_general: DotGeneral = None
+
+  @nn.compact
+  def __call__(self, x_BND, mask_BN=None, causal=False):
+    d = x_BND.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f"model.width={d} is not divisible by model.num_heads={self.num_heads}")
+    head_dim = d // self.num_heads
+    qkv = logical_dense((3, self.num_heads, head_dim), ("embed", None, "heads", "kv"),
+                        dot_general=self.dot_general, name="qkv")(x_BND)
+    q_BNHK, k_BNHK, v_BNHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    logits_BHNM = jnp.einsum("bnhk,bmhk->bhnm", q_BNHK, k_BNHK) / jnp.sqrt(head_dim).astype(x_BND.dtype)
+    allowed = jnp.ones(logits_BHNM.shape[-2:], bool)[None, None]
+    if causal:
+      allowed = jnp.tril(allowed)
+    if mask_BN is not None:
+      allowed = allowed & mask_BN[:, None, None, :]
+    logits_BHNM = jnp.where(allowed, logits_BHNM, jnp.finfo(logits_BHNM.dtype).min)
+    probs = jax.nn.softmax(logits_BHNM, axis=-1)
+    out_BNHK = jnp.einsum("bhnm,bmhk->bnhk", probs, v_BNHK)
+    return logical_dense(d, ("heads", "kv", "embed"), axis=(-2, -1),
+                         dot_general=self.dot_general, name="out")(out_BNHK)
+
+
+class MlpBlock(nn.Module):
+  mlp_dim: int
+  dropout: float = 0.0
+  dot_general: DotGeneral = None
+
+  @nn.compact
+  def __call__(self, x_BND, train: bool):
+    d = x_BND.shape[-1]
+    h = logical_dense(self.mlp_dim, ("embed", "mlp"), dot_general=self.dot_general, name="wi")(x_BND)
+    h = nn.gelu(h)
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    return logical_dense(d, ("mlp", "embed"), dot_general=self.dot_general, name="wo")(h)
+
+
+class TransformerBlock(nn.Module):
+  """Pre-LN block: x + Attn(LN(x)); x + MLP(LN(x))."""
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  dot_general: DotGeneral = None
+
+  @nn.compact
+  def __call__(self, x_BND, mask_BN, train: bool, causal: bool = False):
+    x_BND = nn.with_logical_constraint(x_BND, ("batch", "length", "embed"))
+    y = Attention(self.num_heads, self.dot_general, name="attn")(layer_norm("ln_attn")(x_BND), mask_BN, causal)
+    x_BND = x_BND + nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = MlpBlock(self.mlp_dim, self.dropout, self.dot_general, name="mlp")(layer_norm("ln_mlp")(x_BND), train)
+    return x_BND + nn.Dropout(self.dropout, deterministic=not train)(y)
+
+
+class Transformer(nn.Module):
+  """A stack of unrolled blocks (unrolled: 1.6x faster than nn.scan on CPU) + final LN."""
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  dot_general: DotGeneral = None
+
+  @nn.compact
+  def __call__(self, x_BND, mask_BN=None, *, train: bool, causal: bool = False):
+    for i in range(self.depth):
+      x_BND = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout, self.dot_general,
+                               name=f"block_{i}")(x_BND, mask_BN, train, causal)
+    return layer_norm("ln_final")(x_BND)
+
+
+def learned_embedding(module: nn.Module, name: str, shape, names):
+  """A learned table (positions, queries) with logical axis names."""
+  return module.param(name, nn.with_logical_partitioning(nn.initializers.normal(0.02), names), shape)

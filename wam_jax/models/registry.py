@@ -1,0 +1,44 @@
+"""Model families by config name, and the three functions the trainer needs.
+
+Every family is a linen module with ``__call__(batch, train) -> (loss, metrics)``
+and ``predict_actions(batch) -> [B, K, A]`` (normalized). The trainer and the
+exported policy only ever call the functions below, so they never know which
+family they run.
+"""
+
+import jax
+
+from wam_jax.data.tokenizer import ByteTokenizer
+from wam_jax.models import matmul
+from wam_jax.models.families.vla import VLA
+
+FAMILIES = {"vla": VLA}
+
+
+def build_model(config, num_datasets: int):
+  name = config.model.name
+  if name not in FAMILIES:
+    raise ValueError(f"config.model.name={name!r} is not a model family; known: {sorted(FAMILIES)}")
+  return FAMILIES[name](
+      config=config.model, data_config=config.data, num_datasets=num_datasets,
+      vocab_size=ByteTokenizer.vocab_size,
+      dot_general=matmul.make_dot_general(config.train.compute_dtype))
+
+
+def _rngs(rng):
+  dropout, noise = jax.random.split(rng)
+  return {"dropout": dropout, "noise": noise}
+
+
+def init_params(model, rng, batch):
+  """Boxed (logically partitioned) params; call under jit / eval_shape."""
+  params_rng, rng = jax.random.split(rng)
+  return model.init({"params": params_rng, **_rngs(rng)}, batch, train=False)["params"]
+
+
+def loss_fn(model, params, batch, rng, train: bool = True):
+  return model.apply({"params": params}, batch, train=train, rngs=_rngs(rng))
+
+
+def predict_actions(model, params, batch, rng):
+  return model.apply({"params": params}, batch, rngs=_rngs(rng), method="predict_actions")

@@ -1,0 +1,257 @@
+"""The training loop every family shares: ``train(config, workdir)``.
+
+Read top to bottom: config -> data -> mesh -> model and state -> step ->
+checkpoint (resume) -> loop. A family is only ``registry.build_model`` plus its
+loss; nothing here knows which family it trains.
+"""
+
+import functools
+import json
+import pathlib
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from wam_jax.data import pipeline as data_pipeline
+from wam_jax.models import registry
+from wam_jax.training import checkpoint as ckpt_lib
+from wam_jax.training import metrics as metrics_lib
+from wam_jax.training import peak as peak_lib
+from wam_jax.training import sharding
+from wam_jax.training import state as state_lib
+
+
+# ----------------------------------------------------------------------------
+# The train step: one jitted function of (state, batch).
+# ----------------------------------------------------------------------------
+def make_train_step(model, tx, train_cfg, batch_axes):
+  """Returns step(state, batch) -> (state, metrics). Pure; lowered with abstract shapes."""
+  schedule = state_lib.learning_rate_schedule(train_cfg)
+  accum = int(train_cfg.grad_accum_steps)
+
+  def loss_and_grads(params, batch, rng):
+    grad_fn = jax.value_and_grad(functools.partial(registry.loss_fn, model), has_aux=True)
+    if accum == 1:
+      return grad_fn(params, batch, rng)
+    # Microbatch j takes rows j, j+accum, ...: every device holds a slice of each.
+    def split(x):
+      x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
+      return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(None, batch_axes))
+    micro = jax.tree.map(split, batch)
+
+    def body(carry, mb_and_i):
+      mb, i = mb_and_i
+      (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, carry, ((loss, metrics), grads)), None
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng))
+    total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+    return jax.tree.map(lambda x: x / accum, total)
+
+  def step(state, batch):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    (loss, metrics), grads = loss_and_grads(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+      d = train_cfg.ema_decay
+      ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                   param_norm=optax.global_norm(params), update_norm=optax.global_norm(updates),
+                   learning_rate=schedule(state.step))
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+    return new_state, metrics
+
+  return step
+
+
+def make_eval_step(model):
+  def step(params, batch, rng):
+    _, metrics = registry.loss_fn(model, params, batch, rng, train=False)
+    return metrics
+  return step
+
+
+# ----------------------------------------------------------------------------
+# Config checks that must fail before any work starts.
+# ----------------------------------------------------------------------------
+def check_config(config, num_devices: int):
+  tc = config.train
+  if tc.compute_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.train.compute_dtype={tc.compute_dtype!r}; expected float32 or bfloat16")
+  if tc.steps <= 0:
+    raise ValueError(f"config.train.steps={tc.steps} must be positive")
+  if not 0.0 <= tc.ema_decay < 1.0:
+    raise ValueError(f"config.train.ema_decay={tc.ema_decay} must be in [0, 1)")
+  sharding.resolve_mesh_shape(config.mesh.shape, num_devices)
+  sharding.axis_rules(config.mesh.rules_name)
+  if tc.batch_size % (tc.grad_accum_steps * jax.process_count()):
+    raise ValueError(f"config.train.batch_size={tc.batch_size} must divide by grad_accum_steps="
+                     f"{tc.grad_accum_steps} x processes={jax.process_count()}")
+
+
+def save_config(config, workdir: pathlib.Path):
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def prepare_data(data_cfg):
+  """The embedded default: with no data_dir, generate (once) the MetaWorld sample."""
+  if not data_cfg.data_dir:
+    from wam_jax.sim import metaworld_data  # MuJoCo is only needed for the embedded sample.
+    metaworld_data.ensure_embedded_dataset(data_cfg)
+
+
+# ----------------------------------------------------------------------------
+# train(config, workdir)
+# ----------------------------------------------------------------------------
+class _Preemption:
+  """SIGTERM -> finish the current step, save, exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint and stopping")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._old)
+
+
+def train(config, workdir, *, devices=None) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints). Returns final metrics."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  devices = list(jax.devices() if devices is None else devices)
+  check_config(config, len(devices))
+  save_config(config, workdir)
+  tc = config.train
+
+  # --- Mesh -----------------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh.shape, devices)
+  rules = sharding.axis_rules(config.mesh.rules_name)
+  if tc.batch_size % (sharding.batch_divisor(mesh, rules) * tc.grad_accum_steps):
+    raise ValueError(f"config.train.batch_size={tc.batch_size} must divide by the batch mesh axes "
+                     f"({sharding.batch_divisor(mesh, rules)}) x grad_accum_steps")
+
+  # --- Input ----------------------------------------------------------------
+  prepare_data(config.data)
+  data = data_pipeline.make_pipeline(
+      config.data, split=config.data.train_split, batch_size=tc.batch_size // jax.process_count(),
+      seed=config.seed, train=True, process_index=jax.process_index(), process_count=jax.process_count())
+  batch_spec = {k: jax.ShapeDtypeStruct((tc.batch_size,) + tuple(v.shape[1:]), v.dtype)
+                for k, v in data.element_spec.items()}
+  batch_sh = sharding.batch_shardings(batch_spec, mesh, rules)
+  assets = {"config": json.loads(config.to_json_best_effort()), "normalizer": data.normalizer.to_dict(),
+            "tokenizer": data.tokenizer.to_dict(), "dataset_names": list(data.dataset_names)}
+
+  # --- Model, optimizer, state (created directly sharded) --------------------
+  model = registry.build_model(config, num_datasets=len(data.dataset_names))
+  tx = state_lib.make_optimizer(tc)
+  init_batch = {k: jnp.zeros((1,) + tuple(v.shape[1:]), v.dtype) for k, v in batch_spec.items()}
+
+  def init_state(rng):
+    params = registry.init_params(model, rng, init_batch)
+    return state_lib.create_state(params, tx, jax.random.fold_in(rng, 1), ema=tc.ema_decay > 0)
+
+  rng = jax.random.key(config.seed)
+  with mesh, nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_state, rng)
+    state_sh = sharding.logical_shardings(boxed, mesh, rules)
+    abstract_state = ckpt_lib.abstract_with_shardings(state_lib.unbox(boxed), state_sh)
+
+    # --- Step -----------------------------------------------------------------
+    p_step = jax.jit(make_train_step(model, tx, tc, sharding.nn.logical_to_mesh_axes(("batch",), rules)[0]),
+                     in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = p_step.lower(abstract_state, batch_spec).compile()
+    flops = metrics_lib.compiled_flops(compiled, len(devices))
+    logging.info("compiled train step in %.1fs: %.3g FLOPs/step", time.perf_counter() - t0, flops)
+    p_eval = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, batch_sh, None))
+
+  # --- Checkpoint: resume, else init_from, else scratch ------------------------
+  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep_last=tc.keep_last, keep_every=tc.keep_every)
+  restored = ckpt.restore(abstract_state, data.iterator)
+  if restored is not None:
+    state, _, start = restored
+    logging.info("resumed from %s step %d", ckpt.directory, start)
+  else:
+    with mesh, nn.logical_axis_rules(rules):
+      state = jax.jit(lambda r: state_lib.unbox(init_state(r)), out_shardings=state_sh)(rng)
+    if tc.init_from:
+      state = state.replace(params=ckpt_lib.load_params_into(tc.init_from, state.params))
+      if state.ema_params is not None:
+        state = state.replace(ema_params=state.params)
+    start = 0
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("%s: %.2fM params, mesh %s", config.model.name, n_params / 1e6, dict(mesh.shape))
+
+  # --- Loop -------------------------------------------------------------------
+  writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  peak = peak_lib.matmul_peak_gflops("float32") * 1e9 if not tc.matmul_peak_gflops else tc.matmul_peak_gflops * 1e9
+  progress = metrics_lib.Progress(tc.steps, tc.batch_size, flops, peak, start_step=start)
+  writer.scalars(start, {"flops_per_step": flops, "params": n_params, "peak_flops": peak}, prefix="run/")
+  preemption = _Preemption()
+  val_data = None
+  last = {}
+  step = start
+  try:
+    while step < tc.steps:
+      if preemption.requested:
+        ckpt.save(step, state, data.iterator, assets, force=True)
+        logging.warning("saved step %d after SIGTERM; rerun the same command to resume", step)
+        break
+      batch = next(data.iterator)
+      state, step_metrics = p_step(state, _device_batch(batch, batch_sh))
+      step += 1
+      if step % tc.log_every == 0 or step == tc.steps:
+        last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        if not np.isfinite(last["loss"]):
+          raise FloatingPointError(f"loss is {last['loss']} at step {step}; last checkpoint is intact")
+        last.update(progress.update(step, last))
+        writer.scalars(step, last, prefix="train/")
+      if tc.val_every and (step % tc.val_every == 0 or step == tc.steps):
+        if val_data is None:
+          val_data = data_pipeline.make_pipeline(
+              config.data, split=config.data.val_split, batch_size=tc.batch_size // jax.process_count(),
+              seed=config.seed, train=False, process_index=jax.process_index(),
+              process_count=jax.process_count(), normalizer=data.normalizer)
+          val_start = val_data.iterator.get_state()
+        val_data.iterator.set_state(val_start)
+        val = _evaluate(p_eval, state, val_data.iterator, tc.val_batches, batch_sh)
+        writer.scalars(step, val, prefix="val/")
+        last.update({"val_" + k: v for k, v in val.items()})
+        logging.info("step %d validation: %s", step, val)
+      if step % tc.ckpt_every == 0 or step == tc.steps:
+        ckpt.save(step, state, data.iterator, assets)
+  finally:
+    preemption.restore()
+    ckpt.close()
+    writer.close()
+  return {"step": step, **last}
+
+
+def _device_batch(batch, shardings):
+  return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), dict(batch), shardings)
+
+
+def _evaluate(p_eval, state, iterator, num_batches, batch_sh) -> dict:
+  sums, n = {}, 0
+  params = state.ema_params if state.ema_params is not None else state.params
+  for i in range(num_batches):
+    try:
+      batch = next(iterator)
+    except StopIteration:
+      break
+    m = jax.device_get(p_eval(params, _device_batch(batch, batch_sh), jax.random.key(i)))
+    for k, v in m.items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+    n += 1
+  return {k: v / max(n, 1) for k, v in sums.items()}
