@@ -1,0 +1,92 @@
+"""One closed-loop episode: policy queries, chunk execution, temporal ensembling."""
+
+import time
+
+import numpy as np
+
+from wam_jax.sim import metaworld as mw
+
+
+class ChunkExecutor:
+  """Turns predicted action chunks into one action per env step.
+
+  Without ensembling: query the policy, execute the first ``execute_steps``
+  actions of the chunk (fewer if the chunk is shorter), query again.
+
+  With temporal ensembling (ACT, Zhao et al. 2023): query every step and
+  execute the weighted mean of every prediction made so far for this step,
+  weight ``exp(-decay * i)`` with i = 0 for the oldest prediction.
+  """
+
+  def __init__(self, execute_steps: int = 1, temporal_ensemble: bool = False, decay: float = 0.01):
+    if execute_steps < 1:
+      raise ValueError(f"execute_steps must be >= 1, got {execute_steps}")
+    self.execute_steps = execute_steps
+    self.temporal_ensemble = temporal_ensemble
+    self.decay = decay
+    self.reset()
+
+  def reset(self):
+    self._queue = []          # Pending actions (chunk mode).
+    self._chunks = []         # (start step, chunk [K, A]) (ensemble mode).
+    self._t = 0
+
+  def needs_query(self) -> bool:
+    return self.temporal_ensemble or not self._queue
+
+  def add(self, chunk_KA: np.ndarray):
+    chunk_KA = np.asarray(chunk_KA, np.float32)
+    if chunk_KA.ndim != 2 or chunk_KA.shape[0] < 1:
+      raise ValueError(f"a policy must return an action chunk [K, A] with K >= 1, got {chunk_KA.shape}")
+    if self.temporal_ensemble:
+      self._chunks.append((self._t, chunk_KA))
+    else:
+      self._queue = list(chunk_KA[:self.execute_steps])
+
+  def next_action(self) -> np.ndarray:
+    if self.temporal_ensemble:
+      self._chunks = [(s, c) for s, c in self._chunks if s + len(c) > self._t]
+      preds = np.stack([c[self._t - s] for s, c in self._chunks])  # Oldest first.
+      weights = np.exp(-self.decay * np.arange(len(preds)))
+      action = (weights[:, None] * preds).sum(0) / weights.sum()
+    else:
+      action = self._queue.pop(0)
+    self._t += 1
+    return action
+
+
+def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, execute_steps: int = 1,
+                temporal_ensemble: bool = False, ensemble_decay: float = 0.01,
+                keep_frames: bool = False) -> dict:
+  """Runs one seeded episode until success or ``max_steps``.
+
+  Returns {"task", "seed", "success", "length", "latencies_ms", "frozen_fraction",
+  "frames" (uint8 [T+1, H, W, 3] if keep_frames else None)}. Raises
+  FrozenFramesError if the frames stop changing while the scene moves.
+  """
+  instruction = mw.instruction(task)
+  executor = ChunkExecutor(execute_steps, temporal_ensemble, ensemble_decay)
+  policy.reset()
+  raw_obs = mw.reset(env, seed)
+  frames, states, latencies = [], [], []
+  success, length = False, 0
+  for t in range(max_steps):
+    obs = mw.observe(env, raw_obs)
+    frames.append(obs["image_primary"])
+    states.append(obs["env_state"])
+    if executor.needs_query():
+      start = time.perf_counter()
+      chunk = np.asarray(policy(obs, instruction))
+      latencies.append(1000 * (time.perf_counter() - start))
+      executor.add(chunk)
+    raw_obs, _, success = mw.step(env, executor.next_action())
+    length = t + 1
+    if success:
+      break
+  final = mw.observe(env, raw_obs)
+  frames.append(final["image_primary"])
+  states.append(final["env_state"])
+  frozen = mw.check_frames_live(np.stack(frames), np.stack(states))
+  return {"task": task, "seed": int(seed), "success": bool(success), "length": length,
+          "latencies_ms": latencies, "frozen_fraction": frozen,
+          "frames": np.stack(frames) if keep_frames else None}
