@@ -1,0 +1,216 @@
+"""Per-dataset statistics and the one normalization path.
+
+``compute_stats`` scans a split (images skipped) for mean/std, min/max and
+q01/q99 of actions and proprio. ``load_or_compute_stats`` caches the result as
+JSON next to the dataset (or under the cache dir when the dataset directory is
+read-only), keyed by a fingerprint of the dataset files, the split and the
+spec's keys, so a changed dataset never reuses stale numbers.
+
+``Normalizer`` holds the stats of every dataset in a mixture plus the mode
+(``zscore`` or ``quantile``: q01..q99 -> [-1, 1], clipped). The data pipeline
+normalizes with it, and the exported policy de-normalizes with the same object
+rebuilt from ``to_dict()`` (stored with checkpoints), so training and
+inference cannot drift. Dims where ``action_normalize_mask`` is False (e.g.
+grippers) pass through untouched.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from typing import Mapping, Optional
+
+import numpy as np
+
+from wam_jax.data import registry
+
+MODES = ("zscore", "quantile")
+_EPS = 1e-6
+_STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayStats:
+  """Per-dim statistics of a [N, D] array; every field float32 [D]."""
+  mean: np.ndarray
+  std: np.ndarray
+  min: np.ndarray
+  max: np.ndarray
+  q01: np.ndarray
+  q99: np.ndarray
+
+  @classmethod
+  def of(cls, x_ND: np.ndarray) -> "ArrayStats":
+    x = np.asarray(x_ND, np.float64)
+    q01, q99 = np.quantile(x, [0.01, 0.99], axis=0)
+    return cls(*(np.asarray(v, np.float32) for v in
+                 (x.mean(0), x.std(0), x.min(0), x.max(0), q01, q99)))
+
+  def to_dict(self) -> dict:
+    return {k: getattr(self, k).tolist() for k in _STAT_NAMES}
+
+  @classmethod
+  def from_dict(cls, d: Mapping) -> "ArrayStats":
+    return cls(*(np.asarray(d[k], np.float32) for k in _STAT_NAMES))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetStats:
+  """Stats of one dataset's train split. ``action`` is None if action-free."""
+  proprio: ArrayStats
+  action: Optional[ArrayStats]
+  action_normalize_mask: tuple[bool, ...]
+  num_episodes: int = 0
+  num_steps: int = 0
+
+  def to_dict(self) -> dict:
+    return dict(proprio=self.proprio.to_dict(),
+                action=None if self.action is None else self.action.to_dict(),
+                action_normalize_mask=list(self.action_normalize_mask),
+                num_episodes=self.num_episodes, num_steps=self.num_steps)
+
+  @classmethod
+  def from_dict(cls, d: Mapping) -> "DatasetStats":
+    return cls(proprio=ArrayStats.from_dict(d["proprio"]),
+               action=None if d["action"] is None else ArrayStats.from_dict(d["action"]),
+               action_normalize_mask=tuple(bool(b) for b in d["action_normalize_mask"]),
+               num_episodes=int(d.get("num_episodes", 0)), num_steps=int(d.get("num_steps", 0)))
+
+
+# --- Computing and caching ---------------------------------------------------
+
+def compute_stats(reader) -> DatasetStats:
+  """Scans every episode of ``reader`` (an ``rlds.RldsReader``), images skipped.
+
+  Raises ValueError naming dataset/episode/step/key on NaN or inf.
+  """
+  proprio, actions = [], []
+  for i in range(len(reader)):
+    ep = reader.decode(i)
+    proprio.append(ep.proprio)
+    if ep.actions is not None:
+      actions.append(ep.actions)
+  if not proprio:
+    raise ValueError(f"dataset {reader.spec.name!r} split {reader.split!r} has no episodes")
+  proprio = np.concatenate(proprio)
+  return DatasetStats(
+      proprio=ArrayStats.of(proprio),
+      action=ArrayStats.of(np.concatenate(actions)) if actions else None,
+      action_normalize_mask=tuple(reader.spec.action_normalize_mask),
+      num_episodes=len(reader), num_steps=len(proprio))
+
+
+def fingerprint(directory, split: str, spec: registry.DatasetSpec) -> str:
+  """Hash of the dataset files (names, sizes, dataset_info.json) + split + keys."""
+  directory = pathlib.Path(directory)
+  h = hashlib.sha256()
+  for f in sorted(directory.iterdir()):
+    if f.is_file() and not f.name.startswith("wam_stats"):
+      h.update(f"{f.name}:{f.stat().st_size};".encode())
+  h.update((directory / "dataset_info.json").read_bytes())
+  h.update(repr((split, spec.proprio_key, spec.proprio_dims, spec.action_key,
+                 spec.action_normalize_mask)).encode())
+  return h.hexdigest()[:16]
+
+
+def default_cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("WAM_CACHE_DIR", pathlib.Path.home() / ".cache" / "wam_jax"))
+
+
+def stats_cache_path(directory, split, spec, cache_dir=None) -> pathlib.Path:
+  """Next to the dataset if writable, else under ``cache_dir``/stats."""
+  directory = pathlib.Path(directory)
+  name = f"wam_stats_{spec.name}_{split}_{fingerprint(directory, split, spec)}.json"
+  if os.access(directory, os.W_OK):
+    return directory / name
+  return pathlib.Path(cache_dir or default_cache_dir()) / "stats" / name
+
+
+def load_or_compute_stats(reader, cache_dir=None) -> DatasetStats:
+  path = stats_cache_path(reader.directory, reader.split, reader.spec, cache_dir)
+  if path.exists():
+    return DatasetStats.from_dict(json.loads(path.read_text()))
+  stats = compute_stats(reader)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+  tmp.write_text(json.dumps(stats.to_dict(), indent=1))
+  os.replace(tmp, path)  # Atomic: concurrent processes never read half a file.
+  return stats
+
+
+# --- Normalizer --------------------------------------------------------------
+
+def _affine(stats: ArrayStats, mode: str) -> tuple[np.ndarray, np.ndarray]:
+  """(center, scale) with x_norm = (x - center) / scale."""
+  if mode == "zscore":
+    return stats.mean, np.maximum(stats.std, _EPS)
+  if mode == "quantile":
+    return (stats.q01 + stats.q99) / 2, np.maximum((stats.q99 - stats.q01) / 2, _EPS)
+  raise ValueError(f"unknown normalization mode {mode!r}; known: {MODES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalizer:
+  """Normalizes actions/proprio of named datasets. Arrays are [..., D] with D
+  at least the dataset's raw dim: dims past it (padding) pass through, as do
+  action dims whose normalize mask is False. ``quantile`` clips to [-1, 1], so
+  its round trip is exact only inside [q01, q99]; ``zscore`` does not clip.
+  """
+  mode: str
+  stats: Mapping[str, DatasetStats]
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"unknown normalization mode {self.mode!r}; known: {MODES}")
+
+  def _get(self, dataset: str) -> DatasetStats:
+    if dataset not in self.stats:
+      raise ValueError(f"normalizer has no stats for dataset {dataset!r}; has {sorted(self.stats)}")
+    return self.stats[dataset]
+
+  def _apply(self, x, stats: ArrayStats, mask, inverse: bool) -> np.ndarray:
+    x = np.array(x, np.float32)  # Copy: callers' arrays are never modified.
+    d = len(stats.mean)
+    if x.shape[-1] < d:
+      raise ValueError(f"array has {x.shape[-1]} dims, stats have {d}")
+    center, scale = _affine(stats, self.mode)
+    mask = np.ones(d, bool) if mask is None else np.asarray(mask, bool)
+    v = x[..., :d]
+    if inverse:
+      y = v * scale + center
+    else:
+      y = (v - center) / scale
+      if self.mode == "quantile":
+        y = np.clip(y, -1.0, 1.0)
+    x[..., :d] = np.where(mask, y, v)
+    return x
+
+  def normalize_actions(self, actions, dataset: str) -> np.ndarray:
+    s = self._get(dataset)
+    if s.action is None:
+      raise ValueError(f"dataset {dataset!r} is action-free: no action stats")
+    return self._apply(actions, s.action, s.action_normalize_mask, inverse=False)
+
+  def denormalize_actions(self, actions, dataset: str) -> np.ndarray:
+    s = self._get(dataset)
+    if s.action is None:
+      raise ValueError(f"dataset {dataset!r} is action-free: no action stats")
+    return self._apply(actions, s.action, s.action_normalize_mask, inverse=True)
+
+  def normalize_proprio(self, proprio, dataset: str) -> np.ndarray:
+    return self._apply(proprio, self._get(dataset).proprio, None, inverse=False)
+
+  def denormalize_proprio(self, proprio, dataset: str) -> np.ndarray:
+    return self._apply(proprio, self._get(dataset).proprio, None, inverse=True)
+
+  def action_dim(self, dataset: str) -> int:
+    s = self._get(dataset)
+    return 0 if s.action is None else len(s.action.mean)
+
+  def to_dict(self) -> dict:
+    return {"mode": self.mode, "stats": {k: v.to_dict() for k, v in self.stats.items()}}
+
+  @classmethod
+  def from_dict(cls, d: Mapping) -> "Normalizer":
+    return cls(mode=d["mode"], stats={k: DatasetStats.from_dict(v) for k, v in d["stats"].items()})

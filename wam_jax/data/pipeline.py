@@ -1,0 +1,138 @@
+"""The Grain input pipeline the trainer calls: ``make_pipeline``.
+
+Graph (train)::
+
+  per dataset j:  range(num_windows)[process_index::process_count]
+                  .shuffle(seed_j).repeat()          # reshuffled every epoch
+                  .map(WindowSource_j)               # decode once, cut windows
+  mix(datasets, weights)                             # exact proportions
+  .random_map(Augment, seed)                         # train + augment.enabled only
+  .to_iter_dataset().batch(B, drop_remainder=True)
+  .mp_prefetch(num_workers)                          # if data.num_workers > 0
+
+Eval/val pipelines are the same graph without augmentation: deterministic
+for a given seed (shuffled, so the first batches cover many episodes) and
+infinite; take as many batches as you need. The iterator's
+``get_state``/``set_state`` (or ``grain.checkpoint.CheckpointSave``) resume
+exactly; the state depends on ``data.num_workers`` (part of a run's identity).
+"""
+
+import dataclasses
+import os
+import pathlib
+from typing import Optional
+
+import grain
+import numpy as np
+
+from wam_jax.data import augment as augment_lib
+from wam_jax.data import batch as batch_lib
+from wam_jax.data import normalization
+from wam_jax.data import registry
+from wam_jax.data import rlds
+from wam_jax.data import tokenizer as tokenizer_lib
+from wam_jax.data import windows
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySpec:
+  """jax.ShapeDtypeStruct-like (shape, dtype) without importing jax here."""
+  shape: tuple[int, ...]
+  dtype: np.dtype
+
+
+@dataclasses.dataclass
+class Pipeline:
+  iterator: grain.DatasetIterator  # dict[str, np.ndarray] batches per batch.py.
+  normalizer: normalization.Normalizer
+  tokenizer: tokenizer_lib.ByteTokenizer
+  dataset_names: tuple[str, ...]
+  element_spec: dict  # key -> ArraySpec of one batch.
+
+
+def resolve_data_dir(data_cfg) -> pathlib.Path:
+  """data.data_dir, else $WAM_DATA_DIR, else ./wam_data."""
+  return pathlib.Path(data_cfg.data_dir or os.environ.get("WAM_DATA_DIR") or "wam_data")
+
+
+def dataset_dir(data_cfg, name: str) -> pathlib.Path:
+  return resolve_data_dir(data_cfg) / registry.get_spec(name).directory
+
+
+def open_reader(data_cfg, name: str, split: str) -> rlds.RldsReader:
+  spec = registry.get_spec(name)
+  directory = dataset_dir(data_cfg, name)
+  if not directory.exists():
+    raise ValueError(f"dataset {name!r}: directory {directory} does not exist "
+                     f"(data_dir={resolve_data_dir(data_cfg)})")
+  return rlds.RldsReader(directory, split, spec)
+
+
+def make_normalizer(data_cfg, *, split: Optional[str] = None) -> normalization.Normalizer:
+  """Stats of every mixture dataset's train split (cached), in data.normalization mode."""
+  split = split or data_cfg.train_split
+  stats = {name: normalization.load_or_compute_stats(open_reader(data_cfg, name, split),
+                                                     data_cfg.get("cache_dir") or None)
+           for name, _ in data_cfg.mixture}
+  return normalization.Normalizer(mode=data_cfg.normalization, stats=stats)
+
+
+def _mixture(data_cfg):
+  mixture = tuple((str(n), float(w)) for n, w in data_cfg.mixture)
+  if not mixture:
+    raise ValueError("data.mixture is empty")
+  for name, weight in mixture:
+    registry.get_spec(name)  # Unknown names fail here, listing known ones.
+    if not weight > 0:
+      raise ValueError(f"data.mixture weight of {name!r} must be > 0, got {weight}")
+  return mixture
+
+
+def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bool,
+                  process_index: int = 0, process_count: int = 1,
+                  normalizer: Optional[normalization.Normalizer] = None) -> Pipeline:
+  """Batches of windows from the weighted mixture ``data.mixture``.
+
+  Args:
+    data_cfg: the ``config.data`` section (experiments/configs/common.py).
+    split: e.g. data.train_split or data.val_split.
+    batch_size: per-process batch size (drop_remainder).
+    seed: run seed; shuffling, mixing and augmentation derive from it.
+    train: augmentation on (if data.augment.enabled); off for eval.
+    process_index, process_count: this host's disjoint shard of windows.
+    normalizer: None computes/loads train-split stats; pass the train
+      pipeline's normalizer to val pipelines.
+  """
+  mixture = _mixture(data_cfg)
+  names = tuple(n for n, _ in mixture)
+  wspec = windows.WindowSpec.from_config(data_cfg)
+  for cam in wspec.cameras:
+    if cam not in batch_lib.CAMERAS:
+      raise ValueError(f"data.cameras has unknown camera {cam!r}; known: {batch_lib.CAMERAS}")
+  if normalizer is None:
+    normalizer = make_normalizer(data_cfg)
+  cache_bytes = int(data_cfg.get("episode_cache_mb", 1024)) << 20
+  seeds = np.random.SeedSequence([seed, int(data_cfg.get("shuffle_seed_offset", 0))])
+  shuffle_seeds, aug_seed = seeds.generate_state(len(names)), seeds.generate_state(len(names) + 1)[-1]
+  parts = []
+  for j, name in enumerate(names):
+    source = windows.WindowSource(open_reader(data_cfg, name, split), wspec, normalizer, j,
+                                  cache_bytes=cache_bytes // len(names))
+    idx = grain.MapDataset.range(len(source))[process_index::process_count]
+    if len(idx) == 0:
+      raise ValueError(f"dataset {name!r} split {split!r}: no windows for process "
+                       f"{process_index}/{process_count}")
+    parts.append(idx.shuffle(seed=int(shuffle_seeds[j])).repeat().map(source))
+  ds = grain.MapDataset.mix(parts, [w for _, w in mixture]) if len(parts) > 1 else parts[0]
+  if train and data_cfg.augment.enabled:
+    ds = ds.random_map(augment_lib.Augment(data_cfg.augment, wspec.cameras), seed=int(aug_seed))
+  read = grain.ReadOptions(num_threads=int(data_cfg.get("read_threads", 2)),
+                           prefetch_buffer_size=2 * batch_size)
+  ds = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
+  if int(data_cfg.num_workers) > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(data_cfg.num_workers)))
+  element_spec = {k: ArraySpec(shape, dtype)
+                  for k, (shape, dtype) in wspec.element_spec(batch_size).items()}
+  return Pipeline(iterator=iter(ds), normalizer=normalizer,
+                  tokenizer=tokenizer_lib.ByteTokenizer(wspec.max_text_len),
+                  dataset_names=names, element_spec=element_spec)

@@ -1,0 +1,272 @@
+"""Reading TFDS-layout RLDS datasets without TensorFlow.
+
+A dataset directory holds ``dataset_info.json``, ``features.json`` and record
+shards. TFRecord shards are converted once to ArrayRecord
+(``convert_to_array_record``, or ``scripts/convert_rlds.py``): the serialized
+records are copied byte for byte, only the container changes, so every
+episode decodes to the same values. ArrayRecord gives the random access a
+Grain ``MapDataset`` needs.
+
+``RldsReader`` opens one split and decodes an episode into an ``Episode`` of
+canonical numpy arrays (only the features a ``DatasetSpec`` reads are decoded;
+other cameras and embeddings are skipped).
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import time
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from wam_jax.data import registry
+
+ARRAY_RECORD = "array_record"
+TFRECORD = "tfrecord"
+
+
+def _tfds():
+  import tensorflow_datasets as tfds  # Heavy import; only where needed.
+  return tfds
+
+
+def read_dataset_info(directory) -> dict:
+  path = pathlib.Path(directory) / "dataset_info.json"
+  if not path.exists():
+    raise ValueError(f"{directory} is not a TFDS dataset directory (no dataset_info.json)")
+  return json.loads(path.read_text())
+
+
+def shard_paths(directory, split: str) -> list[pathlib.Path]:
+  """Shard files of one split, in order, from dataset_info.json."""
+  directory = pathlib.Path(directory)
+  info = read_dataset_info(directory)
+  fmt = info.get("fileFormat", TFRECORD)
+  for s in info["splits"]:
+    if s["name"] == split:
+      n = len(s.get("shardLengths", ())) or 1
+      template = s.get("filepathTemplate", "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}")
+      return [directory / template.format(
+          DATASET=info["name"], SPLIT=split, FILEFORMAT=fmt,
+          SHARD_X_OF_Y=f"{i:05d}-of-{n:05d}", SHARD_INDEX=i, NUM_SHARDS=n)
+              for i in range(n)]
+  raise ValueError(f"dataset {directory} has no split {split!r}; "
+                   f"splits: {[s['name'] for s in info['splits']]}")
+
+
+def iter_tfrecord(path) -> Iterator[bytes]:
+  """Raw records of one TFRecord file (framing only, CRCs not checked)."""
+  import grain
+  yield from grain.experimental.TFRecordIterDataset(str(path))
+
+
+# --- Conversion --------------------------------------------------------------
+
+def convert_to_array_record(src, dst, *, overwrite: bool = False) -> dict:
+  """Copies a TFRecord RLDS dataset to ArrayRecord, record for record.
+
+  Writes into ``<dst>.tmp-<pid>`` and renames, so ``dst`` is either absent or
+  complete. Returns {"episodes", "bytes", "seconds"}.
+  """
+  from array_record.python.array_record_module import ArrayRecordWriter
+  src, dst = pathlib.Path(src), pathlib.Path(dst)
+  info = read_dataset_info(src)
+  if info.get("fileFormat", TFRECORD) != TFRECORD:
+    raise ValueError(f"{src} is already {info.get('fileFormat')!r}, not tfrecord")
+  if dst.exists():
+    if not overwrite:
+      raise ValueError(f"{dst} exists (pass overwrite=True / --overwrite)")
+    shutil.rmtree(dst)
+  tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  start, episodes, nbytes = time.perf_counter(), 0, 0
+  try:
+    for split in info["splits"]:
+      srcs = shard_paths(src, split["name"])
+      lengths = [int(x) for x in split.get("shardLengths", ())]
+      for i, path in enumerate(srcs):
+        out = tmp / path.name.replace(f".{TFRECORD}-", f".{ARRAY_RECORD}-")
+        writer = ArrayRecordWriter(str(out), "group_size:1")
+        count = 0
+        for record in iter_tfrecord(path):
+          writer.write(record)
+          count += 1
+          nbytes += len(record)
+        writer.close()
+        if lengths and lengths[i] != count:
+          raise ValueError(f"{path}: {count} records, dataset_info says {lengths[i]}")
+        episodes += count
+    for f in src.iterdir():  # features.json, label files, ... (not the shards)
+      if f.is_file() and f.name != "dataset_info.json" and f".{TFRECORD}-" not in f.name:
+        shutil.copyfile(f, tmp / f.name)
+    info["fileFormat"] = ARRAY_RECORD
+    (tmp / "dataset_info.json").write_text(json.dumps(info, indent=2))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tmp, dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return dict(episodes=episodes, bytes=nbytes, seconds=time.perf_counter() - start)
+
+
+# --- Episodes ----------------------------------------------------------------
+
+@dataclasses.dataclass
+class Episode:
+  """One decoded episode in canonical form. T = number of steps.
+
+  frames: camera -> uint8 [T, S, S, 3] (resized to image_size; only cameras
+    the dataset has). proprio: float32 [T, P_raw]. actions: float32 [T, A_raw]
+    or None (action-free). instruction: str.
+  """
+  frames: dict
+  proprio: np.ndarray
+  actions: Optional[np.ndarray]
+  instruction: str
+
+  @property
+  def length(self) -> int:
+    return len(self.proprio)
+
+  @property
+  def nbytes(self) -> int:
+    n = self.proprio.nbytes + sum(f.nbytes for f in self.frames.values())
+    return n + (0 if self.actions is None else self.actions.nbytes)
+
+
+def resize_frames(frames_THWC: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [T, H, W, 3] -> uint8 [T, size, size, 3] (bilinear; no-op if equal)."""
+  if frames_THWC.shape[1:3] == (size, size):
+    return frames_THWC
+  return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR))
+                   for f in frames_THWC])
+
+
+def _check_finite(x: np.ndarray, dataset: str, episode, key: str) -> None:
+  bad = ~np.isfinite(x)
+  if bad.any():
+    step = int(np.argwhere(bad)[0][0])
+    raise ValueError(f"dataset {dataset!r} episode {episode} step {step} key {key!r}: "
+                     f"non-finite value {x[step].tolist()}")
+
+
+class RldsReader:
+  """Random access to the raw and decoded episodes of one split.
+
+  Picklable (Grain workers re-open the files lazily).
+  """
+
+  def __init__(self, directory, split: str, spec: registry.DatasetSpec):
+    self.directory = pathlib.Path(directory)
+    self.split = split
+    self.spec = spec
+    info = read_dataset_info(self.directory)
+    self.file_format = info.get("fileFormat", TFRECORD)
+    self.paths = shard_paths(self.directory, split)
+    for p in self.paths:
+      if not p.exists():
+        raise ValueError(f"dataset {spec.name!r}: missing shard {p}")
+    registry.validate_features(spec, self.features)
+    self._source = None
+    self._records = None
+
+  @property
+  def features(self):
+    if not hasattr(self, "_features") or self._features is None:
+      self._features = _tfds().features.FeaturesDict.from_config(str(self.directory))
+    return self._features
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state.update(_source=None, _records=None, _features=None)
+    return state
+
+  def _raw_records(self):
+    if self.file_format == ARRAY_RECORD:
+      if self._source is None:
+        import grain
+        self._source = grain.sources.ArrayRecordDataSource([str(p) for p in self.paths])
+      return self._source
+    if self._records is None:  # TFRecord: sequential container, read into memory.
+      self._records = [r for p in self.paths for r in iter_tfrecord(p)]
+    return self._records
+
+  def __len__(self) -> int:
+    return len(self._raw_records())
+
+  def raw(self, index: int) -> bytes:
+    return self._raw_records()[index]
+
+  def _decoders(self, keep: Sequence[str]):
+    """Nested SkipDecoding for every step leaf not in ``keep``."""
+    skip = _tfds().decode.SkipDecoding()
+    def walk(node, prefix):
+      out = {}
+      for k in node.keys():
+        key = prefix + k
+        child = node[k]
+        if hasattr(child, "keys"):
+          sub = walk(child, key + "/")
+          if sub:
+            out[k] = sub
+        elif key not in keep:
+          out[k] = skip
+      return out
+    return {"steps": walk(registry.step_features(self.features), "")}
+
+  def decode(self, index: int, *, cameras: Sequence[str] = (), image_size: int = 0) -> Episode:
+    """Decodes episode ``index``: requested cameras (that the dataset has),
+    proprio, actions and instruction. Raises ValueError on NaN/inf or bad shapes."""
+    spec = self.spec
+    cams = {c: spec.cameras[c] for c in cameras if c in spec.cameras}
+    keep = list(cams.values()) + [spec.proprio_key, spec.language_key]
+    if spec.action_key:
+      keep.append(spec.action_key)
+    example = self.features.deserialize_example_np(
+        self.raw(index), decoders=self._decoders(keep))
+    steps = list(example["steps"])
+    if not steps:
+      raise ValueError(f"dataset {spec.name!r} episode {index}: no steps")
+    where = f"dataset {spec.name!r} episode {index}"
+    get = registry.get_step_value
+    proprio = np.stack([np.asarray(get(s, spec.proprio_key), np.float32) for s in steps])
+    if proprio.ndim != 2:
+      raise ValueError(f"{where} key {spec.proprio_key!r}: expected a vector per step, "
+                       f"got shape {proprio.shape[1:]}")
+    if spec.proprio_dims:
+      proprio = proprio[:, slice(*spec.proprio_dims)]
+    _check_finite(proprio, spec.name, index, spec.proprio_key)
+    actions = None
+    if spec.action_key:
+      actions = np.stack([np.asarray(get(s, spec.action_key), np.float32) for s in steps])
+      if actions.ndim != 2 or actions.shape[1] != len(spec.action_normalize_mask):
+        raise ValueError(f"{where} key {spec.action_key!r}: shape {actions.shape[1:]}, expected "
+                         f"({len(spec.action_normalize_mask)},)")
+      _check_finite(actions, spec.name, index, spec.action_key)
+    frames = {}
+    for cam, key in cams.items():
+      x = np.stack([np.asarray(get(s, key)) for s in steps])
+      if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
+        raise ValueError(f"{where} key {key!r}: expected uint8 [H, W, 3] frames, "
+                         f"got {x.dtype}{list(x.shape[1:])}")
+      frames[cam] = resize_frames(x, image_size) if image_size else x
+    instruction = ""
+    if spec.language_key:
+      for s in steps:
+        text = get(s, spec.language_key)
+        text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+        if text:
+          instruction = text
+          break
+    return Episode(frames=frames, proprio=proprio, actions=actions, instruction=instruction)
+
+  def episode_lengths(self) -> np.ndarray:
+    """int64 [num_episodes] steps per episode (decodes no tensors)."""
+    skip_all = self._decoders(keep=())
+    return np.array([len(self.features.deserialize_example_np(self.raw(i), decoders=skip_all)
+                         ["steps"]) for i in range(len(self))], np.int64)
