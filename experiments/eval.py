@@ -1,0 +1,67 @@
+r"""Closed-loop MetaWorld evaluation of a policy.
+
+  python experiments/eval.py --policy=expert --tasks=drawer-open-v3 --episodes=10 --out=/tmp/ev
+  python experiments/eval.py --policy=checkpoint --workdir=runs/x --out=runs/x/eval
+
+Writes results.json, results.md, videos/*.gif and contact_sheet.png to --out.
+"""
+
+import functools
+import os
+import sys
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+from wam_jax.evaluation import evaluate as evaluate_lib  # noqa: E402
+from wam_jax.evaluation import policy as policy_lib  # noqa: E402
+from wam_jax.sim import metaworld as mw  # noqa: E402
+
+_DEFAULT_TASKS = ["drawer-close-v3", "button-press-topdown-v3", "drawer-open-v3", "door-open-v3"]
+
+_POLICY = flags.DEFINE_enum("policy", "expert", ["expert", "random", "checkpoint"], "Policy to run.")
+_WORKDIR = flags.DEFINE_string("workdir", "", "Training run directory (--policy=checkpoint).")
+_TASKS = flags.DEFINE_list("tasks", _DEFAULT_TASKS, "MetaWorld v3 task names.")
+_EPISODES = flags.DEFINE_integer("episodes", 10, "Episodes per task.")
+_OUT = flags.DEFINE_string("out", "", "Output directory ('' -> <workdir>/eval or ./eval_out).")
+_SEED_OFFSET = flags.DEFINE_integer("seed_offset", 100_000, "First episode seed (disjoint from data).")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", 200, "Episode step limit.")
+_EXECUTE = flags.DEFINE_integer("execute_steps", 4, "Actions executed per predicted chunk.")
+_ENSEMBLE = flags.DEFINE_bool("temporal_ensemble", False, "ACT temporal ensembling (query every step).")
+_WORKERS = flags.DEFINE_integer("num_workers", 1, "Worker processes.")
+_VIDEOS = flags.DEFINE_integer("num_videos", 2, "Rollout GIFs per task.")
+_RESOLUTION = flags.DEFINE_integer("resolution", 64, "Camera image size (match training).")
+_CAMERA = flags.DEFINE_string("camera", "corner4", "MetaWorld camera (match training).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random policy.")
+
+
+def policy_factory():
+  if _POLICY.value == "expert":
+    return policy_lib.ExpertPolicy
+  if _POLICY.value == "random":
+    return functools.partial(policy_lib.RandomPolicy, _SEED.value)
+  if not _WORKDIR.value:
+    raise app.UsageError("--policy=checkpoint needs --workdir")
+  from wam_jax.inference import load_policy  # pylint: disable=g-import-not-at-top
+  return functools.partial(load_policy, _WORKDIR.value)
+
+
+def main(argv):
+  del argv
+  try:
+    tasks = mw.parse_tasks(_TASKS.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  out = _OUT.value or (os.path.join(_WORKDIR.value, "eval") if _WORKDIR.value else "eval_out")
+  evaluate_lib.evaluate(
+      policy_factory(), tasks, _EPISODES.value, seed_offset=_SEED_OFFSET.value,
+      max_steps=_MAX_STEPS.value, execute_steps=_EXECUTE.value, temporal_ensemble=_ENSEMBLE.value,
+      num_workers=_WORKERS.value, out_dir=out, num_videos=_VIDEOS.value,
+      resolution=_RESOLUTION.value, camera=_CAMERA.value,
+      policy_name=f"{_POLICY.value} {_WORKDIR.value}".strip())
+
+
+if __name__ == "__main__":
+  app.run(main)
