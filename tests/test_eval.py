@@ -1,0 +1,91 @@
+"""Closed-loop evaluation: expert ~100%, random ~0%, chunking, ensembling, reports."""
+
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from wam_jax.evaluation import evaluate as evaluate_lib
+from wam_jax.evaluation import metrics
+from wam_jax.evaluation import policy as policy_lib
+from wam_jax.evaluation import rollout
+
+TASKS = ("drawer-close-v3", "button-press-topdown-v3")
+
+
+def test_wilson_interval():
+  lo, hi = metrics.wilson_interval(10, 10)
+  assert hi == 1.0 and 0.69 < lo < 0.73
+  lo, hi = metrics.wilson_interval(0, 10)
+  assert lo == 0.0 and 0.27 < hi < 0.31
+  lo, hi = metrics.wilson_interval(5, 10)
+  assert lo < 0.5 < hi and abs((lo + hi) / 2 - 0.5) < 1e-9
+
+
+def test_chunk_execution_runs_execute_steps_then_requeries():
+  ex = rollout.ChunkExecutor(execute_steps=2)
+  chunk = np.arange(12, dtype=np.float32).reshape(3, 4)
+  assert ex.needs_query()
+  ex.add(chunk)
+  np.testing.assert_array_equal(ex.next_action(), chunk[0])
+  assert not ex.needs_query()
+  np.testing.assert_array_equal(ex.next_action(), chunk[1])
+  assert ex.needs_query()
+  with pytest.raises(ValueError, match="chunk"):
+    ex.add(np.zeros(4))
+
+
+def test_temporal_ensemble_weights_oldest_prediction_most():
+  ex = rollout.ChunkExecutor(temporal_ensemble=True, decay=0.5)
+  ex.add(np.full((3, 1), 1.0))
+  np.testing.assert_allclose(ex.next_action(), [1.0])
+  ex.add(np.full((3, 1), 3.0))  # Step 1 has predictions 1 (old) and 3 (new).
+  w = np.exp(-0.5 * np.arange(2))
+  np.testing.assert_allclose(ex.next_action(), [(w[0] * 1 + w[1] * 3) / w.sum()], rtol=1e-6)
+  ex.add(np.full((1, 1), 5.0))
+  w = np.exp(-0.5 * np.arange(3))
+  np.testing.assert_allclose(ex.next_action(), [(w @ [1.0, 3.0, 5.0]) / w.sum()], rtol=1e-6)
+  ex.add(np.full((1, 1), 7.0))  # The first chunk (3 steps) has run out.
+  w = np.exp(-0.5 * np.arange(2))
+  np.testing.assert_allclose(ex.next_action(), [(w @ [3.0, 7.0]) / w.sum()], rtol=1e-6)
+
+
+def test_expert_succeeds_and_reports_are_written(tmp_path):
+  res = evaluate_lib.evaluate(policy_lib.ExpertPolicy, TASKS, 2, max_steps=200, execute_steps=1,
+                              out_dir=tmp_path, num_videos=1, resolution=32, log=lambda s: None)
+  assert res["mean"]["success_rate"] == 1.0
+  for task in TASKS:
+    r = res["tasks"][task]
+    assert r["successes"] == 2 and r["ci95"][1] == 1.0 and 0 < r["mean_length"] < 200
+  assert res["latency"]["calls"] == sum(e["length"] for e in res["episodes"])
+  assert {e["seed"] for e in res["episodes"]} == {100_000, 100_001}
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["mean"]["success_rate"] == 1.0
+  assert "| drawer-close-v3 | 100% |" in (tmp_path / "results.md").read_text()
+  assert len(list((tmp_path / "videos").glob("*_success.gif"))) == 2
+  assert (tmp_path / "contact_sheet.png").stat().st_size > 0
+
+
+def test_random_policy_fails_with_chunks_and_ensembling(tmp_path):
+  factory = functools.partial(policy_lib.RandomPolicy, 0, 4)
+  for ensemble in (False, True):
+    res = evaluate_lib.evaluate(factory, ("button-press-topdown-v3",), 2, max_steps=40,
+                                execute_steps=2, temporal_ensemble=ensemble, num_videos=0,
+                                resolution=32, log=lambda s: None)
+    assert res["mean"]["success_rate"] == 0.0
+    assert res["mean"]["mean_length"] == 40
+    assert res["latency"]["calls"] == 2 * (40 if ensemble else 20)
+
+
+def test_unknown_task_is_rejected():
+  with pytest.raises(ValueError, match="valid v3 tasks"):
+    evaluate_lib.evaluate(policy_lib.ExpertPolicy, ("open-sesame-v3",), 1, log=lambda s: None)
+
+
+def test_parallel_workers_build_the_policy_from_a_factory():
+  factory = functools.partial(policy_lib.ExpertPolicy, "drawer-close-v3")
+  res = evaluate_lib.evaluate(factory, ("drawer-close-v3",), 2, num_workers=2, num_videos=0,
+                              resolution=32, log=lambda s: None)
+  assert res["mean"]["success_rate"] == 1.0
+  assert res["settings"]["num_workers"] == 2

@@ -1,0 +1,129 @@
+"""MetaWorld envs, observations, seeding, frozen-frame detection and the demo datasets."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from wam_jax.sim import metaworld as mw
+from wam_jax.sim import metaworld_data
+
+TASKS = ("drawer-close-v3", "button-press-topdown-v3")
+RES = 32
+
+
+def test_unknown_task_lists_valid_names():
+  with pytest.raises(ValueError, match="unknown MetaWorld task 'drawer-opn-v3'.*drawer-open-v3"):
+    mw.check_task("drawer-opn-v3")
+  with pytest.raises(ValueError, match="reach-v3"):
+    mw.make_env("reach-v2")
+  with pytest.raises(ValueError, match="assembly-v3"):
+    mw.parse_tasks("reach-v3,nope")
+  assert mw.parse_tasks("reach-v3, push-v3,reach-v3") == ("reach-v3", "push-v3")
+
+
+def test_every_v3_task_has_a_distinct_instruction():
+  assert set(mw.TASK_INSTRUCTIONS) == set(mw.valid_tasks())
+  assert len(mw.valid_tasks()) == 50
+  assert len(set(mw.TASK_INSTRUCTIONS.values())) == 50
+  assert mw.instruction("drawer-open-v3") == "open the drawer"
+
+
+def test_observation_and_seeded_starts():
+  env = mw.cached_env("drawer-close-v3", RES)
+  obs = mw.observe(env, mw.reset(env, 3))
+  assert obs["image_primary"].shape == (RES, RES, 3) and obs["image_primary"].dtype == np.uint8
+  assert obs["proprio"].shape == (4,) and obs["proprio"].dtype == np.float32
+  assert obs["env_state"].shape == (39,) and obs["env_state"].dtype == np.float32
+  np.testing.assert_array_equal(obs["proprio"], obs["env_state"][:4])
+  again = mw.observe(env, mw.reset(env, 3))
+  other = mw.observe(env, mw.reset(env, 4))
+  np.testing.assert_array_equal(obs["env_state"], again["env_state"])
+  np.testing.assert_array_equal(obs["image_primary"], again["image_primary"])
+  assert not np.array_equal(obs["env_state"], other["env_state"])
+
+
+def test_frames_change_while_the_arm_moves():
+  env = mw.cached_env("button-press-topdown-v3", RES)
+  raw = mw.reset(env, 0)
+  frames, states = [], []
+  for _ in range(10):
+    obs = mw.observe(env, raw)
+    frames.append(obs["image_primary"])
+    states.append(obs["env_state"])
+    raw, _, _ = mw.step(env, [0.0, 0.0, 1.0, 0.0])  # Lift the hand.
+  frames = np.stack(frames)
+  assert all(not np.array_equal(a, b) for a, b in zip(frames[:-1], frames[1:]))
+  assert mw.check_frames_live(frames, np.stack(states)) == 0.0
+  frozen = np.repeat(frames[:1], len(frames), axis=0)
+  with pytest.raises(mw.FrozenFramesError, match="frozen"):
+    mw.check_frames_live(frozen, np.stack(states))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp("wam_data")
+  metaworld_data.generate_demos(root, TASKS, 2, resolution=RES, num_workers=1)
+  metaworld_data.generate_video(root, ("reach-v3",), 2, resolution=RES, num_workers=1)
+  return root
+
+
+def test_demo_dataset_reads_back_with_plain_tfds(data_root):
+  builder = tfds.builder_from_directory(str(data_root / "metaworld_demos" / "1.0.0"))
+  train, val = builder.as_data_source("train"), builder.as_data_source("val")
+  assert (len(train), len(val)) == (2, 2)  # Per task: 1 train, 1 val.
+  ids = set()
+  for source in (train, val):
+    for i in range(len(source)):
+      ep = source[i]
+      meta = ep["episode_metadata"]
+      ids.add(int(meta["episode_id"]))
+      task = meta["task"].decode()
+      assert task in TASKS and meta["success"]
+      steps = list(ep["steps"])
+      assert 10 < len(steps) <= metaworld_data.MAX_STEPS
+      images = np.stack([s["observation"]["image"] for s in steps])
+      assert images.shape == (len(steps), RES, RES, 3) and images.dtype == np.uint8
+      moving = np.mean([not np.array_equal(a, b) for a, b in zip(images[:-1], images[1:])])
+      assert moving > 0.5, "stored frames are frozen"
+      s0, last = steps[0], steps[-1]
+      assert s0["observation"]["state"].shape == (4,) and s0["observation"]["state"].dtype == np.float32
+      assert s0["observation"]["env_state"].shape == (39,)
+      assert s0["action"].shape == (4,) and s0["action"].dtype == np.float32
+      assert np.all(np.abs(np.stack([s["action"] for s in steps])) <= 1.0)
+      assert s0["language_instruction"].decode() == mw.instruction(task)
+      assert s0["is_first"] and not s0["is_last"]
+      assert last["is_last"] and last["is_terminal"] and last["discount"] == 0.0
+      assert s0["reward"].dtype == np.float32
+  assert ids == {0, 1, 2, 3}
+
+
+def test_video_dataset_has_no_actions(data_root):
+  builder = tfds.builder_from_directory(str(data_root / "metaworld_video" / "1.0.0"))
+  assert "action" not in builder.info.features["steps"].feature
+  ep = builder.as_data_source("train")[0]
+  assert ep["episode_metadata"]["seed"] >= metaworld_data.VIDEO_SEED_OFFSET
+  assert "action" not in next(iter(ep["steps"]))
+
+
+def test_ensure_embedded_dataset_reuses_existing(data_root, monkeypatch):
+  import ml_collections
+  cfg = ml_collections.ConfigDict(dict(data_dir="", metaworld=dict(
+      tasks=TASKS, episodes_per_task=2, video_episodes_per_task=2, resolution=RES)))
+  monkeypatch.setenv("WAM_DATA_DIR", str(data_root))
+  logs = []
+  assert metaworld_data.ensure_embedded_dataset(cfg, log=logs.append) == data_root
+  assert logs == []  # Both datasets exist: nothing regenerated.
+
+
+def test_ensure_embedded_dataset_generates_when_absent(tmp_path):
+  import ml_collections
+  cfg = ml_collections.ConfigDict(dict(data_dir=str(tmp_path / "root"), metaworld=dict(
+      tasks=("reach-v3",), episodes_per_task=2, video_episodes_per_task=2, resolution=RES,
+      extra_video_tasks=("drawer-close-v3",))))
+  root = metaworld_data.ensure_embedded_dataset(cfg, num_workers=1, log=lambda s: None)
+  demos = tfds.builder_from_directory(str(root / "metaworld_demos" / "1.0.0"))
+  video = tfds.builder_from_directory(str(root / "metaworld_video" / "1.0.0"))
+  assert demos.info.splits["train"].num_examples == 1
+  tasks = {video.as_data_source(s)[i]["episode_metadata"]["task"].decode()
+           for s in ("train", "val") for i in range(2)}
+  assert tasks == {"reach-v3", "drawer-close-v3"}
