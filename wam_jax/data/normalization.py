@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import pathlib
+import stat
 from typing import Mapping, Optional
 
 import numpy as np
@@ -119,11 +120,12 @@ def default_cache_dir() -> pathlib.Path:
 
 
 def stats_cache_path(directory, split, spec, cache_dir=None) -> pathlib.Path:
-  """Next to the dataset if writable, else under ``cache_dir``/stats."""
+  """Next to the dataset if writable, else under ``cache_dir``/stats (default
+  $WAM_CACHE_DIR or ~/.cache/wam_jax)."""
   directory = pathlib.Path(directory)
   name = f"wam_stats_{spec.name}_{split}_{fingerprint(directory, split, spec)}.json"
-  if os.access(directory, os.W_OK):
-    return directory / name
+  if os.access(directory, os.W_OK) and directory.stat().st_mode & stat.S_IWUSR:
+    return directory / name  # (The mode bit check: root may write anywhere.)
   return pathlib.Path(cache_dir or default_cache_dir()) / "stats" / name
 
 
