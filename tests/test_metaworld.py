@@ -127,3 +127,22 @@ def test_ensure_embedded_dataset_generates_when_absent(tmp_path):
   tasks = {video.as_data_source(s)[i]["episode_metadata"]["task"].decode()
            for s in ("train", "val") for i in range(2)}
   assert tasks == {"reach-v3", "drawer-close-v3"}
+
+
+def test_data_pipeline_reads_generated_datasets(data_root, tmp_path):
+  from experiments.configs import common
+  from wam_jax.data import batch as batch_lib
+  from wam_jax.data import pipeline
+  cfg = common.data_config()
+  cfg.data_dir = str(data_root)
+  cfg.cache_dir = str(tmp_path / "cache")
+  cfg.image_size = RES
+  cfg.mixture = (("metaworld_demos", 1.0), ("metaworld_video", 1.0))
+  pipe = pipeline.make_pipeline(cfg, split="train", batch_size=4, seed=0, train=True)
+  batch = next(pipe.iterator)
+  batch_lib.check_batch(batch, cfg.cameras, history=cfg.history, horizon=cfg.action_horizon,
+                        action_dim=cfg.action_dim)
+  assert batch["image_primary"].shape[-3:] == (RES, RES, 3)
+  from_video = batch["dataset_id"] == 1
+  assert not batch["action_mask"][from_video].any()  # Action-free windows.
+  assert batch["action_dim_mask"][~from_video][:, :4].all()
