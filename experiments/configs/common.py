@@ -33,7 +33,9 @@ def data_config() -> ml_collections.ConfigDict:
       # The embedded MetaWorld sample generated on first use when data_dir is empty.
       metaworld=ml_collections.ConfigDict(dict(
           tasks=("drawer-close-v3", "button-press-topdown-v3", "drawer-open-v3", "door-open-v3"),
-          episodes_per_task=25, video_episodes_per_task=10, resolution=64)),
+          episodes_per_task=25, video_episodes_per_task=10, resolution=64,
+          # Video-only tasks added to `tasks` in metaworld_video; the camera of both sets.
+          extra_video_tasks=("window-open-v3", "button-press-v3"), camera="corner4")),
   ))
 
 
