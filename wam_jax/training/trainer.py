@@ -5,11 +5,13 @@ checkpoint (resume) -> loop. A family is only ``registry.build_model`` plus its
 loss; nothing here knows which family it trains.
 """
 
+import dataclasses
 import functools
 import json
 import pathlib
 import signal
 import time
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -22,7 +24,7 @@ from wam_jax.data import pipeline as data_pipeline
 from wam_jax.models import registry
 from wam_jax.training import checkpoint as ckpt_lib
 from wam_jax.training import metrics as metrics_lib
-from wam_jax.training import peak as peak_lib
+
 from wam_jax.training import sharding
 from wam_jax.training import state as state_lib
 
@@ -45,13 +47,18 @@ def make_train_step(model, tx, train_cfg, batch_axes):
       return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(None, batch_axes))
     micro = jax.tree.map(split, batch)
 
+    # Each microbatch's mean is weighted by how many elements it averaged
+    # (metrics["loss_weight"], if the family reports it), so the accumulated
+    # loss and gradient equal the full batch's masked mean.
     def body(carry, mb_and_i):
       mb, i = mb_and_i
       (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
-      return jax.tree.map(jnp.add, carry, ((loss, metrics), grads)), None
+      w = metrics.get("loss_weight", jnp.ones(()))
+      weighted = jax.tree.map(lambda x: x * w, ((loss, metrics), grads))
+      return jax.tree.map(jnp.add, carry, (weighted, w)), None
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng))
-    total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
-    return jax.tree.map(lambda x: x / accum, total)
+    (total, weight), _ = jax.lax.scan(body, (zeros, jnp.zeros(())), (micro, jnp.arange(accum)))
+    return jax.tree.map(lambda x: x / jnp.maximum(weight, 1e-9), total)
 
   def step(state, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -108,6 +115,79 @@ def prepare_data(data_cfg):
 
 
 # ----------------------------------------------------------------------------
+# Everything a run needs that depends only on (config, mesh, batch shapes):
+# also what AOT compilation for a TPU topology and the tests use.
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainingSetup:
+  model: nn.Module
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  abstract_state: state_lib.TrainState      # ShapeDtypeStructs with shardings
+  state_shardings: state_lib.TrainState
+  batch_shardings: dict
+  init_state: Callable                      # rng -> sharded TrainState
+  train_step: Callable                      # jitted (state, batch) -> (state, metrics)
+  eval_step: Callable                       # jitted (params, batch, rng) -> metrics
+
+
+def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup:
+  """Builds the model, optimizer, sharded init and the jitted steps for ``mesh``.
+
+  ``batch_spec``: global batch shapes {key: ShapeDtypeStruct [B, ...]}. No
+  arrays are allocated here: the state is only created by ``init_state``.
+  """
+  tc = config.train
+  rules = sharding.axis_rules(config.mesh.rules_name)
+  model = registry.build_model(config, num_datasets=num_datasets)
+  tx = state_lib.make_optimizer(tc)
+  init_batch = {k: jnp.zeros((1,) + tuple(v.shape[1:]), v.dtype) for k, v in batch_spec.items()}
+
+  def boxed_state(rng):
+    params = registry.init_params(model, rng, init_batch)
+    return state_lib.create_state(params, tx, jax.random.fold_in(rng, 1), ema=tc.ema_decay > 0)
+
+  with mesh, nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(boxed_state, jax.random.key(0))
+    state_sh = sharding.logical_shardings(boxed, mesh, rules)
+  batch_sh = sharding.batch_shardings(batch_spec, mesh, rules)
+  batch_axes = nn.logical_to_mesh_axes(("batch",), rules)[0]
+
+  def with_rules(fn):
+    @functools.wraps(fn)
+    def wrapped(*args):
+      with mesh, nn.logical_axis_rules(rules):
+        return fn(*args)
+    return wrapped
+
+  init = jax.jit(lambda rng: state_lib.unbox(boxed_state(rng)), out_shardings=state_sh)
+  step = jax.jit(make_train_step(model, tx, tc, batch_axes), in_shardings=(state_sh, batch_sh),
+                 out_shardings=(state_sh, None), donate_argnums=0)
+  evaluate = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, batch_sh, None))
+  return TrainingSetup(
+      model=model, mesh=mesh, rules=rules,
+      abstract_state=ckpt_lib.abstract_with_shardings(state_lib.unbox(boxed), state_sh),
+      state_shardings=state_sh, batch_shardings=batch_sh,
+      init_state=with_rules(init), train_step=_RulesJit(step, mesh, rules),
+      eval_step=_RulesJit(evaluate, mesh, rules))
+
+
+class _RulesJit:
+  """A jitted function called (and lowered) inside the mesh + logical-rules context."""
+
+  def __init__(self, fn, mesh, rules):
+    self.fn, self.mesh, self.rules = fn, mesh, rules
+
+  def __call__(self, *args):
+    with self.mesh, nn.logical_axis_rules(self.rules):
+      return self.fn(*args)
+
+  def lower(self, *args):
+    with self.mesh, nn.logical_axis_rules(self.rules):
+      return self.fn.lower(*args)
+
+
+# ----------------------------------------------------------------------------
 # train(config, workdir)
 # ----------------------------------------------------------------------------
 class _Preemption:
@@ -148,43 +228,24 @@ def train(config, workdir, *, devices=None) -> dict:
       seed=config.seed, train=True, process_index=jax.process_index(), process_count=jax.process_count())
   batch_spec = {k: jax.ShapeDtypeStruct((tc.batch_size,) + tuple(v.shape[1:]), v.dtype)
                 for k, v in data.element_spec.items()}
-  batch_sh = sharding.batch_shardings(batch_spec, mesh, rules)
   assets = {"config": json.loads(config.to_json_best_effort()), "normalizer": data.normalizer.to_dict(),
             "tokenizer": data.tokenizer.to_dict(), "dataset_names": list(data.dataset_names)}
 
-  # --- Model, optimizer, state (created directly sharded) --------------------
-  model = registry.build_model(config, num_datasets=len(data.dataset_names))
-  tx = state_lib.make_optimizer(tc)
-  init_batch = {k: jnp.zeros((1,) + tuple(v.shape[1:]), v.dtype) for k, v in batch_spec.items()}
-
-  def init_state(rng):
-    params = registry.init_params(model, rng, init_batch)
-    return state_lib.create_state(params, tx, jax.random.fold_in(rng, 1), ema=tc.ema_decay > 0)
-
-  rng = jax.random.key(config.seed)
-  with mesh, nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init_state, rng)
-    state_sh = sharding.logical_shardings(boxed, mesh, rules)
-    abstract_state = ckpt_lib.abstract_with_shardings(state_lib.unbox(boxed), state_sh)
-
-    # --- Step -----------------------------------------------------------------
-    p_step = jax.jit(make_train_step(model, tx, tc, sharding.nn.logical_to_mesh_axes(("batch",), rules)[0]),
-                     in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
-    t0 = time.perf_counter()
-    compiled = p_step.lower(abstract_state, batch_spec).compile()
-    flops = metrics_lib.compiled_flops(compiled, len(devices))
-    logging.info("compiled train step in %.1fs: %.3g FLOPs/step", time.perf_counter() - t0, flops)
-    p_eval = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, batch_sh, None))
+  # --- Model, optimizer, state (created directly sharded), step ---------------
+  run = setup_training(config, mesh, batch_spec, num_datasets=len(data.dataset_names))
+  t0 = time.perf_counter()
+  train_step = run.train_step.lower(run.abstract_state, batch_spec).compile()  # compiled once, run as is
+  flops = metrics_lib.compiled_flops(train_step, len(devices))
+  logging.info("compiled train step in %.1fs: %.3g FLOPs/step", time.perf_counter() - t0, flops)
 
   # --- Checkpoint: resume, else init_from, else scratch ------------------------
   ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep_last=tc.keep_last, keep_every=tc.keep_every)
-  restored = ckpt.restore(abstract_state, data.iterator)
+  restored = ckpt.restore(run.abstract_state, data.iterator)
   if restored is not None:
     state, _, start = restored
     logging.info("resumed from %s step %d", ckpt.directory, start)
   else:
-    with mesh, nn.logical_axis_rules(rules):
-      state = jax.jit(lambda r: state_lib.unbox(init_state(r)), out_shardings=state_sh)(rng)
+    state = run.init_state(jax.random.key(config.seed))
     if tc.init_from:
       state = state.replace(params=ckpt_lib.load_params_into(tc.init_from, state.params))
       if state.ema_params is not None:
@@ -195,6 +256,7 @@ def train(config, workdir, *, devices=None) -> dict:
 
   # --- Loop -------------------------------------------------------------------
   writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  from wam_jax.training import peak as peak_lib  # noqa: E402  (TODO hoist)
   peak = peak_lib.matmul_peak_gflops("float32") * 1e9 if not tc.matmul_peak_gflops else tc.matmul_peak_gflops * 1e9
   progress = metrics_lib.Progress(tc.steps, tc.batch_size, flops, peak, start_step=start)
   writer.scalars(start, {"flops_per_step": flops, "params": n_params, "peak_flops": peak}, prefix="run/")
@@ -209,7 +271,7 @@ def train(config, workdir, *, devices=None) -> dict:
         logging.warning("saved step %d after SIGTERM; rerun the same command to resume", step)
         break
       batch = next(data.iterator)
-      state, step_metrics = p_step(state, _device_batch(batch, batch_sh))
+      state, step_metrics = train_step(state, _device_batch(batch, run.batch_shardings))
       step += 1
       if step % tc.log_every == 0 or step == tc.steps:
         last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
@@ -225,7 +287,7 @@ def train(config, workdir, *, devices=None) -> dict:
               process_count=jax.process_count(), normalizer=data.normalizer)
           val_start = val_data.iterator.get_state()
         val_data.iterator.set_state(val_start)
-        val = _evaluate(p_eval, state, val_data.iterator, tc.val_batches, batch_sh)
+        val = _evaluate(run.eval_step, state, val_data.iterator, tc.val_batches, run.batch_shardings)
         writer.scalars(step, val, prefix="val/")
         last.update({"val_" + k: v for k, v in val.items()})
         logging.info("step %d validation: %s", step, val)

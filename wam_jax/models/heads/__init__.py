@@ -9,7 +9,8 @@ tokens plug in the same way):
 
 ``readout_BKD`` are K per-step condition tokens from the backbone; ``mask_BKA``
 is action_mask[..., None] & action_dim_mask[:, None, :]. Losses average over
-the True entries only. Sampling must be deterministic given the 'noise' rng.
+the True entries only, and report their count as metrics['loss_weight'] so
+gradient accumulation stays exact. Sampling must be deterministic given the 'noise' rng.
 """
 
 from wam_jax.models.heads.regression import RegressionHead

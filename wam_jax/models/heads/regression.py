@@ -30,4 +30,4 @@ class RegressionHead(nn.Module):
     l1 = masked_mean(jnp.abs(err), mask_BKA)
     mse = masked_mean(err ** 2, mask_BKA)
     loss = l1 if self.loss_type == "l1" else mse
-    return loss, {"action_l1": l1, "action_mse": mse}
+    return loss, {"action_l1": l1, "action_mse": mse, "loss_weight": mask_BKA.sum().astype(jnp.float32)}
