@@ -1,0 +1,137 @@
+"""Matmul peak throughput: the denominator of MFU.
+
+On TPU/GPU the peak is a datasheet number per chip. On CPU there is no
+datasheet worth trusting (it depends on cores, AMX, and which XLA path a dot
+takes), so it is measured once with square jitted dots and cached in
+`~/.cache/wam_jax/matmul_peak.json`, keyed by CPU model, device count and jax
+version. `WAM_JAX_CACHE_DIR` redirects the cache (tests use it).
+
+Kinds: "float32" (f32 x f32 -> f32) and "bfloat16" (bf16 x bf16 -> f32, the
+AMX path `wam_jax.models.matmul` uses).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+CACHE_ENV = "WAM_JAX_CACHE_DIR"
+CACHE_FILE = "matmul_peak.json"
+
+# Dense bf16 peak per chip, GFLOP/s, by lower-cased device_kind substring.
+# Order matters: more specific names first.
+DATASHEET_BF16_GFLOPS = (
+    ("v6e", 918e3),
+    ("v6 lite", 918e3),
+    ("v5p", 459e3),
+    ("v5e", 197e3),
+    ("v5 lite", 197e3),
+    ("v4", 275e3),
+    ("h100", 989e3),
+    ("a100", 312e3),
+)
+
+
+def measure_matmul_peak(dtype: str = "float32",
+                        sizes: Sequence[int] = (1024, 2048),
+                        repeats: int = 5, budget_s: float = 3.0) -> float:
+  """Best GFLOP/s of jitted square [n, n] x [n, n] dots on the default device.
+
+  Args:
+    dtype: "float32" for f32 dots; "bfloat16" for bf16 operands with f32
+      accumulation (`preferred_element_type=float32`).
+    sizes: the n values tried; the best over all of them is returned.
+    repeats: timed runs per size, after one untimed warm-up (compile).
+    budget_s: stop timing once this many seconds have passed (a busy machine
+      would otherwise stretch the measurement); at least one run per size.
+
+  Returns:
+    Best observed GFLOP/s (2 n^3 flops per dot).
+  """
+  name = jnp.dtype(dtype).name
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+  dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  best, deadline = 0.0, time.perf_counter() + budget_s
+  for n in sizes:
+    ka, kb = jax.random.split(jax.random.key(n))
+    a = jax.random.normal(ka, (n, n), jnp.float32).astype(name)
+    b = jax.random.normal(kb, (n, n), jnp.float32).astype(name)
+    dot(a, b).block_until_ready()
+    for _ in range(repeats):
+      start = time.perf_counter()
+      dot(a, b).block_until_ready()
+      best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+      if time.perf_counter() > deadline:
+        break
+  return best
+
+
+def matmul_peak_gflops(kind: str = "float32",
+                       cache_dir: str | os.PathLike | None = None) -> float:
+  """Peak matmul GFLOP/s of one device of the default backend.
+
+  Args:
+    kind: "float32" or "bfloat16" (operand dtype; accumulation is f32).
+    cache_dir: where the CPU measurement is cached; default
+      `$WAM_JAX_CACHE_DIR` or `~/.cache/wam_jax`.
+
+  Returns:
+    TPU/GPU: the datasheet dense bf16 peak per chip (for "float32" too: MFU
+    is quoted against it). CPU: measured once per machine key, then cached.
+  """
+  device = jax.devices()[0]
+  if device.platform != "cpu":
+    kind_name = device.device_kind.lower()
+    for key, gflops in DATASHEET_BF16_GFLOPS:
+      if key in kind_name:
+        return gflops
+    raise ValueError(f"no datasheet peak for device_kind {device.device_kind!r}")
+
+  path = _cache_path(cache_dir)
+  key = f"{_cpu_model()}|devices={jax.device_count()}|jax={jax.__version__}|{kind}"
+  table = _read_json(path)
+  if key not in table:
+    table[key] = measure_matmul_peak(kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+    tmp.replace(path)  # Atomic: concurrent runs never see half a file.
+  return float(table[key])
+
+
+def _cache_path(cache_dir) -> pathlib.Path:
+  root = cache_dir or os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "wam_jax"
+  return pathlib.Path(root) / CACHE_FILE
+
+
+def _read_json(path: pathlib.Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except (FileNotFoundError, json.JSONDecodeError):
+    return {}
+
+
+def _cpu_model() -> str:
+  """CPU model name plus whether AMX/AVX512-BF16 are present (same name, different speed)."""
+  try:
+    info = pathlib.Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return platform.processor() or platform.machine()
+  model, flags = platform.machine(), set()
+  for line in info.splitlines():
+    if line.startswith("model name"):
+      model = line.split(":", 1)[1].strip()
+    elif line.startswith("flags"):
+      flags = set(line.split(":", 1)[1].split())
+  if model and flags:
+    extras = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model} ({os.cpu_count()} cpus, {'+'.join(extras) or 'no-avx512'})"
+  return model
