@@ -126,7 +126,10 @@ def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bo
   ds = grain.MapDataset.mix(parts, [w for _, w in mixture]) if len(parts) > 1 else parts[0]
   if train and data_cfg.augment.enabled:
     ds = ds.random_map(augment_lib.Augment(data_cfg.augment, wspec.cameras), seed=int(aug_seed))
-  read = grain.ReadOptions(num_threads=int(data_cfg.get("read_threads", 2)),
+  threads = int(data_cfg.get("read_threads", -1))
+  if threads < 0:  # Auto: threads only pay off inside worker processes (BUILD_NOTES).
+    threads = 2 if int(data_cfg.num_workers) > 0 else 0
+  read = grain.ReadOptions(num_threads=threads,
                            prefetch_buffer_size=2 * batch_size)
   ds = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
   if int(data_cfg.num_workers) > 0:
