@@ -48,6 +48,18 @@ def train_and_evaluate(config, workdir):
   print(f"training done at step {final.get('step')}: checkpoints in {workdir / 'checkpoints'}, "
         f"metrics in {workdir / 'metrics.jsonl'}, TensorBoard in {workdir / 'tensorboard'}")
   if config.eval.get("at_end", False) and final.get("step") == config.train.steps:
-    from wam_jax.evaluation import run_eval
-    run_eval.evaluate_run(workdir, config)
+    evaluate_checkpoint(workdir, config)
   return final
+
+
+def evaluate_checkpoint(workdir, config, out_dir=None) -> dict:
+  """Closed-loop MetaWorld evaluation of ``workdir``'s latest checkpoint."""
+  import functools
+  from wam_jax import inference
+  from wam_jax.evaluation import evaluate
+  out_dir = pathlib.Path(out_dir or pathlib.Path(workdir) / "eval")
+  results = evaluate.evaluate(functools.partial(inference.load_policy, str(workdir)), out_dir=out_dir,
+                              policy_name=f"checkpoint:{workdir}", **evaluate.eval_kwargs_from_config(config))
+  print(f"closed-loop results: {out_dir / 'results.md'} (JSON: results.json); videos in "
+        f"{out_dir / 'videos'}; contact sheet {out_dir / 'contact_sheet.png'}")
+  return results

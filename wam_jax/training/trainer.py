@@ -24,6 +24,7 @@ from wam_jax.data import pipeline as data_pipeline
 from wam_jax.models import registry
 from wam_jax.training import checkpoint as ckpt_lib
 from wam_jax.training import metrics as metrics_lib
+from wam_jax.training import peak as peak_lib
 
 from wam_jax.training import sharding
 from wam_jax.training import state as state_lib
@@ -256,7 +257,6 @@ def train(config, workdir, *, devices=None) -> dict:
 
   # --- Loop -------------------------------------------------------------------
   writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
-  from wam_jax.training import peak as peak_lib  # noqa: E402  (TODO hoist)
   peak = peak_lib.matmul_peak_gflops("float32") * 1e9 if not tc.matmul_peak_gflops else tc.matmul_peak_gflops * 1e9
   progress = metrics_lib.Progress(tc.steps, tc.batch_size, flops, peak, start_step=start)
   writer.scalars(start, {"flops_per_step": flops, "params": n_params, "peak_flops": peak}, prefix="run/")

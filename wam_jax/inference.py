@@ -1,0 +1,87 @@
+"""A trained checkpoint as a policy: ``load_policy(workdir)(obs, instruction) -> [K, A]``.
+
+Everything comes from the checkpoint itself (config, normalization statistics,
+tokenizer spec, dataset names), never from a config that could drift. Inputs
+go through the same ``windows.make_inference_inputs`` as training windows, and
+actions are de-normalized by the same ``Normalizer``.
+"""
+
+import collections
+import pathlib
+import time
+from typing import Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from wam_jax.data import normalization, windows
+from wam_jax.data import registry as data_registry
+from wam_jax.models import registry
+from wam_jax.training import checkpoint as ckpt_lib
+from wam_jax.training import sharding, trainer
+
+
+class CheckpointPolicy:
+  """Keeps the last ``data.history`` observations; predicts a de-normalized chunk.
+
+  obs: {"image_<cam>" or "image_primary": uint8 [H, W, 3], "proprio": float [P_raw]}.
+  Returns float32 [K, A_dataset] in the dataset's (env) units.
+  """
+
+  def __init__(self, workdir, step: Optional[int] = None, dataset_name: Optional[str] = None,
+               use_ema: bool = True, seed: int = 0):
+    workdir = pathlib.Path(workdir)
+    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True)
+    assets, step = ckpt.restore_assets(step)
+    self.config = ml_collections.ConfigDict(assets["config"])
+    self.normalizer = normalization.Normalizer.from_dict(assets["normalizer"])
+    names = list(assets["dataset_names"])
+    if dataset_name is None:  # The first dataset with actions: the one a policy acts in.
+      dataset_name = next(n for n in names if data_registry.get_spec(n).action_key is not None)
+    if dataset_name not in names:
+      raise ValueError(f"dataset {dataset_name!r} was not in the training mixture {names}")
+    self.dataset_name = dataset_name
+    self.data_cfg = self.config.data
+    self.history = int(self.data_cfg.history)
+
+    # A 1-device setup: the same model/state structure the trainer saved.
+    self.config.mesh.shape = (1, 1, 1)
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    spec = windows.WindowSpec.from_config(self.data_cfg).element_spec(1)
+    batch_spec = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in spec.items()}
+    run = trainer.setup_training(self.config, mesh, batch_spec, num_datasets=len(names))
+    state, _, self.step = ckpt.restore(run.abstract_state, step=step)
+    ckpt.close()
+    self.params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
+    model = run.model
+    self._predict = jax.jit(lambda p, b, r: registry.predict_actions(model, p, b, r))
+    self._rng = jax.random.key(seed)
+    self._frames = collections.deque(maxlen=self.history)
+    self.latencies_ms = []
+
+  def reset(self) -> None:
+    self._frames.clear()
+
+  def __call__(self, obs: dict, instruction: str) -> np.ndarray:
+    start = time.perf_counter()
+    self._frames.append(obs)
+    past = list(self._frames)
+    pad = self.history - len(past)
+    past = [past[0]] * pad + past  # Same padding as training windows at episode start.
+    mask = np.arange(self.history) >= pad
+    frames = {cam: np.stack([o[f"image_{cam}"] for o in past]) for cam in self.data_cfg.cameras}
+    proprio = np.stack([np.asarray(o["proprio"], np.float32) for o in past])
+    inputs = windows.make_inference_inputs(frames, proprio, mask, instruction, self.data_cfg,
+                                           self.normalizer, self.dataset_name)
+    batch = {k: np.asarray(v)[None] for k, v in inputs.items()}
+    self._rng, rng = jax.random.split(self._rng)
+    pred_BKA = np.asarray(self._predict(self.params, batch, rng))
+    actions = self.normalizer.denormalize_actions(pred_BKA[0], self.dataset_name)
+    actions = actions[:, :self.normalizer.action_dim(self.dataset_name)]
+    self.latencies_ms.append(1e3 * (time.perf_counter() - start))
+    return actions.astype(np.float32)
+
+
+def load_policy(workdir, step: Optional[int] = None, **kwargs) -> CheckpointPolicy:
+  return CheckpointPolicy(workdir, step=step, **kwargs)
