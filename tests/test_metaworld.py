@@ -19,6 +19,7 @@ def test_unknown_task_lists_valid_names():
   with pytest.raises(ValueError, match="assembly-v3"):
     mw.parse_tasks("reach-v3,nope")
   assert mw.parse_tasks("reach-v3, push-v3,reach-v3") == ("reach-v3", "push-v3")
+  assert mw.parse_tasks("all") == tuple(mw.valid_tasks())
 
 
 def test_every_v3_task_has_a_distinct_instruction():
@@ -113,6 +114,12 @@ def test_ensure_embedded_dataset_reuses_existing(data_root, monkeypatch):
   logs = []
   assert metaworld_data.ensure_embedded_dataset(cfg, log=logs.append) == data_root
   assert logs == []  # Both datasets exist: nothing regenerated.
+
+
+def test_failing_expert_is_reported(tmp_path):
+  with pytest.raises(RuntimeError, match="raise max_steps"):  # 5 steps: no expert succeeds.
+    metaworld_data.collect_episodes(("reach-v3",), 1, max_steps=5, resolution=RES,
+                                    max_failures_per_task=1, log=lambda s: None)
 
 
 def test_ensure_embedded_dataset_generates_when_absent(tmp_path):

@@ -112,9 +112,13 @@ def check_task(task: str) -> str:
 
 
 def parse_tasks(tasks) -> tuple[str, ...]:
-  """Accepts "a,b" or a sequence; checks every name; keeps order, drops duplicates."""
+  """Accepts "a,b" or a sequence; checks every name; keeps order, drops duplicates.
+
+  The name "all" stands for every v3 task.
+  """
   if isinstance(tasks, str):
     tasks = [t for t in tasks.split(",") if t.strip()]
+  tasks = [n for t in tasks for n in (valid_tasks() if t.strip() == "all" else [t])]
   names = tuple(dict.fromkeys(check_task(t.strip()) for t in tasks))
   if not names:
     raise ValueError("no MetaWorld task given")

@@ -185,8 +185,10 @@ def collect_episodes(tasks: Sequence[str], episodes_per_task: int, *, seed_base:
           failed[task] += 1
           stats.failed_seeds.setdefault(task, []).append(int(meta["seed"]))
           if failed[task] > max_failures:
-            raise RuntimeError(f"the {task} expert failed {failed[task]} times "
-                               f"(seeds {stats.failed_seeds[task]})")
+            raise RuntimeError(
+                f"the {task} expert failed {failed[task]} times within {max_steps} steps "
+                f"(seeds {stats.failed_seeds[task]}); some experts need more steps "
+                f"(push-back-v3 ~300): raise max_steps (MetaWorld allows {mw.MAX_ENV_STEPS})")
           pending[pool.submit(run, task, next_seed[task])] = task
           next_seed[task] += 1
       now = time.time()
