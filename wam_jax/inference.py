@@ -48,9 +48,8 @@ class CheckpointPolicy:
     # A 1-device setup: the same model/state structure the trainer saved.
     self.config.mesh.shape = (1, 1, 1)
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    spec = windows.WindowSpec.from_config(self.data_cfg).element_spec(1)
-    batch_spec = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in spec.items()}
-    run = trainer.setup_training(self.config, mesh, batch_spec, num_datasets=len(names))
+    run = trainer.setup_training(self.config, mesh, trainer.abstract_batch(self.data_cfg, 1),
+                                 num_datasets=len(names))
     state, _, self.step = ckpt.restore(run.abstract_state, step=step)
     ckpt.close()
     self.params = state.ema_params if (use_ema and state.ema_params is not None) else state.params

@@ -132,6 +132,13 @@ class TrainingSetup:
   eval_step: Callable                       # jitted (params, batch, rng) -> metrics
 
 
+def abstract_batch(data_cfg, batch_size: int) -> dict:
+  """Global batch shapes {key: ShapeDtypeStruct [B, ...]} for ``data_cfg`` (no data read)."""
+  from wam_jax.data import windows  # the window geometry is the data path's to define
+  spec = windows.WindowSpec.from_config(data_cfg).element_spec(batch_size)
+  return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
+
+
 def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup:
   """Builds the model, optimizer, sharded init and the jitted steps for ``mesh``.
 
@@ -206,8 +213,12 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._old)
 
 
-def train(config, workdir, *, devices=None) -> dict:
-  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints). Returns final metrics."""
+def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints). Returns final metrics.
+
+  ``crash_after_step`` (tests) stops right after that step without saving, as a
+  SIGKILL would (pending async saves still complete).
+  """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   devices = list(jax.devices() if devices is None else devices)
@@ -269,6 +280,8 @@ def train(config, workdir, *, devices=None) -> dict:
       if preemption.requested:
         ckpt.save(step, state, data.iterator, assets, force=True)
         logging.warning("saved step %d after SIGTERM; rerun the same command to resume", step)
+        break
+      if step == crash_after_step:
         break
       batch = next(data.iterator)
       state, step_metrics = train_step(state, _device_batch(batch, run.batch_shardings))
