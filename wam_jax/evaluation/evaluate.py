@@ -63,7 +63,8 @@ def evaluate(policy_factory: Callable[[], object], tasks, episodes_per_task: int
   log(f"[eval] {name}: {len(tasks)} tasks x {episodes_per_task} episodes, {num_workers} worker(s)")
   start = last_log = time.time()
   episodes = []
-  with workers.executor(num_workers, _init_worker, (policy_factory,)) as pool:
+  with workers.executor(num_workers, _init_worker, (policy_factory,)) as pool, \
+       workers.cancel_on_error(pool):
     futures = [pool.submit(_episode_job, task, seed_offset + i, i < num_videos, resolution, camera,
                            rollout_kwargs)
                for task in tasks for i in range(episodes_per_task)]

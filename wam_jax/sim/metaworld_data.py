@@ -170,7 +170,7 @@ def collect_episodes(tasks: Sequence[str], episodes_per_task: int, *, seed_base:
   run = functools.partial(rollout_expert, resolution=resolution, camera=camera, max_steps=max_steps)
   log(f"[{label}] {len(tasks)} tasks x {episodes_per_task} episodes, {resolution}px, "
       f"{num_workers} worker(s)")
-  with workers.executor(num_workers) as pool:
+  with workers.executor(num_workers) as pool, workers.cancel_on_error(pool):
     pending = {pool.submit(run, t, seed_base + i): t for t in tasks for i in range(episodes_per_task)}
     while pending:
       finished, _ = _wait_first(pending)

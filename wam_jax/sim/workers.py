@@ -7,6 +7,7 @@ calling process through the same interface, which tests and debuggers prefer.
 """
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 
 
@@ -32,3 +33,13 @@ def executor(num_workers: int, initializer=None, initargs=()) -> concurrent.futu
   return concurrent.futures.ProcessPoolExecutor(
       max_workers=num_workers, mp_context=multiprocessing.get_context("spawn"),
       initializer=initializer, initargs=initargs)
+
+
+@contextlib.contextmanager
+def cancel_on_error(pool: concurrent.futures.Executor):
+  """On an exception, drops queued jobs instead of running them all before re-raising."""
+  try:
+    yield pool
+  except BaseException:
+    pool.shutdown(wait=False, cancel_futures=True)
+    raise
