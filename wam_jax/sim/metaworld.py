@@ -149,6 +149,7 @@ def make_env(task: str, seed: int = 0, resolution: int = 64, camera: str = DEFAU
   env.reset()  # Sets an MT1 task once (the env refuses to run without one).
   _task_sampler(env).toggle_sample_tasks_on_reset(False)
   env.wam_camera = camera
+  env.wam_viewer = viewer
   return env
 
 
@@ -173,7 +174,14 @@ def reset(env, seed: int) -> np.ndarray:
 
 
 def render(env) -> np.ndarray:
-  """Returns the camera frame, uint8 [H, W, 3], upright."""
+  """Returns the camera frame, uint8 [H, W, 3], upright.
+
+  Each env owns a GL context, and mujoco renders into whichever context is
+  current: with several live envs in one process (the per-process env cache),
+  rendering without making this env's context current reads another env's
+  framebuffer, i.e. stale frames. So: make it current on every render.
+  """
+  env.wam_viewer.make_context_current()
   frame = env.render()
   if env.wam_camera in _ROTATED_CAMERAS:
     frame = np.rot90(frame, 2)
@@ -205,7 +213,7 @@ class FrozenFramesError(RuntimeError):
   """The renderer returns the same picture while the scene moves."""
 
 
-def check_frames_live(frames, states, *, min_motion: float = 5e-3, max_frozen_fraction: float = 0.5):
+def check_frames_live(frames, states, *, min_motion: float = 5e-3, max_frozen_fraction: float = 0.1):
   """Raises FrozenFramesError if frames stop changing while the scene moves.
 
   Args:
