@@ -144,6 +144,11 @@ def test_ensure_embedded_dataset_generates_when_absent(tmp_path):
   tasks = {video.as_data_source(s)[i]["episode_metadata"]["task"].decode()
            for s in ("train", "val") for i in range(2)}
   assert tasks == {"reach-v3", "drawer-close-v3"}
+  # Reused as is with the same settings; other settings are an error naming the field.
+  assert metaworld_data.ensure_embedded_dataset(cfg, num_workers=1, log=pytest.fail) == root
+  cfg.metaworld.episodes_per_task = 5
+  with pytest.raises(ValueError, match="data.metaworld.episodes_per_task: dataset has 2, config asks 5"):
+    metaworld_data.ensure_embedded_dataset(cfg, num_workers=1, log=lambda s: None)
 
 
 def test_data_pipeline_reads_generated_datasets(data_root, tmp_path):

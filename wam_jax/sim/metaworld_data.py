@@ -24,6 +24,7 @@ Seeds (the start state of an episode; disjoint ranges per use): demos
 import concurrent.futures
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 import time
@@ -275,11 +276,6 @@ def default_video_tasks(demo_tasks) -> tuple[str, ...]:
   return mw.parse_tasks(tuple(demo_tasks) + EXTRA_VIDEO_TASKS)
 
 
-def data_root(data_cfg) -> pathlib.Path:
-  """data_cfg.data_dir, else $WAM_DATA_DIR, else ./wam_data."""
-  return pathlib.Path(data_cfg.get("data_dir", "") or os.environ.get("WAM_DATA_DIR", "") or "wam_data")
-
-
 def ensure_embedded_dataset(data_cfg, *, num_workers: Optional[int] = None,
                             log: Callable[[str], None] = print) -> pathlib.Path:
   """Generates the embedded MetaWorld sample on first use; returns the data root.
@@ -288,7 +284,8 @@ def ensure_embedded_dataset(data_cfg, *, num_workers: Optional[int] = None,
   from ``data_cfg.metaworld`` (tasks, episodes_per_task, video_episodes_per_task,
   resolution; optional extra_video_tasks, camera) when they are absent.
   """
-  root = data_root(data_cfg)
+  from wam_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (one data-root rule)
+  root = pipeline.resolve_data_dir(data_cfg)
   cfg = data_cfg.metaworld
   tasks = mw.parse_tasks(cfg.tasks)
   camera = cfg.get("camera", mw.DEFAULT_CAMERA)
@@ -298,7 +295,10 @@ def ensure_embedded_dataset(data_cfg, *, num_workers: Optional[int] = None,
           (VIDEO_NAME, generate_video, video_tasks, cfg.video_episodes_per_task)]
   for name, generate, job_tasks, n in jobs:
     out = root / name / VERSION
+    recipe = {"tasks": list(job_tasks), "episodes_per_task": int(n), "resolution": int(cfg.resolution),
+              "camera": camera}
     if (out / "dataset_info.json").exists():
+      _check_recipe(out, recipe)
       continue
     log(f"[{name}] not found under {root.absolute()}: generating it (one-off)")
     try:
@@ -307,4 +307,21 @@ def ensure_embedded_dataset(data_cfg, *, num_workers: Optional[int] = None,
     except OSError:
       if not (out / "dataset_info.json").exists():  # Not a concurrent generator winning the race.
         raise
+    (out / RECIPE_FILE).write_text(json.dumps(recipe, indent=1))
   return root
+
+
+RECIPE_FILE = "wam_recipe.json"
+
+
+def _check_recipe(out: pathlib.Path, recipe: dict) -> None:
+  """An embedded sample generated from other settings is an error, not silently reused."""
+  path = out / RECIPE_FILE
+  if not path.exists():
+    return
+  saved = json.loads(path.read_text())
+  diff = {k: (saved.get(k), v) for k, v in recipe.items() if saved.get(k) != v}
+  if diff:
+    fields = ", ".join(f"data.metaworld.{k}: dataset has {a!r}, config asks {b!r}" for k, (a, b) in diff.items())
+    raise ValueError(f"{out} was generated with other settings ({fields}). Delete it to regenerate, "
+                     f"or point data.data_dir at another directory.")
