@@ -7,6 +7,7 @@ Writes results.json, results.md, videos/*.gif and contact_sheet.png to --out.
 """
 
 import functools
+import json
 import os
 import sys
 
@@ -48,6 +49,20 @@ def policy_factory():
   return functools.partial(load_policy, _WORKDIR.value)
 
 
+def _camera_settings() -> dict:
+  """--resolution/--camera, defaulting to what a checkpoint was trained on."""
+  settings = dict(resolution=_RESOLUTION.value, camera=_CAMERA.value)
+  config_path = os.path.join(_WORKDIR.value, "config.json")
+  if _POLICY.value == "checkpoint" and os.path.exists(config_path):
+    with open(config_path) as f:
+      data = json.load(f)["data"]
+    if not flags.FLAGS["resolution"].present:
+      settings["resolution"] = int(data["image_size"])
+    if not flags.FLAGS["camera"].present:
+      settings["camera"] = data.get("metaworld", {}).get("camera", _CAMERA.value)
+  return settings
+
+
 def main(argv):
   del argv
   try:
@@ -59,8 +74,7 @@ def main(argv):
       policy_factory(), tasks, _EPISODES.value, seed_offset=_SEED_OFFSET.value,
       max_steps=_MAX_STEPS.value, execute_steps=_EXECUTE.value, temporal_ensemble=_ENSEMBLE.value,
       num_workers=_WORKERS.value, out_dir=out, num_videos=_VIDEOS.value,
-      resolution=_RESOLUTION.value, camera=_CAMERA.value,
-      policy_name=f"{_POLICY.value} {_WORKDIR.value}".strip())
+      **_camera_settings(), policy_name=f"{_POLICY.value} {_WORKDIR.value}".strip())
 
 
 if __name__ == "__main__":
