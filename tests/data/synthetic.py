@@ -7,38 +7,18 @@ frame[t] filled with 10 t (PNG, lossless), instruction "task <episode>".
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from experiments.configs import common
 from wam_jax.data import rlds
 from wam_jax.data import rlds_writer
+from wam_jax.sim import metaworld_data
 
 SYN_RES = 48  # != image_size 64: exercises per-dataset resizing.
 
 
 def metaworld_features(with_action: bool, res: int = SYN_RES):
-  step = {
-      "observation": tfds.features.FeaturesDict({
-          "image": tfds.features.Image(shape=(res, res, 3), encoding_format="png"),
-          "state": tfds.features.Tensor(shape=(4,), dtype=np.float32),
-          "env_state": tfds.features.Tensor(shape=(39,), dtype=np.float32),
-      }),
-      "language_instruction": tfds.features.Text(),
-      "reward": tfds.features.Scalar(dtype=np.float32),
-      "discount": tfds.features.Scalar(dtype=np.float32),
-      "is_first": tfds.features.Scalar(dtype=np.bool_),
-      "is_last": tfds.features.Scalar(dtype=np.bool_),
-      "is_terminal": tfds.features.Scalar(dtype=np.bool_),
-  }
-  if with_action:
-    step["action"] = tfds.features.Tensor(shape=(4,), dtype=np.float32)
-  return tfds.features.FeaturesDict({
-      "steps": tfds.features.Dataset(step),
-      "episode_metadata": tfds.features.FeaturesDict({
-          "task": tfds.features.Text(), "seed": tfds.features.Scalar(dtype=np.int64),
-          "success": tfds.features.Scalar(dtype=np.bool_),
-          "episode_id": tfds.features.Scalar(dtype=np.int64)}),
-  })
+  """The MetaWorld generator's own schema (one definition of the RLDS layout)."""
+  return metaworld_data.features(res, with_action=with_action)
 
 
 def make_episode(e: int, length: int, with_action: bool, res: int = SYN_RES, nan_at=None):
