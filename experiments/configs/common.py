@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
       ckpt_every=250,
       keep_last=3,
       keep_every=0,           # also keep every Nth step forever (0: off).
-      summary_every=500,      # image/video summaries (families that predict frames).
+      summary_every=500,      # image summaries: input frames (and predicted frames, for families that make them).
       init_from="",           # params of another run to start from (fine-tuning).
       matmul_peak_gflops=0.0,  # 0: measure the CPU peak once and cache it.
   ))

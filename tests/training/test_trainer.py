@@ -30,7 +30,7 @@ def tiny_config(data_dir, steps=8):
   cfg.data.update(data_dir=str(data_dir), cache_dir=str(data_dir / "_cache"), image_size=32,
                   history=2, action_horizon=4, max_text_len=16)
   cfg.train.update(steps=steps, batch_size=8, warmup_steps=2, log_every=2, val_every=4, val_batches=1,
-                   ckpt_every=4, matmul_peak_gflops=100.0, ema_decay=0.9)
+                   ckpt_every=4, matmul_peak_gflops=100.0, ema_decay=0.9, summary_every=4)
   cfg.mesh.shape = (1, 1, 1)
   return cfg
 
@@ -65,6 +65,17 @@ def test_run_writes_metrics_config_and_checkpoints(reference_run):
   assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 8
   assert ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True).all_steps() == [4, 8]
   assert list((workdir / "tensorboard").iterdir())
+
+
+def test_input_summaries_show_history_then_future():
+  from tests.fake_batch import make_batch
+  cfg = tiny_config(pathlib.Path("/unused"))
+  batch = make_batch(cfg, 8)
+  img = trainer.input_summaries(batch, ("primary",))["inputs/primary"]
+  s = cfg.data.image_size
+  assert img.shape == (4, s, (cfg.data.history + cfg.data.num_future) * s, 3) and img.dtype == np.uint8
+  np.testing.assert_array_equal(img[2, :, :s], batch["image_primary"][2, 0])
+  np.testing.assert_array_equal(img[2, :, -s:], batch["future_image_primary"][2, -1])
 
 
 def test_loss_falls(syn_data_dir, tmp_path):  # noqa: F811

@@ -304,6 +304,8 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
         writer.scalars(step, val, prefix="val/")
         last.update({"val_" + k: v for k, v in val.items()})
         logging.info("step %d validation: %s", step, val)
+      if tc.summary_every and step % tc.summary_every == 0:
+        writer.images(step, input_summaries(batch, config.data.cameras))
       if step % tc.ckpt_every == 0 or step == tc.steps:
         ckpt.save(step, state, data.iterator, assets)
   finally:
@@ -311,6 +313,16 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
     ckpt.close()
     writer.close()
   return {"step": step, **last}
+
+
+def input_summaries(batch, cameras, n: int = 4) -> dict:
+  """What the model saw: per camera, history | future frames side by side, uint8 [n, H, (T+F)*W, 3]."""
+  out = {}
+  for cam in cameras:
+    frames = [batch[f"image_{cam}"][:n], batch[f"future_image_{cam}"][:n]]
+    strip = np.concatenate([f for f in frames if f.size], axis=1)  # [n, T+F, H, W, 3]
+    out[f"inputs/{cam}"] = np.concatenate(list(strip.transpose(1, 0, 2, 3, 4)), axis=2)
+  return out
 
 
 def _device_batch(batch, shardings):
