@@ -13,7 +13,7 @@ def small_config():
   cfg = vla_baseline.get_config("tiny")
   cfg.model.update(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=16)
   cfg.data.update(image_size=32, history=2, action_horizon=4, max_text_len=8)
-  cfg.train.update(steps=10, warmup_steps=1, batch_size=8)
+  cfg.train.update(steps=10, warmup_steps=1, batch_size=8, compute_dtype="float32")
   return cfg
 
 

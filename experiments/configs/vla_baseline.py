@@ -17,14 +17,19 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       depth=4,
       num_heads=4,
       mlp_dim=512,
-      patch_size=8,
+      patch_size=16,
       dropout=0.0,
       head=ml_collections.ConfigDict(dict(name="l1")),
   ))
   if arg == "tiny":
-    pass
+    # The README's main job: ~5-10 min of training on 2 CPU cores, then closed-loop eval.
+    # Measured: 85% mean success on the 4 embedded tasks (BUILD_NOTES.md, "VLA baseline result").
+    config.data.max_text_len = 32
+    config.train.update(steps=1000, compute_dtype="bfloat16", log_every=50, val_every=250,
+                        ckpt_every=250)
+    config.eval.at_end = True
   elif arg == "base":
-    config.model.update(width=512, depth=12, num_heads=8, mlp_dim=2048)
+    config.model.update(width=512, depth=12, num_heads=8, mlp_dim=2048, patch_size=16)
     config.data.image_size = 128
     config.train.batch_size = 256
   else:
