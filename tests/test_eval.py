@@ -89,3 +89,29 @@ def test_parallel_workers_build_the_policy_from_a_factory():
                               resolution=32, log=lambda s: None)
   assert res["mean"]["success_rate"] == 1.0
   assert res["settings"]["num_workers"] == 2
+
+
+class _RecordingPolicy:
+  """Holds still; records which steps it was queried on and which it only observed."""
+
+  def __init__(self):
+    self.events = []
+
+  def reset(self):
+    self.events.clear()
+
+  def observe(self, obs):
+    self.events.append(("observe", obs["proprio"].copy()))
+
+  def __call__(self, obs, instruction):
+    self.events.append(("query", obs["proprio"].copy()))
+    return np.zeros((8, 4), np.float32)
+
+
+def test_history_policies_see_every_step_inside_a_chunk():
+  from wam_jax.sim import metaworld as mw
+  policy = _RecordingPolicy()
+  env = mw.cached_env("drawer-close-v3", 32)
+  rollout.run_episode(env, policy, "drawer-close-v3", 0, max_steps=10, execute_steps=4)
+  kinds = [k for k, _ in policy.events]
+  assert kinds == ["query", "observe", "observe", "observe"] * 2 + ["query", "observe"]

@@ -62,9 +62,13 @@ class CheckpointPolicy:
   def reset(self) -> None:
     self._frames.clear()
 
+  def observe(self, obs: dict) -> None:
+    """Records a step the policy was not queried on (history = consecutive frames)."""
+    self._frames.append(obs)
+
   def __call__(self, obs: dict, instruction: str) -> np.ndarray:
     start = time.perf_counter()
-    self._frames.append(obs)
+    self.observe(obs)
     past = list(self._frames)
     pad = self.history - len(past)
     past = [past[0]] * pad + past  # Same padding as training windows at episode start.

@@ -8,7 +8,9 @@ A policy is any object with
 ``obs`` is ``wam_jax.sim.metaworld.observe``'s dict for the current step:
 "image_primary" uint8 [H, W, 3], "proprio" float32 [4], "env_state" float32 [39].
 Actions are de-normalized (MetaWorld: [-1, 1]^4). A policy that needs history
-keeps it itself between resets. Learned policies must not read "env_state"
+keeps it itself between resets, and may define ``observe(obs) -> None``: the
+evaluator calls it on every step it does not query the policy (the steps
+executed from a chunk), so the history holds consecutive frames as in training. Learned policies must not read "env_state"
 (it holds the goal position); the scripted expert needs it.
 
 Evaluation builds policies inside worker processes from a picklable zero-arg

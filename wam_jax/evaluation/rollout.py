@@ -79,6 +79,8 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
       chunk = np.asarray(policy(obs, instruction))
       latencies.append(1000 * (time.perf_counter() - start))
       executor.add(chunk)
+    elif hasattr(policy, "observe"):
+      policy.observe(obs)  # Steps inside a chunk still extend a history-keeping policy's window.
     raw_obs, _, success = mw.step(env, executor.next_action())
     length = t + 1
     if success:
