@@ -16,6 +16,8 @@ import json
 import os
 import pathlib
 import platform
+import subprocess
+import sys
 import time
 from typing import Sequence
 
@@ -76,7 +78,7 @@ def measure_matmul_peak(dtype: str = "float32",
 
 def matmul_peak_gflops(kind: str = "float32",
                        cache_dir: str | os.PathLike | None = None) -> float:
-  """Peak matmul GFLOP/s of one device of the default backend.
+  """Peak matmul GFLOP/s of one chip (TPU/GPU) or of the whole host (CPU).
 
   Args:
     kind: "float32" or "bfloat16" (operand dtype; accumulation is f32).
@@ -96,15 +98,44 @@ def matmul_peak_gflops(kind: str = "float32",
     raise ValueError(f"no datasheet peak for device_kind {device.device_kind!r}")
 
   path = _cache_path(cache_dir)
-  key = f"{_cpu_model()}|devices={jax.device_count()}|jax={jax.__version__}|{kind}"
+  key = f"{_cpu_model()}|jax={jax.__version__}|{kind}"
   table = _read_json(path)
   if key not in table:
-    table[key] = measure_matmul_peak(kind)
+    table[key] = _measure_host_peak(kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
     tmp.replace(path)  # Atomic: concurrent runs never see half a file.
   return float(table[key])
+
+
+def hardware_peak_flops(devices, kind: str = "float32") -> float:
+  """The peak FLOP/s that MFU is quoted against, for a run on ``devices``.
+
+  CPU: the measured matmul peak of the whole host (all cores), times the
+  number of hosts; virtual host devices (--xla_force_host_platform_device_count)
+  share the same cores, so they do not multiply it. TPU/GPU: per-chip datasheet
+  peak times the number of chips.
+  """
+  devices = list(devices)
+  if devices[0].platform == "cpu":
+    hosts = len({d.process_index for d in devices})
+    return matmul_peak_gflops(kind) * 1e9 * hosts
+  return matmul_peak_gflops(kind) * 1e9 * len(devices)
+
+
+def _measure_host_peak(kind: str) -> float:
+  """The host's peak: in this process if it has one CPU device, else in a 1-device subprocess
+  (with N virtual devices, one device's matmul only gets a share of the cores)."""
+  if jax.local_device_count() == 1:
+    return measure_matmul_peak(kind)
+  flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                   if "xla_force_host_platform_device_count" not in f)
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+  code = f"from wam_jax.training import peak; print(peak.measure_matmul_peak({kind!r}))"
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True, timeout=300)
+  return float(out.stdout.strip().splitlines()[-1])
 
 
 def _cache_path(cache_dir) -> pathlib.Path:

@@ -268,7 +268,7 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
 
   # --- Loop -------------------------------------------------------------------
   writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
-  peak = peak_lib.matmul_peak_gflops("float32") * 1e9 if not tc.matmul_peak_gflops else tc.matmul_peak_gflops * 1e9
+  peak = tc.matmul_peak_gflops * 1e9 or peak_lib.hardware_peak_flops(devices, "float32")
   progress = metrics_lib.Progress(tc.steps, tc.batch_size, flops, peak, start_step=start)
   writer.scalars(start, {"flops_per_step": flops, "params": n_params, "peak_flops": peak}, prefix="run/")
   preemption = _Preemption()
