@@ -25,7 +25,6 @@ from wam_jax.models import registry
 from wam_jax.training import checkpoint as ckpt_lib
 from wam_jax.training import metrics as metrics_lib
 from wam_jax.training import peak as peak_lib
-
 from wam_jax.training import sharding
 from wam_jax.training import state as state_lib
 
