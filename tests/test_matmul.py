@@ -188,3 +188,10 @@ def test_host_peak_with_virtual_devices_is_measured_on_one_device(monkeypatch):
     assert peak._measure_host_peak("float32") > 0  # runs in a 1-device subprocess
   monkeypatch.setattr(peak, "matmul_peak_gflops", lambda kind: 100.0)
   assert peak.hardware_peak_flops(jax.devices()) == 100.0e9
+
+
+@pytest.mark.parametrize("kind,expected", [("TPU v5", 459e3), ("TPU v5 lite", 197e3), ("TPU v5e", 197e3),
+                                           ("TPU v4", 275e3), ("TPU v6 lite", 918e3)])
+def test_datasheet_peak_by_device_kind(kind, expected):
+  match = next(g for key, g in peak.DATASHEET_BF16_GFLOPS if key in kind.lower())
+  assert match == expected

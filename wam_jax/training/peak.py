@@ -35,6 +35,7 @@ DATASHEET_BF16_GFLOPS = (
     ("v5p", 459e3),
     ("v5e", 197e3),
     ("v5 lite", 197e3),
+    ("tpu v5", 459e3),  # a v5p reports device_kind "TPU v5" (after the lite rows on purpose)
     ("v4", 275e3),
     ("h100", 989e3),
     ("a100", 312e3),
