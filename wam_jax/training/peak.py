@@ -92,11 +92,7 @@ def matmul_peak_gflops(kind: str = "float32",
   """
   device = jax.devices()[0]
   if device.platform != "cpu":
-    kind_name = device.device_kind.lower()
-    for key, gflops in DATASHEET_BF16_GFLOPS:
-      if key in kind_name:
-        return gflops
-    raise ValueError(f"no datasheet peak for device_kind {device.device_kind!r}")
+    return datasheet_peak_gflops(device.device_kind)
 
   path = _cache_path(cache_dir)
   key = f"{_cpu_model()}|jax={jax.__version__}|{kind}"
@@ -108,6 +104,14 @@ def matmul_peak_gflops(kind: str = "float32",
     tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
     tmp.replace(path)  # Atomic: concurrent runs never see half a file.
   return float(table[key])
+
+
+def datasheet_peak_gflops(device_kind: str) -> float:
+  """Dense bf16 GFLOP/s per chip for a TPU/GPU ``device_kind`` (e.g. "TPU v5 lite")."""
+  for key, gflops in DATASHEET_BF16_GFLOPS:
+    if key in device_kind.lower():
+      return gflops
+  raise ValueError(f"no datasheet peak for device_kind {device_kind!r}")
 
 
 def hardware_peak_flops(devices, kind: str = "float32") -> float:
