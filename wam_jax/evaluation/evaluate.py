@@ -8,7 +8,6 @@ policy latency, as ``results.json`` + ``results.md`` in ``out_dir`` with a few
 rollout GIFs and ``contact_sheet.png``.
 """
 
-import concurrent.futures
 import functools
 import pathlib
 import time
@@ -63,17 +62,16 @@ def evaluate(policy_factory: Callable[[], object], tasks, episodes_per_task: int
   log(f"[eval] {name}: {len(tasks)} tasks x {episodes_per_task} episodes, {num_workers} worker(s)")
   start = last_log = time.time()
   episodes = []
+  jobs = [(task, seed_offset + i, i < num_videos, resolution, camera, rollout_kwargs)
+          for task in tasks for i in range(episodes_per_task)]
   with workers.executor(num_workers, _init_worker, (policy_factory,)) as pool, \
        workers.cancel_on_error(pool):
-    futures = [pool.submit(_episode_job, task, seed_offset + i, i < num_videos, resolution, camera,
-                           rollout_kwargs)
-               for task in tasks for i in range(episodes_per_task)]
-    for future in concurrent.futures.as_completed(futures):
-      episodes.append(future.result())
-      if time.time() - last_log > 5 or len(episodes) == len(futures):
+    for episode in workers.completed(pool, _episode_job, jobs):
+      episodes.append(episode)
+      if time.time() - last_log > 5 or len(episodes) == len(jobs):
         last_log = time.time()
         wins = sum(e["success"] for e in episodes)
-        log(f"[eval] {len(episodes)}/{len(futures)} episodes, {wins} successes, "
+        log(f"[eval] {len(episodes)}/{len(jobs)} episodes, {wins} successes, "
             f"{last_log - start:.0f} s")
   seconds = time.time() - start
   episodes.sort(key=lambda e: (tasks.index(e["task"]), e["seed"]))

@@ -35,6 +35,18 @@ def executor(num_workers: int, initializer=None, initargs=()) -> concurrent.futu
       initializer=initializer, initargs=initargs)
 
 
+def completed(pool: concurrent.futures.Executor, fn, jobs):
+  """Yields ``fn(*job)`` for each job as it finishes: lazily in-process for the
+  inline executor (so progress shows as it happens), in completion order for a pool."""
+  if isinstance(pool, InlineExecutor):
+    for job in jobs:
+      yield fn(*job)
+    return
+  futures = [pool.submit(fn, *job) for job in jobs]
+  for future in concurrent.futures.as_completed(futures):
+    yield future.result()
+
+
 @contextlib.contextmanager
 def cancel_on_error(pool: concurrent.futures.Executor):
   """On an exception, drops queued jobs instead of running them all before re-raising."""
