@@ -6,6 +6,7 @@ the device mesh. Dense layers take a ``dot_general`` so bf16/AMX compute is a
 config switch (``wam_jax.models.matmul``) while parameters stay float32.
 """
 
+import math
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -18,15 +19,50 @@ DotGeneral = Optional[Callable[..., jax.Array]]
 default_init = nn.initializers.xavier_uniform()
 
 
+class Dense(nn.Module):
+  """y = x . W + b contracting the trailing ``contract_dims`` axes of x.
+
+  Leading axes are flattened into one before the matmul: XLA:CPU's backward
+  of a dot with several batch-like leading axes ([B, N, D] x [D, F]) is
+  2.2x slower than the same dot on [B*N, D] (BUILD_NOTES, "Flattened dense").
+  Params are ``kernel`` [*contracted, *features] and ``bias`` [*features], with
+  logical axis names, as linen's DenseGeneral would make them.
+  """
+  features: Any                    # int or tuple of ints
+  names: tuple                     # logical names of the kernel axes
+  contract_dims: int = 1
+  use_bias: bool = True
+  dot_general: DotGeneral = None
+  kernel_init: Callable = default_init
+
+  @nn.compact
+  def __call__(self, x):
+    feats = tuple(self.features) if isinstance(self.features, (tuple, list)) else (self.features,)
+    contracted = x.shape[x.ndim - self.contract_dims:]
+    lead = x.shape[:x.ndim - self.contract_dims]
+    k_in, k_out = math.prod(contracted), math.prod(feats)
+
+    def init(rng, shape, dtype=jnp.float32):  # fan-in/out of the flat matrix
+      return self.kernel_init(rng, (k_in, k_out), dtype).reshape(shape)
+
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names), contracted + feats)
+    dot = self.dot_general or jax.lax.dot_general
+    y = dot(x.reshape(-1, k_in), kernel.reshape(k_in, k_out), (((1,), (0,)), ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                             self.names[len(contracted):]), feats)
+      y = y + bias.reshape(-1)
+    return y.reshape(lead + feats)
+
+
 def logical_dense(features, names, *, dot_general=None, use_bias=True, axis=-1, name=None,
                   kernel_init=default_init):
-  """A DenseGeneral whose kernel/bias are annotated with logical axis names."""
-  out_names = names[-(len(features) if isinstance(features, tuple) else 1):]
-  return nn.DenseGeneral(
-      features=features, axis=axis, use_bias=use_bias, dot_general=dot_general,
-      kernel_init=nn.with_logical_partitioning(kernel_init, names),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), out_names),
-      name=name)
+  """A Dense over the trailing axes ``axis`` (-1 or (-2, -1)) with logical axis names."""
+  axes = axis if isinstance(axis, tuple) else (axis,)
+  if sorted(axes) != list(range(-len(axes), 0)):
+    raise ValueError(f"logical_dense contracts trailing axes only, got axis={axis}")
+  return Dense(features, tuple(names), contract_dims=len(axes), use_bias=use_bias,
+               dot_general=dot_general, kernel_init=kernel_init, name=name)
 
 
 def layer_norm(name=None):
