@@ -14,7 +14,7 @@ from experiments.configs import vla_baseline  # noqa: E402
 from tests.fake_batch import make_batch  # noqa: E402
 from wam_jax.training import metrics, sharding, trainer  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "scripts"))
 import torch_vla  # noqa: E402
 
 BATCH = 4

@@ -9,7 +9,7 @@ import sys
 import pytest
 import tensorflow_datasets as tfds
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _run(*args):
