@@ -14,6 +14,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import os as _os  # noqa: E402
+import sys as _sys  # noqa: E402
+_sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # run from a checkout too
+
 from wam_jax.models.matmul import make_dot_general
 
 _SIZES = flags.DEFINE_list("sizes", ["1024", "2048"], "Square matmul sizes.")

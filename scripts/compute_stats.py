@@ -17,6 +17,10 @@ from absl import app
 from absl import flags
 import numpy as np
 
+import os as _os  # noqa: E402
+import sys as _sys  # noqa: E402
+_sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # run from a checkout too
+
 from experiments.configs import common
 from wam_jax.data import normalization
 from wam_jax.data import pipeline

@@ -11,6 +11,10 @@ import sys
 from absl import app
 from absl import flags
 
+import os as _os  # noqa: E402
+import sys as _sys  # noqa: E402
+_sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # run from a checkout too
+
 from wam_jax.data import rlds
 
 _SRC = flags.DEFINE_string("src", None, "TFRecord dataset version dir (has dataset_info.json).")
