@@ -135,8 +135,13 @@ class Episode:
 
   @property
   def nbytes(self) -> int:
-    n = self.proprio.nbytes + sum(f.nbytes for f in self.frames.values())
-    return n + (0 if self.actions is None else self.actions.nbytes)
+    return episode_nbytes(self)
+
+
+def episode_nbytes(ep) -> int:
+  """Bytes held by an episode's frames, proprio and actions (for cache budgets)."""
+  n = ep.proprio.nbytes + sum(f.nbytes for f in ep.frames.values())
+  return n + (0 if ep.actions is None else ep.actions.nbytes)
 
 
 def resize_frames(frames_THWC: np.ndarray, size: int) -> np.ndarray:

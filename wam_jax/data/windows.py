@@ -95,8 +95,7 @@ class PreparedEpisode:
 
   @property
   def nbytes(self) -> int:
-    n = self.proprio.nbytes + sum(f.nbytes for f in self.frames.values())
-    return n + (0 if self.actions is None else self.actions.nbytes)
+    return rlds.episode_nbytes(self)
 
 
 def _pad_last(x: np.ndarray, dim: int, what: str, dataset: str) -> np.ndarray:
