@@ -189,3 +189,17 @@ def _flat(cfg, prefix=""):
     elif isinstance(v, tuple) and all(isinstance(x, int) for x in v):
       out[prefix + k] = "(" + ",".join(map(str, v)) + ")"
   return out
+
+
+def test_init_from_restores_matching_params_by_path(reference_run):
+  cfg, ref_dir, _ = reference_run
+  _, ref_params, _ = final_params(ref_dir, cfg)
+  other = cfg.copy_and_resolve_references()
+  other.data.action_horizon = cfg.data.action_horizon + 2  # action_queries change shape
+  fresh = trainer.setup_training(other, sharding.make_mesh((1, 1, 1), one_device()),
+                                 trainer.abstract_batch(other.data, 8), 1).init_state(jax.random.key(7)).params
+  loaded = jax.device_get(ckpt_lib.load_params_into(ref_dir, fresh))
+  np.testing.assert_array_equal(loaded["backbone"]["block_1"]["mlp"]["wi"]["kernel"],
+                                ref_params["backbone"]["block_1"]["mlp"]["wi"]["kernel"])
+  np.testing.assert_array_equal(loaded["action_queries"], jax.device_get(fresh["action_queries"]))
+  assert loaded["action_queries"].shape[0] == other.data.action_horizon

@@ -95,7 +95,8 @@ def abstract_with_shardings(tree: Any, shardings: Any):
 def load_params_into(run_dir, params, step: Optional[int] = None):
   """Partial restore by parameter path (fine-tuning, stage-to-stage transfer).
 
-  Copies each leaf of ``run_dir``'s saved params whose path and shape match a
+  Copies each leaf of ``run_dir``'s saved params (its EMA params if it kept
+  them) whose path and shape match a
   leaf of ``params``; every other leaf keeps its fresh initialization. Logs
   what was restored and what was not. Returns the new params (same shardings).
   """
@@ -107,7 +108,9 @@ def load_params_into(run_dir, params, step: Optional[int] = None):
   meta = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
   saved = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  saved = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(saved["params"])}
+  # The EMA params when the source run kept them: they are what its policy used.
+  source = saved.get("ema_params") or saved["params"]
+  saved = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(source)}
   copied, kept = [], []
 
   def take(key_path, leaf):
