@@ -23,7 +23,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   ))
   if arg == "tiny":
     # The README's main job: ~5-10 min of training on 2 CPU cores, then closed-loop eval.
-    # Measured: 85% mean success on the 4 embedded tasks (BUILD_NOTES.md, "VLA baseline result").
+    # Measured: 90% mean closed-loop success on the 4 embedded tasks (BUILD_NOTES.md, "VLA baseline result").
     config.data.max_text_len = 32
     config.train.update(steps=1000, compute_dtype="bfloat16", log_every=50, val_every=250,
                         ckpt_every=250)
