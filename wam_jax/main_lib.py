@@ -41,9 +41,24 @@ def run(main):
   app.run(_main, flags_parser=_parse_flags)
 
 
+def check_config_or_exit(config):
+  """Semantic config errors (names, shapes, mesh) as one line and exit 2, before any work."""
+  import jax
+  from wam_jax.training import trainer
+  try:
+    trainer.check_config(config, jax.device_count())
+    if config.eval.get("at_end", False):  # a misspelt eval task must not wait for training to end
+      from wam_jax.sim import metaworld as mw
+      mw.parse_tasks(tuple(config.eval.tasks) or tuple(config.data.metaworld.tasks))
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 def train_and_evaluate(config, workdir):
   from wam_jax.training import trainer
   workdir = pathlib.Path(workdir)
+  check_config_or_exit(config)
   final = trainer.train(config, workdir)
   print(f"training done at step {final.get('step')}: checkpoints in {workdir / 'checkpoints'}, "
         f"metrics in {workdir / 'metrics.jsonl'}, TensorBoard in {workdir / 'tensorboard'}")

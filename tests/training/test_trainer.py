@@ -149,6 +149,14 @@ def test_unknown_config_field_fails_naming_it(tmp_path):
   assert not (tmp_path / "config.json").exists()  # failed before any work
 
 
+def test_semantic_config_errors_fail_before_work(tmp_path):
+  out = subprocess.run(_train_cmd(["--config.model.head.name=difusion"], tmp_path),
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "config.model.head.name='difusion'" in out.stderr and "Traceback" not in out.stderr
+  assert not (tmp_path / "config.json").exists()
+
+
 def test_sigterm_saves_exactly_the_uninterrupted_state(syn_data_dir, tmp_path):  # noqa: F811
   cfg = tiny_config(syn_data_dir, steps=400)
   cfg.train.update(val_every=0, ckpt_every=1000)

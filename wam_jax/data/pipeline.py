@@ -77,7 +77,8 @@ def make_normalizer(data_cfg, *, split: Optional[str] = None) -> normalization.N
   return normalization.Normalizer(mode=data_cfg.normalization, stats=stats)
 
 
-def _mixture(data_cfg):
+def parse_mixture(data_cfg) -> tuple[tuple[str, float], ...]:
+  """data.mixture as ((registry name, weight), ...); unknown names or weights <= 0 raise."""
   mixture = tuple((str(n), float(w)) for n, w in data_cfg.mixture)
   if not mixture:
     raise ValueError("data.mixture is empty")
@@ -103,7 +104,7 @@ def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bo
     normalizer: None computes/loads train-split stats; pass the train
       pipeline's normalizer to val pipelines.
   """
-  mixture = _mixture(data_cfg)
+  mixture = parse_mixture(data_cfg)
   names = tuple(n for n, _ in mixture)
   wspec = windows.WindowSpec.from_config(data_cfg)
   for cam in wspec.cameras:

@@ -9,16 +9,23 @@ family they run.
 import jax
 
 from wam_jax.data.tokenizer import ByteTokenizer
-from wam_jax.models import matmul
+from wam_jax.models import heads, matmul
 from wam_jax.models.families.vla import VLA
 
 FAMILIES = {"vla": VLA}
 
 
+def check_model_config(model_cfg) -> None:
+  """Names in config.model resolve (family, head): checked before any work starts."""
+  if model_cfg.name not in FAMILIES:
+    raise ValueError(f"config.model.name={model_cfg.name!r} is not a model family; known: {sorted(FAMILIES)}")
+  if "head" in model_cfg:
+    heads.check_head_name(model_cfg.head.name)
+
+
 def build_model(config, num_datasets: int):
+  check_model_config(config.model)
   name = config.model.name
-  if name not in FAMILIES:
-    raise ValueError(f"config.model.name={name!r} is not a model family; known: {sorted(FAMILIES)}")
   return FAMILIES[name](
       config=config.model, data_config=config.data, num_datasets=num_datasets,
       vocab_size=ByteTokenizer.vocab_size,

@@ -89,7 +89,10 @@ def make_eval_step(model):
 # Config checks that must fail before any work starts.
 # ----------------------------------------------------------------------------
 def check_config(config, num_devices: int):
+  """Everything checkable from the config alone; raises ValueError naming config.<field>."""
   tc = config.train
+  registry.check_model_config(config.model)
+  data_pipeline.parse_mixture(config.data)
   if tc.compute_dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.train.compute_dtype={tc.compute_dtype!r}; expected float32 or bfloat16")
   if tc.steps <= 0:

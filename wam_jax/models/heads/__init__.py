@@ -21,7 +21,11 @@ HEADS = {
 }
 
 
+def check_head_name(name: str) -> None:
+  if name not in HEADS:
+    raise ValueError(f"config.model.head.name={name!r} is not a head; known: {sorted(HEADS)}")
+
+
 def build_head(head_cfg, *, horizon: int, action_dim: int):
-  if head_cfg.name not in HEADS:
-    raise ValueError(f"config.model.head.name={head_cfg.name!r} is not a head; known: {sorted(HEADS)}")
+  check_head_name(head_cfg.name)
   return HEADS[head_cfg.name](head_cfg, horizon, action_dim)
