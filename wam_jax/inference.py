@@ -46,7 +46,6 @@ class CheckpointPolicy:
     self.history = int(self.data_cfg.history)
 
     # A 1-device setup: the same model/state structure the trainer saved.
-    self.config.mesh.shape = (1, 1, 1)
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     run = trainer.setup_training(self.config, mesh, trainer.abstract_batch(self.data_cfg, 1),
                                  num_datasets=len(names))

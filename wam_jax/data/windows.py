@@ -22,7 +22,7 @@ preparation on one live observation history.
 
 import collections
 import dataclasses
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 import numpy as np
 

@@ -240,8 +240,7 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
   data = data_pipeline.make_pipeline(
       config.data, split=config.data.train_split, batch_size=tc.batch_size // jax.process_count(),
       seed=config.seed, train=True, process_index=jax.process_index(), process_count=jax.process_count())
-  batch_spec = {k: jax.ShapeDtypeStruct((tc.batch_size,) + tuple(v.shape[1:]), v.dtype)
-                for k, v in data.element_spec.items()}
+  batch_spec = abstract_batch(config.data, tc.batch_size)  # global shapes; each process loads its share
   assets = {"config": json.loads(config.to_json_best_effort()), "normalizer": data.normalizer.to_dict(),
             "tokenizer": data.tokenizer.to_dict(), "dataset_names": list(data.dataset_names)}
 
