@@ -1,8 +1,10 @@
 """Tiny synthetic RLDS datasets (MetaWorld schema) written to a temp data_dir.
 
 Values encode where they came from so tests can check windows exactly:
-action[t] = [episode, t, 0.5 t, gripper], state[t] = [episode, t, -t, 1],
-frame[t] filled with 10 t (PNG, lossless), instruction "task <episode>".
+action[t] = [episode, t, 0.5 t, gripper] (times ``action_scale``),
+state[t] = [episode, t, -t, 1], frame[t] filled with 10 t (PNG, lossless) or,
+with ``textured=True``, seeded noise (so resizing is not a no-op on content),
+instruction "task <episode>".
 """
 
 import numpy as np
@@ -21,12 +23,20 @@ def metaworld_features(with_action: bool, res: int = SYN_RES):
   return metaworld_data.features(res, with_action=with_action)
 
 
-def make_episode(e: int, length: int, with_action: bool, res: int = SYN_RES, nan_at=None):
+def make_frames(e: int, length: int, res: int = SYN_RES, textured: bool = False) -> np.ndarray:
+  """uint8 [length, res, res, 3]: frame t filled with 10 t, or seeded noise."""
+  if textured:
+    return np.random.default_rng(e).integers(0, 256, (length, res, res, 3), dtype=np.uint8)
+  return np.stack([np.full((res, res, 3), (10 * i) % 256, np.uint8) for i in range(length)])
+
+
+def make_episode(e: int, length: int, with_action: bool, res: int = SYN_RES, nan_at=None,
+                 action_scale: float = 1.0, textured: bool = False):
   t = np.arange(length, dtype=np.float32)
   state = np.stack([np.full_like(t, e), t, -t, np.ones_like(t)], 1)
   steps = {
       "observation": {
-          "image": np.stack([np.full((res, res, 3), (10 * i) % 256, np.uint8) for i in range(length)]),
+          "image": make_frames(e, length, res, textured),
           "state": state,
           "env_state": np.zeros((length, 39), np.float32),
       },
@@ -36,19 +46,21 @@ def make_episode(e: int, length: int, with_action: bool, res: int = SYN_RES, nan
       "is_terminal": np.arange(length) == length - 1,
   }
   if with_action:
-    steps["action"] = np.stack([np.full_like(t, e), t, 0.5 * t,
-                                np.where(t % 2 == 0, 1.0, -1.0)], 1).astype(np.float32)
+    steps["action"] = (action_scale * np.stack([np.full_like(t, e), t, 0.5 * t,
+                                                np.where(t % 2 == 0, 1.0, -1.0)], 1)).astype(np.float32)
     if nan_at is not None:
       steps["action"][nan_at[0], nan_at[1]] = np.nan
   return {"steps": steps,
           "episode_metadata": {"task": f"task {e}", "seed": e, "success": True, "episode_id": e}}
 
 
-def write_metaworld(root, name, *, with_action, lengths=(5, 9, 12, 3), nan_at=None):
+def write_metaworld(root, name, *, with_action, lengths=(5, 9, 12, 3), nan_at=None,
+                    res: int = SYN_RES, action_scale: float = 1.0, textured: bool = False):
   """Writes <root>/<name>/1.0.0 with train and val splits; returns its path."""
-  feats = metaworld_features(with_action)
-  eps = lambda base: [make_episode(base + i, n, with_action,
-                                   nan_at=nan_at if i == 1 else None) for i, n in enumerate(lengths)]
+  feats = metaworld_features(with_action, res)
+  eps = lambda base: [make_episode(base + i, n, with_action, res, nan_at=nan_at if i == 1 else None,
+                                   action_scale=action_scale, textured=textured)
+                      for i, n in enumerate(lengths)]
   return rlds_writer.write_rlds_dataset(
       root / name / "1.0.0", feats, {"train": eps(0), "val": eps(100)})
 

@@ -112,3 +112,45 @@ def test_nan_in_stats_pass_names_location(tmp_path):
                            registry.get_spec("metaworld_demos"))
   with pytest.raises(ValueError, match=r"'metaworld_demos' episode 1 step 2 key 'action'"):
     normalization.compute_stats(reader)
+
+
+def test_stats_recomputed_when_shard_content_changes_at_same_size(tmp_path):
+  """Issue 18: rewriting actions in place (same file sizes, same names) must not reuse stats."""
+  spec = registry.get_spec("metaworld_demos")
+  d = synthetic.write_metaworld(tmp_path / "a", "metaworld_demos", with_action=True)
+  before = normalization.load_or_compute_stats(rlds.RldsReader(d, "train", spec))
+  # The same episodes with every action doubled, copied over the old shards in place.
+  new = synthetic.write_metaworld(tmp_path / "b", "metaworld_demos", with_action=True, action_scale=2.0)
+  shards = sorted(p.name for p in new.iterdir() if ".array_record-" in p.name)
+  for name in shards:
+    assert (d / name).stat().st_size == (new / name).stat().st_size  # Sizes alone cannot tell.
+    with open(d / name, "r+b") as f:
+      f.write((new / name).read_bytes())
+  after = normalization.load_or_compute_stats(rlds.RldsReader(d, "train", spec))
+  np.testing.assert_allclose(after.action.mean[:3], 2 * before.action.mean[:3], rtol=1e-6)
+  assert len(list(d.glob("wam_stats_*"))) == 2  # A new cache entry, the stale one untouched.
+
+
+def _constant_dim_normalizer(mode):
+  x = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+  x[:, 2] = 0.25  # Constant: std 0 and q01 == q99.
+  stats = normalization.ArrayStats.of(x)
+  return normalization.Normalizer(mode, {"metaworld_demos": normalization.DatasetStats(
+      proprio=stats, action=stats, action_normalize_mask=(True,) * 4)}), x
+
+
+@pytest.mark.parametrize("mode", ["zscore", "quantile"])
+def test_constant_dims_pass_through_unscaled_with_a_warning(mode):
+  """Issue 18: a constant dim used to be divided by 1e-6 (any deviation became ~1e6)."""
+  with pytest.warns(UserWarning, match=r"'metaworld_demos'.*'action'.*dim 2.*constant"):
+    norm, x = _constant_dim_normalizer(mode)
+    s = norm.stats["metaworld_demos"].action
+    live = np.clip(x[:5], s.q01, s.q99)  # Inside [q01, q99]: quantile's clip does not apply.
+    live[:, 2] = 0.25 + np.array([0.0, 0.01, -0.02, 0.1, 0.0], np.float32)  # Off the constant.
+    n = norm.normalize_actions(live, "metaworld_demos")
+  np.testing.assert_allclose(n[:, 2], live[:, 2] - 0.25, atol=1e-7)  # Centred, not scaled.
+  assert np.abs(n).max() < 10
+  np.testing.assert_allclose(norm.denormalize_actions(n, "metaworld_demos"), live, rtol=1e-6, atol=1e-6)
+  p = norm.normalize_proprio(live, "metaworld_demos")
+  assert np.abs(p[:, 2]).max() <= 0.1 + 1e-6
+  np.testing.assert_allclose(norm.denormalize_proprio(p, "metaworld_demos"), live, rtol=1e-6, atol=1e-6)

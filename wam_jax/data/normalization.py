@@ -3,15 +3,19 @@
 ``compute_stats`` scans a split (images skipped) for mean/std, min/max and
 q01/q99 of actions and proprio. ``load_or_compute_stats`` caches the result as
 JSON next to the dataset (or under the cache dir when the dataset directory is
-read-only), keyed by a fingerprint of the dataset files, the split and the
-spec's keys, so a changed dataset never reuses stale numbers.
+read-only), keyed by a fingerprint of the split's *content* (a SHA-256 of the
+shards' bytes, dataset_info.json and features.json), the split and the spec's
+keys, so a changed dataset never reuses stale numbers, even one rewritten in
+place with the same file sizes.
 
 ``Normalizer`` holds the stats of every dataset in a mixture plus the mode
 (``zscore`` or ``quantile``: q01..q99 -> [-1, 1], clipped). The data pipeline
 normalizes with it, and the exported policy de-normalizes with the same object
 rebuilt from ``to_dict()`` (stored with checkpoints), so training and
 inference cannot drift. Dims where ``action_normalize_mask`` is False (e.g.
-grippers) pass through untouched.
+grippers) pass through untouched. A constant dim (std, or q99 - q01, at most
+1e-6) is only centred (scale 1, never clipped), with a warning naming it:
+dividing by a zero spread would blow any deviation up by ~1e6.
 """
 
 import dataclasses
@@ -20,11 +24,14 @@ import json
 import os
 import pathlib
 import stat
+import time
+import warnings
 from typing import Mapping, Optional
 
 import numpy as np
 
 from wam_jax.data import registry
+from wam_jax.data import rlds
 
 MODES = ("zscore", "quantile")
 _EPS = 1e-6
@@ -102,14 +109,44 @@ def compute_stats(reader) -> DatasetStats:
       num_episodes=len(reader), num_steps=len(proprio))
 
 
+_HASH_CHUNK = 1 << 20
+_SETTLED_NS = 2_000_000_000
+_DIGESTS: dict = {}  # (path, size, mtime_ns, ctime_ns, inode) -> SHA-256 hex of the bytes.
+
+
+def file_digest(path) -> str:
+  """SHA-256 of a file's bytes, read in 1 MiB chunks.
+
+  Memoised per process on (path, size, mtime_ns, ctime_ns, inode), so opening a
+  dataset again does not rehash it. Any write changes ctime, which no tool can
+  set back; a file changed less than 2 s before it is hashed is not memoised
+  (a second write within the filesystem's timestamp granularity would leave
+  every field equal: git's "racily clean" case).
+  """
+  path = pathlib.Path(path).resolve()
+  st = path.stat()
+  key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+  if key in _DIGESTS:
+    return _DIGESTS[key]
+  h = hashlib.sha256()  # OpenSSL's SHA-NI path: ~2x blake2b on this CPU (BUILD_NOTES).
+  with open(path, "rb") as f:
+    while chunk := f.read(_HASH_CHUNK):
+      h.update(chunk)
+  digest = h.hexdigest()
+  if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SETTLED_NS:
+    _DIGESTS[key] = digest
+  return digest
+
+
 def fingerprint(directory, split: str, spec: registry.DatasetSpec) -> str:
-  """Hash of the dataset files (names, sizes, dataset_info.json) + split + keys."""
+  """Hash of what the split's statistics depend on: the bytes of its shards,
+  dataset_info.json and features.json (names and contents), the split and the
+  spec's keys."""
   directory = pathlib.Path(directory)
   h = hashlib.sha256()
-  for f in sorted(directory.iterdir()):
-    if f.is_file() and not f.name.startswith("wam_stats"):
-      h.update(f"{f.name}:{f.stat().st_size};".encode())
-  h.update((directory / "dataset_info.json").read_bytes())
+  files = [directory / "dataset_info.json", directory / "features.json"]
+  for f in [f for f in files if f.exists()] + rlds.shard_paths(directory, split):
+    h.update(f"{f.name}:{file_digest(f)};".encode())
   h.update(repr((split, spec.proprio_key, spec.proprio_dims, spec.action_key,
                  spec.action_normalize_mask)).encode())
   return h.hexdigest()[:16]
@@ -143,13 +180,39 @@ def load_or_compute_stats(reader, cache_dir=None) -> DatasetStats:
 
 # --- Normalizer --------------------------------------------------------------
 
-def _affine(stats: ArrayStats, mode: str) -> tuple[np.ndarray, np.ndarray]:
-  """(center, scale) with x_norm = (x - center) / scale."""
+def _affine(stats: ArrayStats, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(center, scale, constant) with x_norm = (x - center) / scale; all [D].
+
+  ``constant`` dims (spread <= 1e-6) get scale 1: centred, not blown up.
+  """
   if mode == "zscore":
-    return stats.mean, np.maximum(stats.std, _EPS)
-  if mode == "quantile":
-    return (stats.q01 + stats.q99) / 2, np.maximum((stats.q99 - stats.q01) / 2, _EPS)
-  raise ValueError(f"unknown normalization mode {mode!r}; known: {MODES}")
+    center, spread = stats.mean, stats.std
+  elif mode == "quantile":
+    center, spread = (stats.q01 + stats.q99) / 2, (stats.q99 - stats.q01) / 2
+  else:
+    raise ValueError(f"unknown normalization mode {mode!r}; known: {MODES}")
+  constant = spread <= _EPS
+  return center, np.where(constant, np.float32(1), spread).astype(np.float32), constant
+
+
+def _warn_constant_dims(mode: str, dataset: str, stats: "DatasetStats") -> None:
+  """Warns once per dataset/key/dim that normalizes as a constant."""
+  try:
+    spec = registry.get_spec(dataset)
+    keys = {"proprio": spec.proprio_key, "action": spec.action_key}
+  except ValueError:  # Stats of a dataset this process has no registry entry for.
+    keys = {"proprio": "proprio", "action": "action"}
+  mask = np.asarray(stats.action_normalize_mask or (), bool)
+  for what, s in (("proprio", stats.proprio), ("action", stats.action)):
+    if s is None:
+      continue
+    center, _, constant = _affine(s, mode)
+    for d in np.flatnonzero(constant):
+      if what == "action" and d < len(mask) and not mask[d]:
+        continue  # Not normalized anyway.
+      warnings.warn(f"normalization ({mode}): dataset {dataset!r} key {keys[what]!r} dim {d} is "
+                    f"constant in the stats (centre {float(center[d]):.6g}, spread <= {_EPS}): "
+                    "passed through unscaled, only centred")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +221,7 @@ class Normalizer:
   at least the dataset's raw dim: dims past it (padding) pass through, as do
   action dims whose normalize mask is False. ``quantile`` clips to [-1, 1], so
   its round trip is exact only inside [q01, q99]; ``zscore`` does not clip.
+  Constant dims are centred only (never scaled or clipped), warned about once.
   """
   mode: str
   stats: Mapping[str, DatasetStats]
@@ -165,6 +229,8 @@ class Normalizer:
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f"unknown normalization mode {self.mode!r}; known: {MODES}")
+    for name, stats in self.stats.items():
+      _warn_constant_dims(self.mode, name, stats)
 
   def _get(self, dataset: str) -> DatasetStats:
     if dataset not in self.stats:
@@ -176,15 +242,15 @@ class Normalizer:
     d = len(stats.mean)
     if x.shape[-1] < d:
       raise ValueError(f"array has {x.shape[-1]} dims, stats have {d}")
-    center, scale = _affine(stats, self.mode)
+    center, scale, constant = _affine(stats, self.mode)
     mask = np.ones(d, bool) if mask is None else np.asarray(mask, bool)
     v = x[..., :d]
     if inverse:
       y = v * scale + center
     else:
       y = (v - center) / scale
-      if self.mode == "quantile":
-        y = np.clip(y, -1.0, 1.0)
+      if self.mode == "quantile":  # Constant dims are only centred: no clip, exact inverse.
+        y = np.where(constant, y, np.clip(y, -1.0, 1.0))
     x[..., :d] = np.where(mask, y, v)
     return x
 
