@@ -1,16 +1,21 @@
 """Loader throughput: windows/s from ArrayRecord (the Bridge sample, repeated).
 
-  .venv/bin/python scripts/bench_data.py --data_dir /tmp/wam_bench \
+  .venv/bin/python scripts/bench_data.py [--scratch DIR] \
       --workers 0,2 --augment false,true [--batches 60]
 
-Converts the Bridge sample into --data_dir if absent (and reports the
-conversion speed), then for each (workers, augment) pair builds a train
-pipeline (batch 64, 64x64, h=2, H=8, F=1, cameras=primary), skips warm-up
+Converts the Bridge sample into a fresh directory of its own
+(``<scratch>/wam_bench_XXXX``; --scratch defaults to the system temp dir) and
+reports the conversion speed, then for each (workers, augment) pair builds a
+train pipeline (batch 64, 64x64, h=2, H=8, F=1, cameras=primary), skips warm-up
 batches (worker start-up, first decode of every episode) and times the rest.
+It writes nothing outside that fresh directory and deletes it at the end: a
+--scratch holding real datasets is never touched.
 """
 
 import itertools
 import pathlib
+import shutil
+import tempfile
 import time
 
 from absl import app
@@ -26,7 +31,8 @@ from wam_jax.data import rlds
 
 BRIDGE_SRC = pathlib.Path(__file__).resolve().parents[1].parent / "shared/data/bridge_debug/bridge_dataset/1.0.0"
 
-_DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/wam_bench", "Where the converted Bridge sample lives.")
+_SCRATCH = flags.DEFINE_string("scratch", "", "Parent of the benchmark's own fresh directory "
+                                "('' -> the system temp dir).")
 _SRC = flags.DEFINE_string("src", str(BRIDGE_SRC), "TFRecord Bridge sample.")
 _WORKERS = flags.DEFINE_list("workers", ["0", "2"], "Worker counts to try.")
 _AUGMENT = flags.DEFINE_list("augment", ["false", "true"], "Augmentation settings to try.")
@@ -36,16 +42,39 @@ _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size.")
 _THREADS = flags.DEFINE_integer("read_threads", -1, "data.read_threads (-1: auto).")
 
 
+def prepare_data(src, scratch=None) -> tuple[pathlib.Path, dict]:
+  """Converts the TFRecord Bridge sample ``src`` into a new directory
+  ``<scratch or tempdir>/wam_bench_XXXX`` (a data_dir holding
+  bridge_dataset/1.0.0). Returns (that data_dir, the conversion report)."""
+  data_dir = pathlib.Path(tempfile.mkdtemp(prefix="wam_bench_", dir=scratch or None))
+  try:
+    report = rlds.convert_to_array_record(src, data_dir / "bridge_dataset" / "1.0.0")
+  except BaseException:
+    cleanup(data_dir)
+    raise
+  return data_dir, report
+
+
+def cleanup(data_dir) -> None:
+  shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def main(argv):
   del argv
-  dst = pathlib.Path(_DATA_DIR.value) / "bridge_dataset" / "1.0.0"
-  r = rlds.convert_to_array_record(_SRC.value, dst, overwrite=True)
-  print(f"conversion: {r['episodes']} episodes, {r['bytes'] / 2**20:.1f} MiB, {r['seconds']:.3f} s "
-        f"= {r['episodes'] / r['seconds']:.0f} episodes/s, {r['bytes'] / 2**20 / r['seconds']:.0f} MiB/s")
+  data_dir, r = prepare_data(_SRC.value, _SCRATCH.value)
+  try:
+    print(f"conversion: {r['episodes']} episodes, {r['bytes'] / 2**20:.1f} MiB, {r['seconds']:.3f} s "
+          f"= {r['episodes'] / r['seconds']:.0f} episodes/s, {r['bytes'] / 2**20 / r['seconds']:.0f} MiB/s")
+    run_benchmarks(data_dir)
+  finally:
+    cleanup(data_dir)
+
+
+def run_benchmarks(data_dir: pathlib.Path) -> None:
   cfg = common.data_config()
-  cfg.update(data_dir=_DATA_DIR.value, mixture=(("bridge", 1.0),), cameras=("primary",),
+  cfg.update(data_dir=str(data_dir), mixture=(("bridge", 1.0),), cameras=("primary",),
              image_size=64, history=2, action_horizon=8, num_future=1,
-             read_threads=_THREADS.value)
+             read_threads=_THREADS.value, cache_dir=str(data_dir / "_cache"))
   for workers, aug in itertools.product(_WORKERS.value, _AUGMENT.value):
     cfg.num_workers = int(workers)
     cfg.augment.enabled = aug.lower() == "true"

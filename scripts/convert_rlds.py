@@ -3,7 +3,9 @@
   .venv/bin/python scripts/convert_rlds.py --src DIR --dst DIR [--overwrite]
 
 Records are copied byte for byte (see wam_jax/data/rlds.py); the result opens
-with ``tfds.builder_from_directory(dst).as_data_source(split)``.
+with ``tfds.builder_from_directory(dst).as_data_source(split)``. A --dst that is
+--src, contains it or lies inside it (symlinks resolved) is refused before
+anything is read or deleted. Bad arguments: one line on stderr, exit status 2.
 """
 
 import sys
@@ -28,7 +30,8 @@ def main(argv):
   try:
     r = rlds.convert_to_array_record(_SRC.value, _DST.value, overwrite=_OVERWRITE.value)
   except ValueError as e:
-    sys.exit(f"convert_rlds: {e}")
+    print(f"convert_rlds: {e}", file=sys.stderr)
+    sys.exit(2)
   print(f"{r['episodes']} episodes, {r['bytes'] / 2**20:.1f} MiB in {r['seconds']:.2f} s "
         f"({r['episodes'] / max(r['seconds'], 1e-9):.0f} episodes/s, "
         f"{r['bytes'] / 2**20 / max(r['seconds'], 1e-9):.0f} MiB/s) -> {_DST.value}")

@@ -66,12 +66,24 @@ def iter_tfrecord(path) -> Iterator[bytes]:
 
 # --- Conversion --------------------------------------------------------------
 
+def check_disjoint(src, dst) -> None:
+  """Raises ValueError if ``dst`` is ``src``, contains it or lies inside it
+  (symlinks resolved): replacing ``dst`` would then delete or pollute the source."""
+  a, b = pathlib.Path(src).resolve(), pathlib.Path(dst).resolve()
+  if a == b or a in b.parents or b in a.parents:
+    how = "is" if a == b else ("contains" if b in a.parents else "is inside")
+    raise ValueError(f"dst {dst} overlaps src {src}: it {how} the source ({b} vs {a}); "
+                     "write the output outside the source tree")
+
+
 def convert_to_array_record(src, dst, *, overwrite: bool = False) -> dict:
   """Copies a TFRecord RLDS dataset to ArrayRecord, record for record.
 
-  Writes into ``<dst>.tmp-<pid>`` and renames, so ``dst`` is either absent or
+  Refuses a ``dst`` that overlaps ``src`` before touching anything. Writes
+  into ``<dst>.tmp-<pid>`` and renames, so ``dst`` is either absent or
   complete. Returns {"episodes", "bytes", "seconds"}.
   """
+  check_disjoint(src, dst)
   from array_record.python.array_record_module import ArrayRecordWriter
   src, dst = pathlib.Path(src), pathlib.Path(dst)
   info = read_dataset_info(src)
