@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tests.data import synthetic
+from wam_jax.data import augment as augment_lib
 from wam_jax.data import batch as batch_lib
 from wam_jax.data import pipeline
 
@@ -121,3 +122,29 @@ def test_two_workers_resume(bridge_ar_root):
   q = pipeline.make_pipeline(cfg, split="train", batch_size=8, seed=0, train=True)
   q.iterator.set_state(state)
   _assert_batches_equal(_take(q, 2), want)
+
+
+def _recorded_crops(monkeypatch, cfg, **kw):
+  """Crop boxes Augment draws for the first 8 windows of a train pipeline."""
+  drawn = []
+  original = augment_lib.sample_params
+  def record(rng, aug_cfg, height, width):
+    params = original(rng, aug_cfg, height, width)
+    drawn.append(params["box"])
+    return params
+  monkeypatch.setattr(augment_lib, "sample_params", record)
+  p = pipeline.make_pipeline(cfg, split="train", batch_size=8, seed=0, train=True, **kw)
+  next(p.iterator)
+  monkeypatch.setattr(augment_lib, "sample_params", original)
+  return drawn
+
+
+def test_each_process_draws_its_own_augmentation(syn_data_dir, monkeypatch):
+  """Issue 18: every host drew the same crop for its k-th sample."""
+  cfg = synthetic.data_cfg(syn_data_dir)
+  host0 = _recorded_crops(monkeypatch, cfg, process_index=0, process_count=2)
+  host1 = _recorded_crops(monkeypatch, cfg, process_index=1, process_count=2)
+  assert len(host0) == len(host1) == 8
+  assert sum(a == b for a, b in zip(host0, host1)) <= 1  # Independent draws (a chance match at most).
+  # A single-process run draws what process 0 of a multi-process run draws.
+  assert _recorded_crops(monkeypatch, cfg) == host0

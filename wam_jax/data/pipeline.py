@@ -6,7 +6,7 @@ Graph (train)::
                   .shuffle(seed_j).repeat()          # reshuffled every epoch
                   .map(WindowSource_j)               # decode once, cut windows
   mix(datasets, weights)                             # exact proportions
-  .random_map(Augment, seed)                         # train + augment.enabled only
+  .random_map(Augment, per-process seed)             # train + augment.enabled only
   .to_iter_dataset().batch(B, drop_remainder=True)
   .mp_prefetch(num_workers)                          # if data.num_workers > 0
 
@@ -89,6 +89,20 @@ def parse_mixture(data_cfg) -> tuple[tuple[str, float], ...]:
   return mixture
 
 
+def derive_seeds(seed: int, offset: int, num_datasets: int,
+                 process_index: int) -> tuple[np.ndarray, int]:
+  """(shuffle seed per dataset [num_datasets], this process's augmentation seed).
+
+  One stream of words from SeedSequence([seed, offset]): words 0..n-1 shuffle
+  the n datasets (each process shuffles its own disjoint shard), word n + p
+  seeds process p's augmentation, so hosts draw independent crops and
+  jitter for their k-th samples. Process 0 keeps word n: a single-process run
+  augments exactly as before processes were told apart.
+  """
+  words = np.random.SeedSequence([seed, offset]).generate_state(num_datasets + 1 + process_index)
+  return words[:num_datasets], int(words[num_datasets + process_index])
+
+
 def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bool,
                   process_index: int = 0, process_count: int = 1,
                   normalizer: Optional[normalization.Normalizer] = None) -> Pipeline:
@@ -98,7 +112,8 @@ def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bo
     data_cfg: the ``config.data`` section (experiments/configs/common.py).
     split: e.g. data.train_split or data.val_split.
     batch_size: per-process batch size (drop_remainder).
-    seed: run seed; shuffling, mixing and augmentation derive from it.
+    seed: run seed; shuffling, mixing and augmentation derive from it
+      (augmentation also from process_index: ``derive_seeds``).
     train: augmentation on (if data.augment.enabled); off for eval.
     process_index, process_count: this host's disjoint shard of windows.
     normalizer: None computes/loads train-split stats; pass the train
@@ -113,8 +128,8 @@ def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bo
   if normalizer is None:
     normalizer = make_normalizer(data_cfg)
   cache_bytes = int(data_cfg.get("episode_cache_mb", 1024)) << 20
-  seeds = np.random.SeedSequence([seed, int(data_cfg.get("shuffle_seed_offset", 0))])
-  shuffle_seeds, aug_seed = seeds.generate_state(len(names)), seeds.generate_state(len(names) + 1)[-1]
+  shuffle_seeds, aug_seed = derive_seeds(seed, int(data_cfg.get("shuffle_seed_offset", 0)),
+                                         len(names), process_index)
   parts = []
   for j, name in enumerate(names):
     source = windows.WindowSource(open_reader(data_cfg, name, split), wspec, normalizer, j,
