@@ -25,7 +25,9 @@ from wam_jax.training import sharding, trainer
 class CheckpointPolicy:
   """Keeps the last ``data.history`` observations; predicts a de-normalized chunk.
 
-  obs: {"image_<cam>" or "image_primary": uint8 [H, W, 3], "proprio": float [P_raw]}.
+  obs: {"image_<cam>" or "image_primary": uint8 [H, W, 3], "proprio": float [P_raw]}, frames
+  at the resolution training frames were recorded at (MetaWorld: data.metaworld.resolution,
+  ``evaluate.render_settings``), not data.image_size; a camera the dataset lacks may be absent.
   Returns float32 [K, A_dataset] in the dataset's (env) units.
   """
 
@@ -68,14 +70,8 @@ class CheckpointPolicy:
   def __call__(self, obs: dict, instruction: str) -> np.ndarray:
     start = time.perf_counter()
     self.observe(obs)
-    past = list(self._frames)
-    pad = self.history - len(past)
-    past = [past[0]] * pad + past  # Same padding as training windows at episode start.
-    mask = np.arange(self.history) >= pad
-    frames = {cam: np.stack([o[f"image_{cam}"] for o in past]) for cam in self.data_cfg.cameras}
-    proprio = np.stack([np.asarray(o["proprio"], np.float32) for o in past])
-    inputs = windows.make_inference_inputs(frames, proprio, mask, instruction, self.data_cfg,
-                                           self.normalizer, self.dataset_name)
+    inputs = windows.history_inputs(self._frames, instruction, self.data_cfg, self.normalizer,
+                                    self.dataset_name)  # Padded, resized, zero-filled as in training.
     batch = {k: np.asarray(v)[None] for k, v in inputs.items()}
     self._rng, rng = jax.random.split(self._rng)
     pred_BKA = np.asarray(self._predict(self.params, batch, rng))

@@ -1,10 +1,13 @@
 """Window masks at episode edges, padding, action-free, inference inputs."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
 from tests.data import synthetic
 from wam_jax.data import normalization
+from wam_jax.data import pipeline
 from wam_jax.data import rlds
 from wam_jax.data import tokenizer
 from wam_jax.data import windows
@@ -93,3 +96,62 @@ def test_inference_inputs_match_training_windows():
   with pytest.raises(ValueError, match=r"frames_by_camera\['primary'\] must be uint8"):
     windows.make_inference_inputs({"primary": frames[:2].astype(np.float32)}, state[:2],
                                   np.ones(2, bool), "x", cfg, norm, "metaworld_demos")
+
+
+def test_window_at_t_after_history_is_in_order_through_the_reader(tmp_path):
+  """At t >= h, history is steps t-h+1..t in order and the future t+k, t+2k (no padding)."""
+  synthetic.write_metaworld(tmp_path, "metaworld_demos", with_action=True, lengths=(12,))
+  cfg = synthetic.data_cfg(tmp_path, image_size=48, history=3, future_offset=2, num_future=2,
+                           action_horizon=4)
+  source = windows.WindowSource(pipeline.open_reader(cfg, "metaworld_demos", "train"),
+                                windows.WindowSpec.from_config(cfg), _identity_normalizer(), 0)
+  for t in (3, 5):
+    w = source[t]  # One episode: window index == step.
+    np.testing.assert_array_equal(w["image_primary"][:, 0, 0, 0], 10 * np.arange(t - 2, t + 1))
+    np.testing.assert_array_equal(w["proprio"][:, 1], np.arange(t - 2, t + 1))  # state[t][1] == t.
+    np.testing.assert_array_equal(w["future_image_primary"][:, 0, 0, 0], 10 * np.array([t + 2, t + 4]))
+    np.testing.assert_array_equal(w["actions"][:, 1], np.arange(t, t + 4))  # action[t][1] == t.
+    assert w["history_mask"].all() and w["future_mask"].all() and w["action_mask"].all()
+
+
+def test_live_history_gets_exactly_the_training_frames(tmp_path):
+  """Issue 18: frames rendered at the recipe's 64 px and models at 128 px: the policy's
+  inputs equal the data path's windows (same resize, same padding, same proprio)."""
+  synthetic.write_metaworld(tmp_path, "metaworld_demos", with_action=True, lengths=(6,), res=64,
+                            textured=True)
+  cfg = synthetic.data_cfg(tmp_path, image_size=128, history=2)
+  cfg.metaworld.resolution = 64
+  reader = pipeline.open_reader(cfg, "metaworld_demos", "train")
+  norm = pipeline.make_normalizer(cfg)
+  source = windows.WindowSource(reader, windows.WindowSpec.from_config(cfg), norm, 0)
+  raw = reader.decode(0, cameras=("primary",))  # As stored (and as rendered): 64 px.
+  assert raw.frames["primary"].shape[1:] == (64, 64, 3)
+  live = [{"image_primary": raw.frames["primary"][i], "proprio": raw.proprio[i]} for i in range(6)]
+  for t in (0, 3):
+    want = source[t]
+    got = windows.history_inputs(live[max(0, t - 1):t + 1], raw.instruction, cfg, norm,
+                                 "metaworld_demos")
+    for key, value in got.items():
+      np.testing.assert_array_equal(value, want[key], err_msg=f"{key} at t={t}")
+    np.testing.assert_array_equal(  # The pipeline's own resize of the 64 px frame.
+        got["image_primary"][-1], rlds.resize_frames(raw.frames["primary"][t:t + 1], 128)[0])
+
+
+def test_live_history_zero_fills_a_camera_the_dataset_lacks():
+  """Issue 18: a trained camera missing from the observation (the dataset lacks it too) is
+  zeros, as in training, not a KeyError; a camera the dataset has is required."""
+  cfg = synthetic.data_cfg(pathlib.Path("/nonexistent"), cameras=("primary", "wrist"),
+                           image_size=16, history=2, max_text_len=12)
+  frame = np.full((16, 16, 3), 7, np.uint8)
+  obs = {"image_primary": frame, "proprio": np.zeros(4, np.float32)}
+  got = windows.history_inputs([obs], "go", cfg, _identity_normalizer(), "metaworld_demos")
+  assert got["image_wrist"].shape == (2, 16, 16, 3) and not got["image_wrist"].any()
+  assert (got["image_primary"] == 7).all()
+  np.testing.assert_array_equal(got["history_mask"], [False, True])
+  # A wrist frame the dataset never had is ignored, as training zero-filled it.
+  with_wrist = dict(obs, image_wrist=np.full_like(frame, 99))
+  got = windows.history_inputs([with_wrist], "go", cfg, _identity_normalizer(), "metaworld_demos")
+  assert not got["image_wrist"].any()
+  with pytest.raises(ValueError, match=r"camera 'primary'.*'metaworld_demos'.*image_primary"):
+    windows.history_inputs([{"proprio": np.zeros(4, np.float32)}], "go", cfg,
+                           _identity_normalizer(), "metaworld_demos")

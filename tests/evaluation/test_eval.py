@@ -6,6 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from experiments.configs import vla_baseline
+from wam_jax.data import normalization
+from wam_jax.data import rlds
+from wam_jax.data import windows
 from wam_jax.evaluation import evaluate as evaluate_lib
 from wam_jax.evaluation import metrics
 from wam_jax.evaluation import policy as policy_lib
@@ -115,3 +119,39 @@ def test_history_policies_see_every_step_inside_a_chunk():
   rollout.run_episode(env, policy, "drawer-close-v3", 0, max_steps=10, execute_steps=4)
   kinds = [k for k, _ in policy.events]
   assert kinds == ["query", "observe", "observe", "observe"] * 2 + ["query", "observe"]
+
+
+class _ModelInputsPolicy:
+  """Holds still; keeps the model inputs a checkpoint policy would build from each query."""
+
+  def __init__(self, data_cfg):
+    self.data_cfg, self.history, self.inputs = data_cfg, [], []
+    stats = normalization.ArrayStats(*(np.full(4, v, np.float32) for v in (0, 1, -1, 1, -1, 1)))
+    self.normalizer = normalization.Normalizer("zscore", {"metaworld_demos": normalization.DatasetStats(
+        proprio=stats, action=stats, action_normalize_mask=(True,) * 4)})
+
+  def reset(self):
+    self.history.clear()
+
+  def __call__(self, obs, instruction):
+    self.history.append(obs)
+    self.inputs.append((obs["image_primary"], windows.history_inputs(
+        self.history[-2:], instruction, self.data_cfg, self.normalizer, "metaworld_demos")))
+    return np.zeros((1, 4), np.float32)
+
+
+def test_eval_renders_at_the_training_recipe_resolution():
+  """Issue 18: the base preset trains on 64 px renders resized to 128; evaluation rendered
+  at 128 natively. It must render at data.metaworld.resolution and resize like the data path."""
+  config = vla_baseline.get_config("base")
+  assert (config.data.metaworld.resolution, config.data.image_size) == (64, 128)
+  kwargs = evaluate_lib.eval_kwargs_from_config(config)
+  assert kwargs["resolution"] == 64 and kwargs["camera"] == config.data.metaworld.camera
+  policy = _ModelInputsPolicy(config.data)
+  kwargs.update(tasks=("drawer-close-v3",), episodes_per_task=1, max_steps=3, num_videos=0,
+                num_workers=1)
+  evaluate_lib.evaluate(lambda: policy, log=lambda s: None, **kwargs)
+  assert len(policy.inputs) == 3
+  for frame, inputs in policy.inputs:
+    assert frame.shape == (64, 64, 3)
+    np.testing.assert_array_equal(inputs["image_primary"][-1], rlds.resize_frames(frame[None], 128)[0])

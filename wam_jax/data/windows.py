@@ -17,12 +17,15 @@ all-zero frames; masks are unaffected (models see black frames).
 
 ``WindowSource`` maps a flat window index to a sample, holding prepared
 episodes in a byte-bounded LRU cache. ``make_inference_inputs`` runs the same
-preparation on one live observation history.
+preparation on one live observation history (``history_inputs`` pads a policy's
+last observations like a window at an episode start), so a policy sees exactly
+what training saw: the same resize (``rlds.resize_frames``) of frames at the
+resolution they were recorded at, and zeros for a camera the dataset lacks.
 """
 
 import collections
 import dataclasses
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -216,7 +219,11 @@ def make_inference_inputs(frames_by_camera: Mapping[str, np.ndarray], proprio: n
 
   Args:
     frames_by_camera: camera -> uint8 [T, H, W, 3], T = data.history, oldest
-      first (pad by repeating the first frame, like training does).
+      first (pad by repeating the first frame, like training does), at the
+      resolution the dataset's frames were recorded at (for MetaWorld:
+      data.metaworld.resolution), resized here like training frames. Cameras
+      of data.cameras the dataset lacks are zeros, as in training, whatever is
+      given for them; a camera the dataset has must be given.
     proprio: raw float32 [T, P_raw] (the dataset's proprio, before slicing
       by ``proprio_dims``: the registry slice is applied here too).
     history_mask: bool [T], False for padded steps.
@@ -237,14 +244,19 @@ def make_inference_inputs(frames_by_camera: Mapping[str, np.ndarray], proprio: n
   if proprio.ndim != 2 or len(proprio) != t or history_mask.shape != (t,):
     raise ValueError(f"expected proprio [T={t}, P] and history_mask [{t}], got "
                      f"{list(proprio.shape)} and {list(history_mask.shape)}")
-  for cam, f in frames_by_camera.items():
-    f = np.asarray(f)
+  cameras = [cam for cam in wspec.cameras if cam in spec.cameras]  # The rest: zeros.
+  for cam in cameras:
+    if cam not in frames_by_camera:
+      raise ValueError(f"camera {cam!r}: dataset {dataset_name!r} has it and the model was "
+                       f"trained on it, but the observation has no {batch_lib.image_key(cam)!r} "
+                       f"frames (got cameras {sorted(frames_by_camera)})")
+    f = np.asarray(frames_by_camera[cam])
     if f.dtype != np.uint8 or f.ndim != 4 or len(f) != t or f.shape[-1] != 3:
       raise ValueError(f"frames_by_camera[{cam!r}] must be uint8 [T={t}, H, W, 3], "
                        f"got {f.dtype}{list(f.shape)}")
   if spec.proprio_dims:
     proprio = proprio[:, slice(*spec.proprio_dims)]
-  episode = rlds.Episode(frames={c: np.asarray(f) for c, f in frames_by_camera.items()},
+  episode = rlds.Episode(frames={c: np.asarray(frames_by_camera[c]) for c in cameras},
                          proprio=proprio, actions=None, instruction=instruction)
   ep = prepare_episode(episode, wspec, normalizer, dataset_name,
                        tokenizer_lib.ByteTokenizer(wspec.max_text_len))
@@ -255,3 +267,27 @@ def make_inference_inputs(frames_by_camera: Mapping[str, np.ndarray], proprio: n
              language_tokens=ep.tokens, language_mask=ep.token_mask,
              dataset_id=np.int32(dataset_id))
   return out
+
+
+def history_inputs(observations: Sequence[Mapping], instruction: str, data_cfg, normalizer,
+                   dataset_name: str) -> dict:
+  """A policy's recent observations -> the unbatched model inputs (``make_inference_inputs``).
+
+  Args:
+    observations: obs dicts, oldest first, the last one now: {"image_<cam>":
+      uint8 [H, W, 3], "proprio": float [P_raw]}. The last data.history are
+      used; fewer are padded by repeating the oldest with ``history_mask``
+      False, as a training window at an episode start. A camera missing from
+      the observations is zeros if the dataset lacks it (as in training).
+  """
+  h = int(data_cfg.history)
+  past = list(observations)[-h:]
+  if not past:
+    raise ValueError("history_inputs needs at least one observation")
+  pad = h - len(past)
+  past = [past[0]] * pad + past
+  frames = {cam: np.stack([o[batch_lib.image_key(cam)] for o in past]) for cam in data_cfg.cameras
+            if all(batch_lib.image_key(cam) in o for o in past)}
+  proprio = np.stack([np.asarray(o["proprio"], np.float32) for o in past])
+  return make_inference_inputs(frames, proprio, np.arange(h) >= pad, instruction, data_cfg,
+                               normalizer, dataset_name)

@@ -126,6 +126,18 @@ def _write_outputs(out_dir: pathlib.Path, results: dict, episodes: Sequence[dict
   report.contact_sheet(out_dir / "contact_sheet.png", recorded)
 
 
+def render_settings(data_cfg) -> dict:
+  """{"resolution", "camera"} to render MetaWorld at for a policy trained with ``data_cfg``.
+
+  The recipe the training frames were rendered with (data.metaworld), never
+  data.image_size: a policy resizes its frames to image_size with the data
+  path's own resize (``windows.make_inference_inputs``), so a 64 px recipe
+  trained at 128 must see 64 px renders upsampled, not native 128 px renders.
+  """
+  cfg = data_cfg.metaworld
+  return dict(resolution=int(cfg.resolution), camera=cfg.get("camera", mw.DEFAULT_CAMERA))
+
+
 def eval_kwargs_from_config(config) -> dict:
   """``evaluate`` keyword arguments from a run config's ``eval`` section."""
   ev = config.eval
@@ -133,5 +145,4 @@ def eval_kwargs_from_config(config) -> dict:
               episodes_per_task=ev.episodes_per_task, seed_offset=ev.seed_offset,
               max_steps=ev.max_steps, execute_steps=ev.execute_steps,
               temporal_ensemble=ev.temporal_ensemble, num_workers=ev.num_workers,
-              num_videos=ev.num_videos, resolution=config.data.image_size,
-              camera=config.data.metaworld.get("camera", mw.DEFAULT_CAMERA))
+              num_videos=ev.num_videos, **render_settings(config.data))
