@@ -21,17 +21,21 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       dropout=0.0,
       head=ml_collections.ConfigDict(dict(name="l1")),
   ))
-  if arg == "tiny":
+  if arg == "tiny" or arg.startswith("mt10"):
     # The README's main job: ~5-10 min of training on 2 CPU cores, then closed-loop eval.
     # Measured: 90% mean closed-loop success on the 4 embedded tasks (BUILD_NOTES.md, "VLA baseline result").
     config.data.max_text_len = 32
     config.train.update(steps=1000, compute_dtype="bfloat16", log_every=50, val_every=250,
                         ckpt_every=250)
     config.eval.at_end = True
+    if arg.startswith("mt10"):  # The protocol (shared/PROTOCOL.md): mt10 = mt10_n20, mt10_n5, mt10_n2.
+      from experiments.configs import protocol  # pylint: disable=g-import-not-at-top
+      protocol.apply(config, protocol.n_demos_of(arg))
+      config.train.steps = 2000  # ~9 min at ~250 examples/s: inside the 15-minute budget.
   elif arg == "base":
     config.model.update(width=512, depth=12, num_heads=8, mlp_dim=2048, patch_size=16)
     config.data.image_size = 128
     config.train.batch_size = 256
   else:
-    raise ValueError(f"unknown preset {arg!r} for vla_baseline; known: tiny, base")
+    raise ValueError(f"unknown preset {arg!r} for vla_baseline; known: tiny, base, mt10, mt10_n2, mt10_n5, mt10_n20")
   return config

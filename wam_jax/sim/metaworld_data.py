@@ -152,13 +152,21 @@ class GenerationStats:
 def collect_episodes(tasks: Sequence[str], episodes_per_task: int, *, seed_base: int = 0,
                      resolution: int = 64, camera: str = mw.DEFAULT_CAMERA, num_workers: int = 1,
                      max_steps: int = MAX_STEPS, max_failures_per_task: Optional[int] = None,
-                     label: str = "demos", log: Callable[[str], None] = print):
+                     label: str = "demos", log: Callable[[str], None] = print,
+                     on_task_done: Optional[Callable[[str, list], None]] = None):
   """Rolls out the expert until each task has ``episodes_per_task`` successes.
 
   Episodes run in parallel ('spawn' worker processes); a failed seed is replaced
-  by the next unused one. Returns ({task: [episode sorted by seed]}, stats).
+  by the next unused one, so a task's episodes are always its first
+  ``episodes_per_task`` successful seeds from ``seed_base``, whatever the
+  completion order. Returns ({task: [episode sorted by seed]}, stats).
   Raises RuntimeError if a task fails more than ``max_failures_per_task`` times
   (default: episodes_per_task + 5).
+
+  ``on_task_done(task, episodes)``, if given, is called as soon as a task has
+  all its episodes (sorted by seed); they are then dropped from memory and the
+  returned dict holds an empty list for that task (resumable generation saves
+  each finished task this way).
   """
   tasks = mw.parse_tasks(tasks)
   max_failures = episodes_per_task + 5 if max_failures_per_task is None else max_failures_per_task
@@ -166,6 +174,7 @@ def collect_episodes(tasks: Sequence[str], episodes_per_task: int, *, seed_base:
   done = {t: [] for t in tasks}
   failed = {t: 0 for t in tasks}
   next_seed = {t: seed_base + episodes_per_task for t in tasks}
+  n_released = {t: 0 for t in tasks}  # episodes handed to on_task_done and dropped
   start = last_log = time.time()
   total = episodes_per_task * len(tasks)
   run = functools.partial(rollout_expert, resolution=resolution, camera=camera, max_steps=max_steps)
@@ -182,6 +191,10 @@ def collect_episodes(tasks: Sequence[str], episodes_per_task: int, *, seed_base:
         if meta["success"]:
           done[task].append(episode)
           stats.steps += len(episode["steps"]["is_first"])
+          if on_task_done is not None and len(done[task]) == episodes_per_task:
+            on_task_done(task, sorted(done[task], key=lambda e: e["episode_metadata"]["seed"]))
+            n_released[task] = episodes_per_task
+            done[task] = []
         else:
           failed[task] += 1
           stats.failed_seeds.setdefault(task, []).append(int(meta["seed"]))
@@ -193,13 +206,13 @@ def collect_episodes(tasks: Sequence[str], episodes_per_task: int, *, seed_base:
           pending[pool.submit(run, task, next_seed[task])] = task
           next_seed[task] += 1
       now = time.time()
-      n_done = sum(map(len, done.values()))
+      n_done = sum(map(len, done.values())) + sum(n_released.values())
       if now - last_log > 5 or not pending:
         rate = 60 * n_done / max(now - start, 1e-9)
         log(f"[{label}] {n_done}/{total} episodes, {sum(failed.values())} failed, "
             f"{now - start:.0f} s, {rate:.1f} episodes/min")
         last_log = now
-  stats.episodes = sum(map(len, done.values()))
+  stats.episodes = sum(map(len, done.values())) + sum(n_released.values())
   stats.failures = sum(failed.values())
   stats.seconds = time.time() - start
   return {t: sorted(eps, key=lambda e: e["episode_metadata"]["seed"]) for t, eps in done.items()}, stats
@@ -282,15 +295,25 @@ def ensure_embedded_dataset(data_cfg, *, num_workers: Optional[int] = None,
 
   Creates ``<root>/metaworld_demos/1.0.0`` and ``<root>/metaworld_video/1.0.0``
   from ``data_cfg.metaworld`` (tasks, episodes_per_task, video_episodes_per_task,
-  resolution; optional extra_video_tasks, camera) when they are absent.
+  resolution; optional extra_video_tasks, camera) when they are absent. Protocol
+  datasets named in ``data.mixture`` (``wam_jax/ablations/protocol.py``) are
+  generated from the protocol's own recipe instead; a mixture of protocol
+  datasets only does not generate the sample.
   """
   from wam_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (one data-root rule)
+  from wam_jax.ablations import protocol  # pylint: disable=g-import-not-at-top
   root = pipeline.resolve_data_dir(data_cfg)
+  num_workers = num_workers or min(2, os.cpu_count() or 1)
+  mixture_names = {str(name) for name, _ in data_cfg.mixture}
+  protocol_names = mixture_names & set(protocol.DATASET_NAMES)
+  if protocol_names:  # The protocol's datasets (MT10 demos at N, the video pool).
+    protocol.ensure_data(root, sorted(protocol_names), num_workers=num_workers, log=log)
+    if protocol_names == mixture_names:
+      return root
   cfg = data_cfg.metaworld
   tasks = mw.parse_tasks(cfg.tasks)
   camera = cfg.get("camera", mw.DEFAULT_CAMERA)
   video_tasks = mw.parse_tasks(tuple(tasks) + tuple(cfg.get("extra_video_tasks", EXTRA_VIDEO_TASKS)))
-  num_workers = num_workers or min(2, os.cpu_count() or 1)
   jobs = [(DEMOS_NAME, generate_demos, tasks, cfg.episodes_per_task),
           (VIDEO_NAME, generate_video, video_tasks, cfg.video_episodes_per_task)]
   for name, generate, job_tasks, n in jobs:

@@ -1,0 +1,99 @@
+r"""Run a sweep of the protocol's ablations (resumable): each cell x seed trained and evaluated.
+
+  python experiments/ablations.py --sweep=baseline_data_efficiency --workdir=runs/sweeps/baseline --dry_run
+  python experiments/ablations.py --sweep=baseline_data_efficiency --workdir=runs/sweeps/baseline
+  python experiments/report.py runs/sweeps/baseline --out=experiments/results/baseline_data_efficiency
+
+--sweep is a name in experiments/sweeps/ or a path to a sweep .py file. Rerunning the same
+command skips finished runs, resumes interrupted ones from their checkpoints and retries
+failed ones. The protocol datasets a cell needs are generated first if missing.
+See wam_jax/ablations/sweep.py for the layout of --workdir.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+from wam_jax.ablations import sweep as sweep_lib  # noqa: E402
+
+_SWEEP = flags.DEFINE_string("sweep", None, "Sweep name (experiments/sweeps/<name>.py) or .py path.",
+                             required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (one subdirectory per cell/seed).",
+                               required=True)
+_SEEDS = flags.DEFINE_list("seeds", None, "Training seeds (default: the sweep's, e.g. 0,1,2).")
+_MAX_PARALLEL = flags.DEFINE_integer(
+    "max_parallel", 1, "Runs at once. On 2 cores use 1: a train step already uses both cores.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan with estimated times; run nothing.")
+
+
+def check(config):
+  """The trainer's start-up checks (names, shapes, mesh), so a bad cell fails before any run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from wam_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  trainer.check_config(config, jax.device_count())
+  if config.eval.get("at_end", False):
+    from wam_jax.sim import metaworld as mw  # pylint: disable=g-import-not-at-top
+    mw.parse_tasks(tuple(config.eval.tasks) or tuple(config.data.metaworld.tasks))
+
+
+def prepare(configs):
+  """Generates (once, resumably) the protocol datasets the runs read."""
+  from wam_jax.ablations import protocol  # pylint: disable=g-import-not-at-top
+  from wam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  by_root = {}
+  for config in configs:
+    names = {str(n) for n, _ in config.data.mixture} & set(protocol.DATASET_NAMES)
+    if names:
+      by_root.setdefault(pipeline.resolve_data_dir(config.data).absolute(), set()).update(names)
+  for root, names in by_root.items():
+    protocol.ensure_data(root, sorted(names))
+
+
+def data_status(jobs) -> str:
+  from wam_jax.ablations import protocol  # pylint: disable=g-import-not-at-top
+  from wam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  missing = set()
+  for j in jobs:
+    if j.config is not None:
+      root = pipeline.resolve_data_dir(j.config.data).absolute()
+      missing |= {(str(root), n) for n, _ in j.config.data.mixture
+                  if n in protocol.DATASET_NAMES and not protocol.is_ready(root, n)}
+  if not missing:
+    return "protocol data: ready"
+  return ("protocol data to generate first (~35 min for all of it on 2 cores; "
+          "scripts/make_protocol_data.py): " + ", ".join(f"{r}/{n}" for r, n in sorted(missing)))
+
+
+def main(argv):
+  del argv
+  try:
+    sweep = sweep_lib.load_sweep(_SWEEP.value)
+    seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else None
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  if _MAX_PARALLEL.value < 1:
+    raise app.UsageError(f"--max_parallel={_MAX_PARALLEL.value} must be >= 1")
+  if _DRY_RUN.value:
+    jobs = sweep_lib.plan(sweep, _WORKDIR.value, seeds, check)
+    print(sweep_lib.format_plan(sweep, jobs, _MAX_PARALLEL.value))
+    print(data_status(jobs))
+    for j in jobs:
+      if j.state not in ("done", "invalid"):
+        print(f"first command: {' '.join(sweep_lib.command(j.cell, j.seed, j.dir))}")
+        break
+    return
+  try:
+    summary = sweep_lib.run(sweep, _WORKDIR.value, seeds=seeds, max_parallel=_MAX_PARALLEL.value,
+                            check=check, prepare=prepare)
+  except ValueError as e:  # a workdir of another sweep/version, a changed cell
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  sys.exit(1 if summary["failed"] else 0)
+
+
+if __name__ == "__main__":
+  app.run(main)

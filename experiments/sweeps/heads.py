@@ -1,0 +1,16 @@
+"""Action heads on the VLA baseline: L1 regression against the generative heads (diffusion, flow,
+discrete tokens), at N=20 demos per MT10 task, 3 seeds. Each head with its defaults
+(config.model.head.<name>.*, wam_jax/models/heads); the L1 cell is the same configuration as
+baseline_data_efficiency's vla_l1_n20 (rerun here so the sweep stands alone)."""
+
+from wam_jax.ablations.sweep import Cell, Sweep
+
+SWEEP = Sweep(
+    name="heads",
+    version=1,
+    description=__doc__,
+    cells=tuple(
+        Cell(name=f"vla_{head}_n20", config="experiments/configs/vla_baseline.py:mt10_n20",
+             overrides={"model.head.name": head}, method=f"vla_{head}", n_demos=20)
+        for head in ("l1", "diffusion", "flow", "discrete")),
+)

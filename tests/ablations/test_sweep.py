@@ -1,0 +1,167 @@
+"""The sweep harness end to end: two tiny cells x 2 seeds on synthetic data, each trained and
+evaluated closed loop (1 MetaWorld episode) in its own subprocess; the sweep is SIGKILLed
+mid-way and rerun: finished runs are not redone, the interrupted one resumes from its checkpoint,
+and the report's numbers equal a direct computation from the runs' JSON files."""
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.data.synthetic import syn_data_dir  # noqa: F401  (fixture)
+from wam_jax.ablations import report
+from wam_jax.ablations import sweep as sweep_lib
+from wam_jax.evaluation import metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+SWEEP_FILE = '''
+from wam_jax.ablations.sweep import Cell, Sweep
+
+TINY = {{
+    "model.width": 32, "model.depth": 2, "model.num_heads": 2, "model.mlp_dim": 64,
+    "data.data_dir": "{data}", "data.cache_dir": "{data}/_cache", "data.image_size": 32,
+    "data.action_horizon": 4, "data.max_text_len": 16, "train.batch_size": 8,
+    "train.warmup_steps": 1, "train.log_every": 2, "train.val_every": 0,
+    "train.matmul_peak_gflops": 100.0, "train.summary_every": 0, "train.compute_dtype": "float32",
+    "mesh.shape": (1, 1, 1), "eval.tasks": ("reach-v3",), "eval.episodes_per_task": 1,
+    "eval.max_steps": 4, "eval.num_videos": 0,
+}}
+SWEEP = Sweep(name="tiny_test", version=1, seeds=(0, 1), cells=(
+    Cell("fast", "experiments/configs/vla_baseline.py:tiny", method="tiny", n_demos=2,
+         overrides={{**TINY, "train.steps": 4, "train.ckpt_every": 4}}),
+    # Long enough (and checkpointing often) to be killed mid-training.
+    Cell("slow", "experiments/configs/vla_baseline.py:tiny", method="tiny", n_demos=5,
+         overrides={{**TINY, "train.steps": 100, "train.ckpt_every": 5, "model.head.name": "mse"}}),
+))
+'''
+
+
+def _sweep_cmd(sweep_file, workdir):
+  return [sys.executable, str(REPO / "experiments" / "ablations.py"), f"--sweep={sweep_file}",
+          f"--workdir={workdir}"]
+
+
+def _env(cache_dir):
+  # One device per run; a persistent compilation cache shared by the runs (the cells' programs
+  # repeat across seeds), which roughly halves this test's time.
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+              JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+
+def _wait_for(predicate, proc, timeout, what):
+  deadline = time.time() + timeout
+  while not predicate():
+    if proc.poll() is not None:
+      pytest.fail(f"sweep exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+    if time.time() > deadline:
+      pytest.fail(f"timed out waiting for {what}")
+    time.sleep(0.1)
+
+
+def test_sweep_killed_midway_resumes_without_redoing_finished_runs(syn_data_dir, tmp_path):  # noqa: F811
+  sweep_file = tmp_path / "tiny_test.py"
+  sweep_file.write_text(SWEEP_FILE.format(data=syn_data_dir))
+  workdir = tmp_path / "sweep"
+  fast0, slow0 = workdir / "fast" / "seed_0", workdir / "slow" / "seed_0"
+  env = _env(tmp_path / "jax_cache")
+
+  # Run order: fast/0, slow/0, fast/1, slow/1. Kill everything (SIGKILL to the process
+  # group: no chance to clean up) once fast/0 is done and slow/0 has saved a checkpoint.
+  proc = subprocess.Popen(_sweep_cmd(sweep_file, workdir), env=env, cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+  try:
+    _wait_for(lambda: (fast0 / "DONE").exists(), proc, 300, "the first run to finish")
+    _wait_for(lambda: sweep_lib.checkpoint_steps(slow0), proc, 300, "slow/0's first checkpoint")
+  finally:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+  assert not (slow0 / "DONE").exists()
+  done_before = (fast0 / "DONE").read_text(), (fast0 / "DONE").stat().st_mtime_ns
+  killed_at = sweep_lib.checkpoint_steps(slow0)[-1]
+
+  out = subprocess.run(_sweep_cmd(sweep_file, workdir), env=env, cwd=REPO, text=True,
+                       capture_output=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "1 finished, 3 to run" in out.stdout, out.stdout
+  # The finished run was skipped: same marker, one attempt.
+  assert ((fast0 / "DONE").read_text(), (fast0 / "DONE").stat().st_mtime_ns) == done_before
+  assert len(json.loads((fast0 / "run.json").read_text())["attempts"]) == 1
+  # The killed run resumed from its checkpoint (a second attempt), then finished.
+  slow_log = (slow0 / "log.txt").read_text()
+  assert f"resumed from {slow0 / 'checkpoints'} step" in slow_log, slow_log[-3000:]
+  attempts = json.loads((slow0 / "run.json").read_text())["attempts"]
+  assert len(attempts) == 2 and attempts[0]["returncode"] is None and attempts[1]["returncode"] == 0
+  assert killed_at < 100
+  for cell in ("fast", "slow"):
+    for seed in (0, 1):
+      rdir = workdir / cell / f"seed_{seed}"
+      assert (rdir / "DONE").exists() and (rdir / "eval" / "results.json").exists()
+      assert json.loads((rdir / "config.json").read_text())["seed"] == seed
+  # A third run has nothing to do.
+  again = subprocess.run(_sweep_cmd(sweep_file, workdir) + ["--dry_run"], env=env, cwd=REPO,
+                         text=True, capture_output=True, timeout=300)
+  assert "0 runs to do" in again.stdout, again.stdout + again.stderr[-2000:]
+
+  # The report equals a direct computation from the runs' JSON files.
+  result = report.write_report(workdir)
+  with open(workdir / "report" / "results.csv") as f:
+    rows = {r["cell"]: r for r in csv.DictReader(f)}
+  for cell in ("fast", "slow"):
+    per_seed = [json.loads((workdir / cell / f"seed_{s}" / "eval" / "results.json").read_text())
+                for s in (0, 1)]
+    episodes = [e for r in per_seed for e in r["episodes"]]
+    wins = sum(e["success"] for e in episodes)
+    lo, hi = metrics.wilson_interval(wins, len(episodes))
+    row = rows[cell]
+    assert int(row["episodes"]) == len(episodes) == 2 and int(row["successes"]) == wins
+    assert float(row["success_rate"]) == pytest.approx(wins / len(episodes))
+    assert (float(row["ci95_lo"]), float(row["ci95_hi"])) == pytest.approx((lo, hi))
+    assert [float(x) for x in row["seed_means"].split()] == pytest.approx(
+        [r["mean"]["successes"] / r["mean"]["episodes"] for r in per_seed])
+    assert float(row["latency_ms"]) == pytest.approx(sum(r["latency"]["mean_ms"] for r in per_seed) / 2)
+    flops = json.loads((workdir / cell / "seed_0" / "metrics.jsonl").read_text().splitlines()[0])
+    assert float(row["flops_per_step"]) == pytest.approx(flops["run/flops_per_step"])
+    assert int(row["steps"]) == (4 if cell == "fast" else 100)
+  assert (workdir / "report" / "results.md").exists()
+  assert (workdir / "report" / "success_vs_demos.png").stat().st_size > 0
+  assert len(result["runs"]) == 4
+
+
+def test_a_failing_cell_is_reported_and_the_others_run(syn_data_dir, tmp_path):  # noqa: F811
+  """No subprocess needed to see it: an invalid cell never starts, the valid one is planned."""
+  sweep = sweep_lib.Sweep(name="t", version=1, seeds=(0,), cells=(
+      sweep_lib.Cell("ok", "experiments/configs/vla_baseline.py:tiny"),
+      sweep_lib.Cell("typo", "experiments/configs/vla_baseline.py:tiny",
+                     overrides={"train.no_such_field": 1}),
+      sweep_lib.Cell("badtype", "experiments/configs/vla_baseline.py:tiny",
+                     overrides={"train.steps": "many"}),
+  ))
+  jobs = {j.cell.name: j for j in sweep_lib.plan(sweep, tmp_path)}
+  assert jobs["ok"].state == "pending" and jobs["ok"].config.train.steps == 1000
+  assert jobs["typo"].state == "invalid" and "'no_such_field'" in jobs["typo"].error
+  assert jobs["badtype"].state == "invalid" and "train.steps" in jobs["badtype"].error
+
+
+def test_override_flags_round_trip_through_the_config_parser():
+  """What the harness puts on the command line parses back to the same values."""
+  from absl import flags
+  from ml_collections import config_flags
+  cell = sweep_lib.Cell("c", "experiments/configs/vla_baseline.py:tiny", overrides={
+      "data.mixture": (("metaworld_mt10_n2", 1.0), ("metaworld_video_pool", 0.5)),
+      "mesh.shape": (1, 1, 1), "eval.tasks": ("reach-v3",), "train.ema_decay": 0.5,
+      "model.head.name": "mse", "eval.at_end": False, "train.steps": 7})
+  argv = sweep_lib.command(cell, 3, pathlib.Path("/tmp/x"))
+  fv = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                           sys_argv=["prog"] + argv[2:])
+  flags.DEFINE_string("workdir", None, "", flag_values=fv)
+  fv(["prog"] + argv[2:])
+  parsed, expected = holder.value, sweep_lib.load_config(cell, seed=3)
+  assert parsed.to_dict() == expected.to_dict()

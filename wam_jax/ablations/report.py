@@ -1,0 +1,338 @@
+"""Finished sweep runs -> results.csv, runs.csv, results.md and plots. Reads files only: never trains.
+
+Per run (``<workdir>/<cell>/seed_<s>/`` with a ``DONE`` marker, see sweep.py) it reads:
+  config.json          train.steps, train.batch_size
+  metrics.jsonl        run/flops_per_step (compiled step), train/examples_per_s, and, for models
+                       that predict frames, the last val/frame_psnr, val/frame_ssim and the
+                       copy-the-last-frame baseline val/copy_last_psnr, val/copy_last_ssim
+                       (held-out episodes: the val split); absent keys show as "-"
+  eval/results.json    every evaluation episode (task, seed, success), latency per policy call
+  run.json             the sweep's wall time of the run (all attempts)
+
+Per cell, success pools every evaluation episode of every seed (the protocol's "mean success
+over all 600 episodes") with its 95% Wilson interval (``evaluation.metrics.wilson_interval``),
+beside the per-seed means and per-task success (also pooled over seeds).
+"""
+
+import csv
+import dataclasses
+import math
+import pathlib
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from wam_jax.ablations import sweep as sweep_lib
+from wam_jax.evaluation import metrics
+
+FRAME_KEYS = ("frame_psnr", "frame_ssim", "copy_last_psnr", "copy_last_ssim")
+
+
+@dataclasses.dataclass
+class Run:
+  cell: str
+  seed: int
+  dir: pathlib.Path
+  steps: int
+  batch_size: int
+  episodes: list          # [{"task", "seed", "success", "length", ...}] from eval/results.json
+  latency_ms: float       # mean policy call (one chunk at batch 1)
+  eval_seconds: float
+  wall_seconds: float
+  flops_per_step: float
+  examples_per_s: float
+  frames: dict            # FRAME_KEYS -> value (missing keys absent)
+  execute_steps: int
+
+  @property
+  def successes(self) -> int:
+    return sum(bool(e["success"]) for e in self.episodes)
+
+  @property
+  def success_rate(self) -> float:
+    return self.successes / max(len(self.episodes), 1)
+
+
+def load_run(cell: str, seed: int, rdir: pathlib.Path) -> Run:
+  config = sweep_lib.read_json(rdir / "config.json", {})
+  results = sweep_lib.read_json(rdir / "eval" / "results.json")
+  if results is None:
+    raise ValueError(f"{rdir}: finished (DONE) but has no eval/results.json: the report needs "
+                     "closed-loop results")
+  rows = sweep_lib.read_jsonl(rdir / "metrics.jsonl")
+  flops = next((r["run/flops_per_step"] for r in rows if "run/flops_per_step" in r), float("nan"))
+  rates = [r["train/examples_per_s"] for r in rows if "train/examples_per_s" in r]
+  frames = {}
+  for r in rows:  # the last value of each frame metric
+    frames.update({k: r[f"val/{k}"] for k in FRAME_KEYS if f"val/{k}" in r})
+  run_info = sweep_lib.read_json(rdir / "run.json", {}) or {}
+  return Run(cell=cell, seed=seed, dir=rdir, steps=int(config.get("train", {}).get("steps", 0)),
+             batch_size=int(config.get("train", {}).get("batch_size", 0)),
+             episodes=results["episodes"], latency_ms=float(results["latency"]["mean_ms"]),
+             eval_seconds=float(results["seconds"]),
+             wall_seconds=float(run_info.get("wall_seconds", float("nan"))),
+             flops_per_step=float(flops), examples_per_s=float(np.median(rates)) if rates else float("nan"),
+             frames=frames, execute_steps=int(results["settings"]["execute_steps"]))
+
+
+def load_runs(workdir) -> tuple[dict, list[Run]]:
+  """(sweep.json, finished runs in cell order then seed order)."""
+  workdir = pathlib.Path(workdir)
+  meta = sweep_lib.read_json(workdir / "sweep.json")
+  if meta is None:
+    raise ValueError(f"{workdir} is not a sweep directory (no sweep.json): pass the --workdir "
+                     "of experiments/ablations.py")
+  runs = []
+  for cell in meta["cells"]:
+    for rdir in sorted((workdir / cell["name"]).glob("seed_*"), key=lambda p: int(p.name[5:])):
+      if sweep_lib.is_done(rdir):
+        runs.append(load_run(cell["name"], int(rdir.name[5:]), rdir))
+  return meta, runs
+
+
+def _mean(xs) -> float:
+  xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+  return float(np.mean(xs)) if xs else float("nan")
+
+
+def rate_with_ci(successes: int, n: int) -> dict:
+  lo, hi = metrics.wilson_interval(successes, n)
+  return {"successes": successes, "episodes": n, "rate": successes / n if n else float("nan"),
+          "ci95": (lo, hi)}
+
+
+def aggregate(meta: dict, runs: Sequence[Run]) -> list[dict]:
+  """One row per cell with finished runs (cells in sweep order)."""
+  rows = []
+  for cell in meta["cells"]:
+    cruns = [r for r in runs if r.cell == cell["name"]]
+    if not cruns:
+      continue
+    episodes = [e for r in cruns for e in r.episodes]
+    tasks = list(dict.fromkeys(e["task"] for e in episodes))
+    per_task = {t: rate_with_ci(sum(bool(e["success"]) for e in episodes if e["task"] == t),
+                                sum(e["task"] == t for e in episodes)) for t in tasks}
+    rows.append({
+        "cell": cell["name"], "method": cell.get("method") or cell["name"],
+        "n_demos": cell.get("n_demos"), "seeds": [r.seed for r in cruns],
+        "seeds_planned": len(meta.get("seeds", [])),
+        "pooled": rate_with_ci(sum(r.successes for r in cruns), len(episodes)),
+        "seed_means": [r.success_rate for r in cruns],
+        "per_task": per_task,
+        "steps": sorted({r.steps for r in cruns}),
+        "batch_size": sorted({r.batch_size for r in cruns}),
+        "flops_per_step": _mean(r.flops_per_step for r in cruns),
+        "wall_seconds": _mean(r.wall_seconds for r in cruns),
+        "eval_seconds": _mean(r.eval_seconds for r in cruns),
+        "latency_ms": _mean(r.latency_ms for r in cruns),
+        "examples_per_s": _mean(r.examples_per_s for r in cruns),
+        "execute_steps": sorted({r.execute_steps for r in cruns}),
+        "frames": {k: _mean(r.frames.get(k) for r in cruns) for k in FRAME_KEYS},
+    })
+  return rows
+
+
+# ----------------------------------------------------------------------------
+# Files.
+# ----------------------------------------------------------------------------
+def _one(values):
+  return values[0] if len(values) == 1 else "/".join(map(str, values))
+
+
+def write_csv(rows: Sequence[dict], runs: Sequence[Run], out_dir: pathlib.Path, sweep_name: str):
+  tasks = list(dict.fromkeys(t for row in rows for t in row["per_task"]))
+  fields = (["sweep", "cell", "method", "n_demos", "seeds", "episodes", "successes", "success_rate",
+             "ci95_lo", "ci95_hi", "seed_means", "steps", "batch_size", "flops_per_step",
+             "train_flops", "wall_seconds_per_run", "eval_seconds_per_run", "latency_ms",
+             "examples_per_s", "execute_steps"] + list(FRAME_KEYS) + [f"task:{t}" for t in tasks])
+  with open(out_dir / "results.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=fields)
+    w.writeheader()
+    for row in rows:
+      p = row["pooled"]
+      steps = _one(row["steps"])
+      w.writerow({
+          "sweep": sweep_name, "cell": row["cell"], "method": row["method"],
+          "n_demos": row["n_demos"], "seeds": " ".join(map(str, row["seeds"])),
+          "episodes": p["episodes"], "successes": p["successes"], "success_rate": p["rate"],
+          "ci95_lo": p["ci95"][0], "ci95_hi": p["ci95"][1],
+          "seed_means": " ".join(f"{m:.6g}" for m in row["seed_means"]),
+          "steps": steps, "batch_size": _one(row["batch_size"]),
+          "flops_per_step": row["flops_per_step"],
+          "train_flops": row["flops_per_step"] * steps if isinstance(steps, int) else "",
+          "wall_seconds_per_run": row["wall_seconds"], "eval_seconds_per_run": row["eval_seconds"],
+          "latency_ms": row["latency_ms"], "examples_per_s": row["examples_per_s"],
+          "execute_steps": _one(row["execute_steps"]),
+          **{k: row["frames"][k] for k in FRAME_KEYS},
+          **{f"task:{t}": row["per_task"][t]["rate"] for t in row["per_task"]}})
+  with open(out_dir / "runs.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["cell", "seed", "episodes", "successes", "success_rate", "steps", "flops_per_step",
+                "examples_per_s", "wall_seconds", "eval_seconds", "latency_ms", "dir"])
+    for r in runs:
+      w.writerow([r.cell, r.seed, len(r.episodes), r.successes, r.success_rate, r.steps,
+                  r.flops_per_step, r.examples_per_s, r.wall_seconds, r.eval_seconds,
+                  r.latency_ms, f"{r.cell}/seed_{r.seed}"])
+
+
+def _pct(x) -> str:
+  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
+
+
+def _num(x, fmt="{:.1f}") -> str:
+  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def _short_task(task: str) -> str:
+  return task.removesuffix("-v3")
+
+
+def markdown(meta: dict, rows: Sequence[dict], runs: Sequence[Run], workdir) -> str:
+  lines = [f"# {meta['name']} v{meta['version']}", ""]
+  if meta.get("description"):
+    lines += [" ".join(meta["description"].split()), ""]
+  lines += [f"{len(runs)} finished runs in `{workdir}`; generated {time.strftime('%Y-%m-%d %H:%M')} "
+            "by `experiments/report.py` (reads files, never trains). Success pools every "
+            "evaluation episode of every seed, with its 95% Wilson interval; per-seed means in "
+            "seed order. FLOPs: the compiled train step (XLA cost analysis); wall: one run, "
+            "training + evaluation, all attempts; latency: one policy call (a chunk, batch 1). "
+            "PSNR/SSIM: predicted frames at t+k on held-out episodes (copy-the-last-frame "
+            "baseline in brackets), for models that predict frames.", "",
+            "| cell | method | N | success | 95% CI | per-seed | seeds | episodes | steps | "
+            "GFLOPs/step | wall/run | latency | PSNR (copy) | SSIM (copy) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for row in rows:
+    p, fr = row["pooled"], row["frames"]
+    seeds = f"{len(row['seeds'])}/{row['seeds_planned']}" if row["seeds_planned"] else str(len(row["seeds"]))
+    lines.append(
+        f"| {row['cell']} | {row['method']} | {row['n_demos'] if row['n_demos'] is not None else '-'} | "
+        f"**{_pct(p['rate'])}** | {_pct(p['ci95'][0])}-{_pct(p['ci95'][1])} | "
+        f"{' '.join(_pct(m) for m in row['seed_means'])} | {seeds} | {p['episodes']} | "
+        f"{_one(row['steps'])} | {_num(row['flops_per_step'] / 1e9, '{:.3g}')} | "
+        f"{_num(row['wall_seconds'] / 60, '{:.1f} min')} | {_num(row['latency_ms'], '{:.1f} ms')} | "
+        f"{_num(fr['frame_psnr'])} ({_num(fr['copy_last_psnr'])}) | "
+        f"{_num(fr['frame_ssim'], '{:.3f}')} ({_num(fr['copy_last_ssim'], '{:.3f}')}) |")
+  tasks = list(dict.fromkeys(t for row in rows for t in row["per_task"]))
+  if tasks:
+    lines += ["", "Per-task success (pooled over seeds; episodes per cell and task in brackets):", "",
+              "| cell | " + " | ".join(_short_task(t) for t in tasks) + " |",
+              "|---|" + "---|" * len(tasks)]
+    for row in rows:
+      cells = [f"{_pct(row['per_task'][t]['rate'])} ({row['per_task'][t]['episodes']})"
+               if t in row["per_task"] else "-" for t in tasks]
+      lines.append(f"| {row['cell']} | " + " | ".join(cells) + " |")
+  lines += ["", "Runs:", "", "| cell | seed | success | episodes | steps | examples/s | wall | eval | latency |",
+            "|---|---|---|---|---|---|---|---|---|"]
+  for r in runs:
+    lines.append(f"| {r.cell} | {r.seed} | {_pct(r.success_rate)} | {len(r.episodes)} | {r.steps} | "
+                 f"{_num(r.examples_per_s, '{:.0f}')} | {_num(r.wall_seconds / 60, '{:.1f} min')} | "
+                 f"{_num(r.eval_seconds / 60, '{:.1f} min')} | {_num(r.latency_ms, '{:.1f} ms')} |")
+  missing = [c["name"] for c in meta["cells"] if c["name"] not in {row["cell"] for row in rows}]
+  if missing:
+    lines += ["", f"Cells with no finished run yet: {', '.join(missing)}."]
+  return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------
+# Plots.
+# ----------------------------------------------------------------------------
+def plot_success_vs_demos(rows: Sequence[dict], path: pathlib.Path) -> bool:
+  """One panel for the mean and one per task: success vs N, a line and Wilson band per method."""
+  rows = [r for r in rows if r["n_demos"] is not None]
+  if not rows:
+    return False
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  tasks = list(dict.fromkeys(t for r in rows for t in r["per_task"]))
+  panels = [("all tasks", None)] + [(_short_task(t), t) for t in tasks]
+  cols = min(4, len(panels))
+  n_rows = math.ceil(len(panels) / cols)
+  fig, axes = plt.subplots(n_rows, cols, figsize=(3.2 * cols, 2.6 * n_rows), squeeze=False,
+                           sharex=True, sharey=True)
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  for ax, (title, task) in zip(axes.flat, panels):
+    for i, method in enumerate(methods):
+      pts = sorted((r["n_demos"], r["pooled"] if task is None else r["per_task"].get(task))
+                   for r in rows if r["method"] == method)
+      pts = [(n, s) for n, s in pts if s is not None]
+      if not pts:
+        continue
+      x = [n for n, _ in pts]
+      color = f"C{i}"
+      y = [s["rate"] for _, s in pts]
+      ax.errorbar(x, y, yerr=[[r - s["ci95"][0] for r, (_, s) in zip(y, pts)],
+                              [s["ci95"][1] - r for r, (_, s) in zip(y, pts)]],
+                  fmt="o-", color=color, capsize=3, label=method)
+      ax.fill_between(x, [s["ci95"][0] for _, s in pts], [s["ci95"][1] for _, s in pts],
+                      color=color, alpha=0.2)
+    ax.set_title(title, fontsize=9)
+    ax.set_xscale("log")
+    xs = sorted({r["n_demos"] for r in rows})
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.minorticks_off()
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+  for ax in axes.flat[len(panels):]:
+    ax.axis("off")
+  for ax in axes[-1]:
+    ax.set_xlabel("labeled demos per task")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("success")
+  axes.flat[0].legend(fontsize=7)
+  fig.suptitle("Closed-loop success vs labeled demos (95% Wilson bands, seeds pooled)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def plot_success_vs_latency(rows: Sequence[dict], path: pathlib.Path) -> bool:
+  rows = [r for r in rows if not math.isnan(r["latency_ms"])]
+  if not rows:
+    return False
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  for r in rows:
+    p = r["pooled"]
+    color = f"C{methods.index(r['method'])}"
+    ax.errorbar(r["latency_ms"], p["rate"], yerr=[[p["rate"] - p["ci95"][0]], [p["ci95"][1] - p["rate"]]],
+                fmt="o", color=color, capsize=3)
+    ax.annotate(r["cell"], (r["latency_ms"], p["rate"]), fontsize=7, xytext=(4, 4),
+                textcoords="offset points")
+  for i, m in enumerate(methods):
+    ax.plot([], [], "o", color=f"C{i}", label=m)
+  ax.set_xlabel("policy latency per chunk, batch 1 (ms)")
+  ax.set_ylabel("success (95% Wilson)")
+  ax.set_ylim(-0.03, 1.03)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def write_report(workdir, out_dir: Optional[str] = None, *, plots: bool = True) -> dict:
+  """Writes the report of ``workdir``'s finished runs to ``out_dir`` (default <workdir>/report).
+
+  Returns {"rows": [...], "runs": [...], "files": [paths written]}.
+  """
+  workdir = pathlib.Path(workdir)
+  meta, runs = load_runs(workdir)
+  rows = aggregate(meta, runs)
+  out = pathlib.Path(out_dir) if out_dir else workdir / "report"
+  out.mkdir(parents=True, exist_ok=True)
+  write_csv(rows, runs, out, meta["name"])
+  (out / "results.md").write_text(markdown(meta, rows, runs, workdir))
+  files = [out / "results.csv", out / "runs.csv", out / "results.md"]
+  if plots:
+    if plot_success_vs_demos(rows, out / "success_vs_demos.png"):
+      files.append(out / "success_vs_demos.png")
+    if plot_success_vs_latency(rows, out / "success_vs_latency.png"):
+      files.append(out / "success_vs_latency.png")
+  return {"rows": rows, "runs": runs, "files": files}

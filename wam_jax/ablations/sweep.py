@@ -1,0 +1,502 @@
+"""A resumable sweep: named, versioned cells, each trained + evaluated per seed in a subprocess.
+
+A sweep file (``experiments/sweeps/<name>.py``) is data: it defines ``SWEEP = Sweep(...)``,
+a list of ``Cell(name, config="experiments/configs/<file>.py:<preset>", overrides={...},
+method=..., n_demos=...)``. Each (cell, seed) runs
+
+  python experiments/train.py --config=<file>:<preset> --workdir=<workdir>/<cell>/seed_<s> \\
+      --config.seed=<s> --config.<field>=<value> ...
+
+in its own subprocess (a crash stays in its cell; a killed cell resumes from its checkpoint,
+which the trainer does by itself). Layout of ``<workdir>``::
+
+  sweep.json                        the sweep's name, version and cells (the report reads it)
+  <cell>/seed_<s>/                  the trainer's workdir: config.json, metrics.jsonl,
+                                    checkpoints/, eval/results.json (+ md, videos)
+  <cell>/seed_<s>/command.sh        the exact command, to rerun one run by hand
+  <cell>/seed_<s>/log.txt           its stdout + stderr, appended per attempt
+  <cell>/seed_<s>/run.json          attempts (start, seconds, return code), wall time
+  <cell>/seed_<s>/DONE              written last: the finished signal; finished runs are skipped
+  <cell>/seed_<s>/FAILED            the last failure's return code and log tail (until it succeeds)
+
+A run is finished when its subprocess exits 0 *and* it reached its last step *and* (if the
+config evaluates at the end) ``eval/results.json`` exists: a SIGTERM'd trainer also exits 0,
+but has not finished. A failed run is reported and the others go on; the sweep exits 1 if any
+failed. A rerun of the same command retries failed and unfinished runs only.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SWEEPS_DIR = REPO / "experiments" / "sweeps"
+TRAIN_PY = REPO / "experiments" / "train.py"
+
+# Dry-run estimates when no finished run of a cell gives its own rate. Measured with the
+# tiny VLA (bf16, batch 64) on 2 busy cores: ~0.26 s/step; closed-loop eval ~1.2 s/episode.
+DEFAULT_SECONDS_PER_EXAMPLE = 0.26 / 64
+DEFAULT_SECONDS_PER_EVAL_EPISODE = 1.2
+STARTUP_SECONDS = 60  # imports, data check, compile, policy load.
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One configuration of a sweep.
+
+  Attributes:
+    name: directory name, unique in the sweep ([A-Za-z0-9_.-]).
+    config: "path/to/config.py:preset", relative to the repository root (or absolute).
+    overrides: {dotted config field: value}, e.g. {"model.head.name": "flow"}.
+    method: the line a cell belongs to in plots (e.g. "vla_l1").
+    n_demos: labeled demos per task (the x axis of the data-efficiency plot); None if n/a.
+  """
+  name: str
+  config: str
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  method: str = ""
+  n_demos: Optional[int] = None
+
+  def spec(self) -> dict:
+    """JSON-normalized (tuples as lists), as stored in sweep.json and run.json."""
+    return json.loads(json.dumps({
+        "name": self.name, "config": self.config, "overrides": dict(self.overrides),
+        "method": self.method or self.name, "n_demos": self.n_demos}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  name: str
+  version: int
+  cells: tuple[Cell, ...]
+  seeds: tuple[int, ...] = (0, 1, 2)
+  description: str = ""
+
+  def __post_init__(self):
+    names = [c.name for c in self.cells]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+      raise ValueError(f"sweep {self.name!r}: duplicate cell names {dupes}")
+    for c in self.cells:
+      if not c.name or not all(ch.isalnum() or ch in "_.-" for ch in c.name):
+        raise ValueError(f"sweep {self.name!r}: cell name {c.name!r} must be [A-Za-z0-9_.-]+")
+
+
+def load_sweep(name_or_path: str) -> Sweep:
+  """``SWEEP`` of ``experiments/sweeps/<name>.py``, or of a ``.py`` path."""
+  path = pathlib.Path(name_or_path)
+  if path.suffix != ".py":
+    path = SWEEPS_DIR / f"{name_or_path}.py"
+  if not path.exists():
+    known = sorted(p.stem for p in SWEEPS_DIR.glob("*.py") if not p.stem.startswith("_"))
+    raise ValueError(f"--sweep={name_or_path}: no sweep file {path}; known sweeps: {known}")
+  module = _import_file(path, f"_wam_sweep_{path.stem}")
+  sweep = getattr(module, "SWEEP", None)
+  if not isinstance(sweep, Sweep):
+    raise ValueError(f"{path} must define SWEEP = wam_jax.ablations.sweep.Sweep(...)")
+  return sweep
+
+
+def _import_file(path: pathlib.Path, module_name: str):
+  if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+  spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+# ----------------------------------------------------------------------------
+# Configs: loaded in-process to check cells before any run, and for estimates.
+# ----------------------------------------------------------------------------
+def config_path_and_preset(cell: Cell) -> tuple[pathlib.Path, str]:
+  path, _, preset = cell.config.partition(":")
+  path = pathlib.Path(path)
+  return (path if path.is_absolute() else REPO / path), preset
+
+
+def load_config(cell: Cell, seed: int = 0):
+  """The cell's resolved ConfigDict (preset + overrides + seed); ValueError naming a bad field."""
+  path, preset = config_path_and_preset(cell)
+  if not path.exists():
+    raise ValueError(f"cell {cell.name!r}: config file {path} does not exist")
+  module = _import_file(path, f"_wam_config_{path.stem}")
+  config = module.get_config(preset) if preset else module.get_config()
+  for key, value in {**cell.overrides, "seed": seed}.items():
+    node, parts = config, key.split(".")
+    for part in parts[:-1]:
+      if part not in node:
+        raise ValueError(f"cell {cell.name!r}: override {key!r}: the config has no field {part!r}")
+      node = node[part]
+    if parts[-1] not in node:
+      raise ValueError(f"cell {cell.name!r}: override {key!r}: the config has no field {parts[-1]!r}")
+    try:
+      setattr(node, parts[-1], _as_config_value(value))
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"cell {cell.name!r}: override {key}={value!r}: {e}") from None
+  config.lock()
+  return config
+
+
+def _as_config_value(value):
+  if isinstance(value, list):
+    value = tuple(value)
+  if isinstance(value, tuple):
+    return tuple(_as_config_value(v) for v in value)
+  return value
+
+
+def flag_value(value) -> str:
+  """A Python override value as ml_collections' config flag parser reads it."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, (list, tuple)):
+    return repr(_as_config_value(value))
+  return str(value)
+
+
+def command(cell: Cell, seed: int, run_dir: pathlib.Path) -> list[str]:
+  path, preset = config_path_and_preset(cell)
+  config = f"{path}:{preset}" if preset else str(path)
+  return ([sys.executable, str(TRAIN_PY), f"--config={config}", f"--workdir={run_dir}",
+           f"--config.seed={seed}"]
+          + [f"--config.{k}={flag_value(v)}" for k, v in cell.overrides.items()])
+
+
+# ----------------------------------------------------------------------------
+# Run state on disk.
+# ----------------------------------------------------------------------------
+def run_dir(workdir, cell: Cell, seed: int) -> pathlib.Path:
+  return pathlib.Path(workdir) / cell.name / f"seed_{seed}"
+
+
+def _write_json(path: pathlib.Path, data) -> None:
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  tmp.write_text(json.dumps(data, indent=1))
+  os.replace(tmp, path)
+
+
+def read_json(path: pathlib.Path, default=None):
+  try:
+    return json.loads(pathlib.Path(path).read_text())
+  except (FileNotFoundError, json.JSONDecodeError):
+    return default
+
+
+def is_done(rdir: pathlib.Path) -> bool:
+  return (rdir / "DONE").exists()
+
+
+def checkpoint_steps(rdir: pathlib.Path) -> list[int]:
+  ckpt = rdir / "checkpoints"
+  return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
+
+
+def _finished(rdir: pathlib.Path, config) -> tuple[bool, str]:
+  """(finished, why not) after a subprocess exited 0."""
+  steps = checkpoint_steps(rdir)
+  if not steps or steps[-1] < config.train.steps:
+    return False, f"stopped at step {steps[-1] if steps else 0}/{config.train.steps} (interrupted?)"
+  if config.eval.get("at_end", False) and not (rdir / "eval" / "results.json").exists():
+    return False, "no eval/results.json after training (evaluation did not run or failed)"
+  return True, ""
+
+
+def _running_pid(rdir: pathlib.Path) -> Optional[int]:
+  """The pid of a live trainer already working in ``rdir`` (left by a killed sweep), if any."""
+  info = read_json(rdir / "run.json", {})
+  pid = info.get("pid")
+  if not pid:
+    return None
+  try:
+    cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+  except OSError:
+    return None
+  return pid if f"--workdir={rdir}" in cmdline else None
+
+
+# ----------------------------------------------------------------------------
+# The plan and the dry run.
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class Job:
+  cell: Cell
+  seed: int
+  dir: pathlib.Path
+  config: Any = None
+  error: str = ""           # a config error: the job cannot run
+  state: str = "pending"    # pending | done | partial | failed | running | invalid
+  detail: str = ""
+  estimate_s: float = 0.0
+
+
+def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
+         check: Optional[Callable] = None) -> list[Job]:
+  """Jobs in run order (all cells at the first seed, then the next seed...), with their state.
+
+  ``check(config)`` raises ValueError for a config that would fail at start-up (the trainer's
+  semantic check); such jobs are 'invalid' and never started.
+  """
+  seeds = tuple(sweep.seeds if seeds is None else seeds)
+  jobs = []
+  for seed in seeds:
+    for cell in sweep.cells:
+      job = Job(cell, seed, run_dir(workdir, cell, seed).absolute())
+      try:
+        job.config = load_config(cell, seed)
+        if check is not None:
+          check(job.config)
+      except ValueError as e:
+        job.state, job.error = "invalid", str(e)
+        jobs.append(job)
+        continue
+      job.state, job.detail = _state_of(job.dir)
+      job.estimate_s = estimate_seconds(job, workdir)
+      jobs.append(job)
+  return jobs
+
+
+def _state_of(rdir: pathlib.Path) -> tuple[str, str]:
+  if is_done(rdir):
+    return "done", ""
+  pid = _running_pid(rdir)
+  if pid:
+    return "running", f"pid {pid}"
+  if (rdir / "FAILED").exists():
+    return "failed", (read_json(rdir / "FAILED", {}) or {}).get("summary", "")
+  steps = checkpoint_steps(rdir)
+  if steps:
+    return "partial", f"resumes at step {steps[-1]}"
+  return "pending", ""
+
+
+def estimate_seconds(job: Job, workdir) -> float:
+  """Remaining wall time of a job: own rate if some seed of the cell finished, else defaults."""
+  if job.state == "done":
+    return 0.0
+  cfg = job.config
+  per_step, per_episode = _measured_rates(pathlib.Path(workdir) / job.cell.name)
+  per_step = per_step or DEFAULT_SECONDS_PER_EXAMPLE * cfg.train.batch_size
+  per_episode = per_episode or DEFAULT_SECONDS_PER_EVAL_EPISODE
+  steps_done = checkpoint_steps(job.dir)[-1:] or [0]
+  seconds = STARTUP_SECONDS + per_step * max(cfg.train.steps - steps_done[0], 0)
+  if cfg.eval.get("at_end", False):
+    n_tasks = len(cfg.eval.tasks) or len(cfg.data.metaworld.tasks)
+    seconds += per_episode * n_tasks * cfg.eval.episodes_per_task
+  return seconds
+
+
+def _measured_rates(cell_dir: pathlib.Path) -> tuple[float, float]:
+  """(seconds/step, seconds/eval episode) from this cell's finished seeds, 0 if none."""
+  step_s, episode_s = [], []
+  for rdir in sorted(cell_dir.glob("seed_*")):
+    if not is_done(rdir):
+      continue
+    rates = [r["train/steps_per_s"] for r in read_jsonl(rdir / "metrics.jsonl") if "train/steps_per_s" in r]
+    if rates:
+      step_s.append(1.0 / max(sorted(rates)[len(rates) // 2], 1e-9))
+    results = read_json(rdir / "eval" / "results.json")
+    if results and results.get("episodes"):
+      episode_s.append(results["seconds"] / len(results["episodes"]))
+  mean = lambda x: sum(x) / len(x) if x else 0.0
+  return mean(step_s), mean(episode_s)
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+  rows = []
+  if pathlib.Path(path).exists():
+    for line in pathlib.Path(path).read_text().splitlines():
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:  # a line cut by a kill
+        pass
+  return rows
+
+
+def format_plan(sweep: Sweep, jobs: Sequence[Job], max_parallel: int) -> str:
+  lines = [f"sweep {sweep.name} v{sweep.version}: {len(sweep.cells)} cells x seeds "
+           f"{sorted({j.seed for j in jobs})} = {len(jobs)} runs"]
+  for j in jobs:
+    what = j.error or j.detail
+    est = f"~{_fmt(j.estimate_s)}" if j.state not in ("done", "invalid", "running") else ""
+    lines.append(f"  {j.cell.name:28s} seed {j.seed}  {j.state:8s} {est:>10s}  {what}")
+  todo = [j for j in jobs if j.state in ("pending", "partial", "failed")]
+  total = sum(j.estimate_s for j in todo)
+  lines.append(f"{len(todo)} runs to do, ~{_fmt(total)} of compute; with --max_parallel="
+               f"{max_parallel} ~{_fmt(total / max(1, min(max_parallel, 2)))} wall "
+               "(2 cores: parallel runs share them, so more than 2 cannot go faster)")
+  return "\n".join(lines)
+
+
+def _fmt(seconds: float) -> str:
+  m = int(round(seconds / 60))
+  return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m"
+
+
+# ----------------------------------------------------------------------------
+# Running.
+# ----------------------------------------------------------------------------
+class _Running:
+  def __init__(self, job: Job, proc: subprocess.Popen, log_file, info: dict):
+    self.job, self.proc, self.log_file, self.info = job, proc, log_file, info
+    self.start = time.time()
+
+
+def _start(job: Job, env: Mapping[str, str], log) -> _Running:
+  job.dir.mkdir(parents=True, exist_ok=True)
+  (job.dir / "FAILED").unlink(missing_ok=True)
+  cmd = command(job.cell, job.seed, job.dir)
+  (job.dir / "command.sh").write_text(" ".join(shlex.quote(c) for c in cmd) + "\n")
+  log_file = open(job.dir / "log.txt", "a", buffering=1)
+  log_file.write(f"\n===== attempt at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
+  proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=os.getcwd())
+  info = read_json(job.dir / "run.json", {}) or {}
+  info.update(cell=job.cell.spec(), seed=job.seed, command=cmd, pid=proc.pid)
+  info.setdefault("attempts", []).append({"start": time.time(), "seconds": 0.0, "returncode": None})
+  _write_json(job.dir / "run.json", info)
+  log(f"[sweep] start {job.cell.name} seed {job.seed} (pid {proc.pid}; log {job.dir / 'log.txt'})")
+  return _Running(job, proc, log_file, info)
+
+
+def _tick(r: _Running) -> None:
+  """Records the wall time so far (a SIGKILL'd sweep still leaves the attempt's time)."""
+  r.info["attempts"][-1]["seconds"] = time.time() - r.start
+  r.info["wall_seconds"] = sum(a["seconds"] for a in r.info["attempts"])
+  _write_json(r.job.dir / "run.json", r.info)
+
+
+def _finish(r: _Running, log, *, stopped: bool = False) -> bool:
+  """Records the attempt; writes DONE if the run finished, else FAILED (not when ``stopped``)."""
+  rc = r.proc.returncode
+  r.log_file.close()
+  r.info["attempts"][-1]["returncode"] = rc
+  r.info["pid"] = None
+  _tick(r)
+  job = r.job
+  if stopped and not (rc == 0 and _finished(job.dir, job.config)[0]):
+    log(f"[sweep] stopped {job.cell.name} seed {job.seed} (exit code {rc}); it resumes on rerun")
+    return False
+  ok, why = (rc == 0, f"exit code {rc}")
+  if ok:
+    ok, why = _finished(job.dir, job.config)
+  if ok:
+    results = read_json(job.dir / "eval" / "results.json")
+    success = f"; success {100 * results['mean']['success_rate']:.0f}%" if results else ""
+    (job.dir / "DONE").write_text(json.dumps({"finished": time.time(), "wall_seconds": r.info["wall_seconds"]}))
+    log(f"[sweep] done  {job.cell.name} seed {job.seed} in {_fmt(r.info['wall_seconds'])}{success}")
+    return True
+  tail = _tail(job.dir / "log.txt")
+  _write_json(job.dir / "FAILED", {"returncode": rc, "summary": why, "log_tail": tail})
+  last = next((l for l in reversed(tail) if l.strip()), "")
+  log(f"[sweep] FAILED {job.cell.name} seed {job.seed}: {why}: {last[-200:]} "
+      f"(full log: {job.dir / 'log.txt'})")
+  return False
+
+
+def _tail(path: pathlib.Path, n: int = 30) -> list[str]:
+  try:
+    return path.read_text(errors="replace").splitlines()[-n:]
+  except OSError:
+    return []
+
+
+def write_sweep_json(sweep: Sweep, workdir: pathlib.Path) -> None:
+  """Records the sweep in ``workdir``; a workdir of another sweep or version is an error."""
+  path = workdir / "sweep.json"
+  saved = read_json(path)
+  if saved is not None:
+    if (saved["name"], saved["version"]) != (sweep.name, sweep.version):
+      raise ValueError(f"{workdir} holds sweep {saved['name']} v{saved['version']}, not "
+                       f"{sweep.name} v{sweep.version}: use another --workdir")
+    old = {c["name"]: c for c in saved["cells"]}
+    for cell in sweep.cells:
+      if cell.name in old and old[cell.name] != cell.spec():
+        raise ValueError(f"cell {cell.name!r} of sweep {sweep.name} v{sweep.version} changed since "
+                         f"{workdir} was started ({old[cell.name]} -> {cell.spec()}): bump the "
+                         f"sweep's version and use another --workdir")
+    cells = saved["cells"] + [c.spec() for c in sweep.cells if c.name not in old]
+  else:
+    cells = [c.spec() for c in sweep.cells]
+  workdir.mkdir(parents=True, exist_ok=True)
+  _write_json(path, {"name": sweep.name, "version": sweep.version, "description": sweep.description,
+                     "seeds": list(sweep.seeds), "cells": cells})
+
+
+def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_parallel: int = 1,
+        check: Optional[Callable] = None, prepare: Optional[Callable] = None,
+        env: Optional[Mapping[str, str]] = None, poll_seconds: float = 1.0,
+        log: Callable[[str], None] = print) -> dict:
+  """Runs every unfinished job; returns {"done": [...], "failed": [...], "skipped": [...]} of names.
+
+  ``prepare(configs)`` runs once before the first job (e.g. generating the protocol data).
+  SIGTERM/SIGINT: running trainers get SIGTERM (they save a checkpoint and stop), then the
+  sweep exits; rerunning it resumes them.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  write_sweep_json(sweep, workdir)
+  jobs = plan(sweep, workdir, seeds, check)
+  label = lambda j: f"{j.cell.name}/seed_{j.seed}"
+  summary = {"done": [label(j) for j in jobs if j.state == "done"], "failed": [], "skipped": []}
+  for j in jobs:
+    if j.state == "invalid":
+      log(f"[sweep] INVALID {label(j)}: {j.error}")
+      summary["failed"].append(label(j))
+    elif j.state == "running":
+      log(f"[sweep] skip {label(j)}: a trainer is still working in it ({j.detail}); "
+          "wait for it or kill it, then rerun")
+      summary["skipped"].append(label(j))
+  queue = [j for j in jobs if j.state in ("pending", "partial", "failed")]
+  log(f"[sweep] {sweep.name} v{sweep.version} in {workdir}: {len(summary['done'])} finished, "
+      f"{len(queue)} to run, max_parallel {max_parallel}")
+  if queue and prepare is not None:
+    prepare([j.config for j in queue])
+  env = dict(os.environ if env is None else env)
+  running: list[_Running] = []
+  stop = {"signal": None}
+
+  def on_signal(signum, frame):
+    del frame
+    stop["signal"] = signum
+  old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+  last_tick = time.time()
+  try:
+    while (queue or running) and stop["signal"] is None:
+      while queue and len(running) < max_parallel:
+        running.append(_start(queue.pop(0), env, log))
+      time.sleep(poll_seconds)
+      for r in [r for r in running if r.proc.poll() is not None]:
+        running.remove(r)
+        summary["done" if _finish(r, log) else "failed"].append(label(r.job))
+      if time.time() - last_tick > 30:
+        last_tick = time.time()
+        for r in running:
+          _tick(r)
+    if stop["signal"] is not None:
+      log(f"[sweep] signal {stop['signal']}: stopping {len(running)} run(s) (they save a "
+          "checkpoint); rerun the same command to resume")
+      for r in running:
+        r.proc.send_signal(signal.SIGTERM)
+      for r in running:
+        try:
+          r.proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+          r.proc.kill()
+          r.proc.wait()
+        _finish(r, log, stopped=True)
+      summary["skipped"] += [label(j) for j in queue] + [label(r.job) for r in running]
+  finally:
+    for s, h in old_handlers.items():
+      signal.signal(s, h)
+  log(f"[sweep] {len(summary['done'])} finished, {len(summary['failed'])} failed"
+      + (f" ({', '.join(summary['failed'])})" if summary["failed"] else "")
+      + (f", {len(summary['skipped'])} not run" if summary["skipped"] else "")
+      + f". Report: python experiments/report.py {workdir}")
+  return summary
