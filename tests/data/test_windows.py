@@ -77,7 +77,7 @@ def test_too_many_action_dims():
 
 
 def test_inference_inputs_match_training_windows():
-  cfg = synthetic.data_cfg(__import__("pathlib").Path("/nonexistent"), cameras=("primary",),
+  cfg = synthetic.data_cfg(pathlib.Path("/nonexistent"), cameras=("primary",),
                            image_size=16, history=2, max_text_len=12)
   norm = _identity_normalizer()
   ep = synthetic.make_episode(2, 6, True)
