@@ -58,8 +58,13 @@ def check_config_or_exit(config):
 def train_and_evaluate(config, workdir):
   from wam_jax.training import trainer
   workdir = pathlib.Path(workdir)
+  from wam_jax.training import checkpoint as ckpt_lib
   check_config_or_exit(config)
-  final = trainer.train(config, workdir)
+  try:
+    final = trainer.train(config, workdir)
+  except (trainer.ConfigChangedError, ckpt_lib.IncompatibleCheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)  # another run's workdir: nothing was written
+    sys.exit(2)
   print(f"training done at step {final.get('step')}: checkpoints in {workdir / 'checkpoints'}, "
         f"metrics in {workdir / 'metrics.jsonl'}, TensorBoard in {workdir / 'tensorboard'}")
   if config.eval.get("at_end", False) and final.get("step") == config.train.steps:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -212,3 +213,133 @@ def test_init_from_restores_matching_params_by_path(reference_run):
                                 ref_params["backbone"]["block_1"]["mlp"]["wi"]["kernel"])
   np.testing.assert_array_equal(loaded["action_queries"], jax.device_get(fresh["action_queries"]))
   assert loaded["action_queries"].shape[0] == other.data.action_horizon
+
+
+# ----------------------------------------------------------------------------
+# Resume never mixes runs (issue 18).
+# ----------------------------------------------------------------------------
+def _copy_run(src, dst):
+  shutil.copytree(src, dst, dirs_exist_ok=True)
+  return dst
+
+
+def _steps(workdir):
+  return ckpt_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", read_only=True).all_steps()
+
+
+def test_changed_config_rerun_is_an_error_naming_the_fields(reference_run, tmp_path):
+  cfg, ref_dir, _ = reference_run
+  workdir = _copy_run(ref_dir, tmp_path / "run")
+  before = (workdir / "config.json").read_text()
+  other = cfg.copy_and_resolve_references()
+  other.model.depth = 3
+  other.train.learning_rate = 1e-3
+  with pytest.raises(trainer.ConfigChangedError) as e:
+    trainer.train(other, workdir, devices=one_device())
+  msg = str(e.value)
+  assert "model.depth: 2 -> 3" in msg and "train.learning_rate: 0.0003 -> 0.001" in msg
+  assert "--workdir" in msg and "allow_changes=model.depth,train.learning_rate" in msg
+  assert "\n" not in msg
+  # Nothing was touched: the old run's config and checkpoints are as they were.
+  assert (workdir / "config.json").read_text() == before and _steps(workdir) == [4, 8]
+  # Fields that do not change what is trained may differ freely.
+  free = cfg.copy_and_resolve_references()
+  free.train.update(log_every=1, ckpt_every=2)
+  assert trainer.train(free, workdir, devices=one_device())["step"] == 8
+
+
+def test_deliberate_change_resumes_and_saves_new_steps(reference_run, tmp_path):
+  cfg, ref_dir, _ = reference_run
+  workdir = _copy_run(ref_dir, tmp_path / "run")
+  more = cfg.copy_and_resolve_references()
+  more.train.steps = 12
+  with pytest.raises(trainer.ConfigChangedError, match="train.steps: 8 -> 12"):
+    trainer.train(more, workdir, devices=one_device())
+  more.train.allow_changes = "train.steps"
+  assert trainer.train(more, workdir, devices=one_device())["step"] == 12
+  assert _steps(workdir) == [4, 8, 12]
+
+
+def test_incompatible_checkpoint_is_not_treated_as_damage(reference_run, tmp_path):
+  cfg, ref_dir, _ = reference_run
+  workdir = _copy_run(ref_dir, tmp_path / "run")
+  other = cfg.copy_and_resolve_references()
+  other.model.depth = 3
+  other.train.allow_changes = "*"  # even when the change is allowed, a new model cannot resume
+  with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="block_2"):
+    trainer.train(other, workdir, devices=one_device())
+  assert _steps(workdir) == [4, 8] and not (workdir / "checkpoints" / "damaged").exists()
+
+
+def test_changed_config_rerun_cli_is_one_line_exit_2(reference_run, tmp_path):
+  cfg, ref_dir, _ = reference_run
+  workdir = _copy_run(ref_dir, tmp_path / "run")
+  overrides = [f"--config.{k}={v}" for k, v in _flat(cfg).items()
+               if k.split(".")[0] in ("model", "train", "mesh") or k.startswith("data.")]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  out = subprocess.run(_train_cmd(overrides + ["--config.model.depth=3"], workdir), capture_output=True,
+                       text=True, timeout=300, env=env)
+  assert out.returncode == 2, out.stderr[-2000:]
+  errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "model.depth: 2 -> 3" in errors[0] and "Traceback" not in out.stderr
+
+
+def test_damaged_step_is_set_aside_and_training_continues_exactly(reference_run, tmp_path):
+  cfg, ref_dir, _ = reference_run
+  workdir = _copy_run(ref_dir, tmp_path / "run")
+  for f in (workdir / "checkpoints" / "8" / "state").rglob("*"):
+    if f.is_file() and "metadata" not in f.name:
+      f.unlink()
+  # The rerun falls back to step 4, moves 8 aside, retrains 5-8 and can save step 8 again.
+  assert trainer.train(cfg, workdir, devices=one_device())["step"] == 8
+  assert _steps(workdir) == [4, 8]
+  assert [p.name for p in (workdir / "checkpoints" / "damaged").iterdir()] == ["8-0"]
+  _, ref, _ = final_params(ref_dir, cfg)
+  _, got, _ = final_params(workdir, cfg)
+  jax.tree.map(np.testing.assert_array_equal, ref, got)
+
+
+def test_sigterm_at_a_checkpoint_step_saves_once_and_exits_cleanly(syn_data_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+  cfg = tiny_config(syn_data_dir)
+  cfg.train.update(val_every=0)
+  real_save = ckpt_lib.Checkpointer.save
+
+  def save_then_sigterm(self, step, *args, **kwargs):  # preemption arrives right after a periodic save
+    out = real_save(self, step, *args, **kwargs)
+    if step == 4:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return out
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save_then_sigterm)
+  assert trainer.train(cfg, tmp_path, devices=one_device())["step"] == 4
+  assert _steps(tmp_path) == [4]
+  assert "saved step 4" in capsys.readouterr().out
+
+
+def test_nonfinite_state_is_never_checkpointed(syn_data_dir, tmp_path, monkeypatch):  # noqa: F811
+  cfg = tiny_config(syn_data_dir)
+  cfg.train.update(val_every=0, log_every=4, ckpt_every=3)
+  real_make = trainer.make_train_step
+
+  def nan_at_step_3(*args, **kwargs):  # the loss of step 3 (state.step 2) is NaN; not a log step
+    step = real_make(*args, **kwargs)
+    def wrapped(state, batch):
+      new, metrics = step(state, batch)
+      return new, dict(metrics, loss=jnp.where(state.step == 2, jnp.nan, metrics["loss"]))
+    return wrapped
+  monkeypatch.setattr(trainer, "make_train_step", nan_at_step_3)
+  with pytest.raises(FloatingPointError, match="not finite at step 3"):
+    trainer.train(cfg, tmp_path, devices=one_device())
+  assert _steps(tmp_path) == []
+
+
+def test_unknown_accelerator_peak_logs_no_mfu_and_trains_on(syn_data_dir, tmp_path, monkeypatch):  # noqa: F811
+  from wam_jax.training import peak as peak_lib
+  cfg = tiny_config(syn_data_dir, steps=4)
+  cfg.train.update(matmul_peak_gflops=0.0, val_every=0)
+
+  def no_datasheet(devices, kind="float32"):
+    raise ValueError("no datasheet peak for device_kind 'TPU v9x'")
+  monkeypatch.setattr(peak_lib, "hardware_peak_flops", no_datasheet)
+  assert trainer.train(cfg, tmp_path, devices=one_device())["step"] == 4
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r for r in rows if "train/loss" in r] and not any("train/mfu" in r for r in rows)

@@ -9,7 +9,8 @@ Each step directory holds three items:
 Orbax writes each step into a temporary directory and renames it when complete
 (atomic commit), so a killed save never looks finished. ``latest_step()`` does
 not validate a step (FACTS.md), so restoring walks back from the newest step
-and skips a damaged one with a warning.
+and skips a damaged one with a warning, moving it to ``damaged/``. A readable step
+that holds another model's state is an error, never a fallback.
 
 Resume order (fixed): this run's own workdir; else ``train.init_from`` (params
 only, by path); else scratch.
@@ -30,6 +31,7 @@ class Checkpointer:
   def __init__(self, directory, *, keep_last: int = 3, keep_every: int = 0, async_save: bool = True,
                read_only: bool = False):
     self.directory = pathlib.Path(directory).absolute()
+    self.read_only = read_only
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep_last or None, keep_period=keep_every or None,
         enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
@@ -50,26 +52,40 @@ class Checkpointer:
     ``abstract_state`` is a pytree of jax.ShapeDtypeStruct with shardings: the
     arrays come back laid out for the current mesh, whatever mesh saved them.
     Returns (state, assets, step), or None if there is no readable checkpoint.
-    A damaged newer step is skipped with a warning, never fatal; an explicit
-    ``step`` that fails raises.
+
+    Two failures are told apart. A step whose saved arrays do not match
+    ``abstract_state`` (another model, optimizer or EMA setting) raises
+    ``IncompatibleCheckpointError``: that is a different run, not damage, and
+    falling back to an older step would restore the same mismatch. A step that
+    cannot be read (missing or corrupt files) is damage: it is moved aside to
+    ``damaged/`` (so later saves of that step number are not blocked) and the
+    next older step is tried. An explicit ``step`` that fails raises.
     """
     candidates = [step] if step is not None else sorted(self.all_steps(), reverse=True)
     for s in candidates:
+      try:
+        saved = _signature(ocp.PyTreeCheckpointer().metadata(self.directory / str(s) / "state").item_metadata.tree)
+      except Exception as e:  # noqa: BLE001 (missing/corrupt metadata: damage)
+        if step is not None:
+          raise
+        self._set_aside(s, e)
+        continue
+      check_compatible(saved, _signature(abstract_state), where=f"{self.directory / str(s)}")
       items = dict(state=ocp.args.StandardRestore(abstract_state), assets=ocp.args.JsonRestore())
       if data_iter is not None:
         items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
       try:
         restored = self.manager.restore(s, args=ocp.args.Composite(**items))
-      except Exception as e:  # noqa: BLE001 (any damage: missing file, bad metadata, bad array)
+      except Exception as e:  # noqa: BLE001 (structure matched, so this is damage: bad array or file)
         if step is not None:
           raise
-        logging.warning("checkpoint step %d in %s is unreadable (%s: %s); trying an older one",
-                        s, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+        self._set_aside(s, e)
         continue
       return restored["state"], restored["assets"], s
     return None
 
   def restore_assets(self, step: Optional[int] = None) -> tuple[dict, int]:
+    """(assets, step) of the newest readable step (or exactly ``step``); damaged steps are set aside."""
     steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
     for s in steps:
       try:
@@ -77,8 +93,24 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001
         if step is not None:
           raise
-        logging.warning("assets of step %d unreadable (%s); trying an older one", s, e)
+        self._set_aside(s, e)
     raise FileNotFoundError(f"no readable checkpoint in {self.directory}")
+
+  def _set_aside(self, step: int, error: Exception):
+    """A damaged step: warn, and (when writable) move it to ``damaged/<step>-<n>``, out of Orbax's view."""
+    reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+    if self.read_only:
+      logging.warning("checkpoint step %d in %s is unreadable (%s); trying an older one",
+                      step, self.directory, reason)
+      return
+    damaged = self.directory / "damaged"
+    damaged.mkdir(exist_ok=True)
+    n = sum(1 for p in damaged.iterdir() if p.name.startswith(f"{step}-"))
+    dest = damaged / f"{step}-{n}"
+    (self.directory / str(step)).rename(dest)
+    self.manager.reload()
+    logging.warning("checkpoint step %d in %s is unreadable (%s): moved to %s; trying an older one",
+                    step, self.directory, reason, dest)
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -86,6 +118,46 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class IncompatibleCheckpointError(ValueError):
+  """A checkpoint that is readable but holds another model's state (not damage)."""
+
+
+def _signature(tree) -> dict:
+  """{"params/block_0/mlp/wi/kernel": (shape, dtype)} for a state or its saved metadata.
+
+  Paths are normalized to plain names, so a TrainState (attributes, tuples)
+  and Orbax's metadata of it (dicts, lists) compare equal.
+  """
+  def name(k):
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(name(k) for k in path): (tuple(leaf.shape), np.dtype(leaf.dtype).name) for path, leaf in leaves}
+
+
+def check_compatible(saved: dict, expected: dict, where: str) -> None:
+  """Raises IncompatibleCheckpointError naming the first differing leaves of two signatures."""
+  if saved == expected:
+    return
+  missing = sorted(set(expected) - set(saved))
+  extra = sorted(set(saved) - set(expected))
+  changed = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])
+  parts = []
+  if changed:
+    parts.append("shape/dtype differs: " + ", ".join(f"{k} saved {saved[k]} vs now {expected[k]}"
+                                                      for k in changed[:3]))
+  if missing:
+    parts.append(f"not in the checkpoint: {', '.join(missing[:3])}")
+  if extra:
+    parts.append(f"only in the checkpoint: {', '.join(extra[:3])}")
+  total = len(changed) + len(missing) + len(extra)
+  raise IncompatibleCheckpointError(
+      f"checkpoint {where} holds another model's state ({total} leaves differ; " + "; ".join(parts) +
+      "): train in a new --workdir, or restore the config it was trained with")
 
 
 def abstract_with_shardings(tree: Any, shardings: Any):

@@ -25,6 +25,14 @@ def compiled_flops(compiled, num_devices: int) -> float:
   return float((analysis or {}).get("flops", 0.0)) * num_devices
 
 
+def lowered_flops(lowered) -> float:
+  """Total FLOPs of a lowered (not yet partitioned) function: XLA's count of the global program."""
+  analysis = lowered.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", 0.0))
+
+
 class MetricsWriter:
   """Writes scalars to ``metrics.jsonl`` and TensorBoard event files, images to TensorBoard."""
 

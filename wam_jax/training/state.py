@@ -27,6 +27,23 @@ def learning_rate_schedule(train_cfg):
       end_value=peak * train_cfg.end_learning_rate_factor)
 
 
+def ema_decay_at(step, decay: float):
+  """EMA decay warmed up as min(decay, (1 + t) / (10 + t)) at step t.
+
+  The average starts from the random init; with a fixed decay d it would carry
+  that init with weight d^t (0.999^1000 = 37%). The warm-up lets the average
+  follow the params early (0.1 at t=0, 0.5 at t=8, 0.9 at t=80) and reach d
+  only once it holds ~1/(1-d) steps of training.
+  """
+  t = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def update_ema(ema_params, params, step, decay: float):
+  d = ema_decay_at(step, decay)
+  return jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema_params, params)
+
+
 def _decay_mask(params):
   """Weight decay on matrices only (not biases, norms or 1-D embeddings)."""
   return jax.tree.map(lambda p: p.ndim >= 2, params)

@@ -32,10 +32,13 @@ from wam_jax.training import state as state_lib
 # ----------------------------------------------------------------------------
 # The train step: one jitted function of (state, batch).
 # ----------------------------------------------------------------------------
-def make_train_step(model, tx, train_cfg, batch_axes):
-  """Returns step(state, batch) -> (state, metrics). Pure; lowered with abstract shapes."""
+def make_train_step(model, tx, train_cfg, batch_axes, accum=None):
+  """Returns step(state, batch) -> (state, metrics). Pure; lowered with abstract shapes.
+
+  ``accum`` microbatches (default ``train.grad_accum_steps``) are scanned over.
+  """
   schedule = state_lib.learning_rate_schedule(train_cfg)
-  accum = int(train_cfg.grad_accum_steps)
+  accum = int(train_cfg.grad_accum_steps if accum is None else accum)
 
   def loss_and_grads(params, batch, rng):
     grad_fn = jax.value_and_grad(functools.partial(registry.loss_fn, model), has_aux=True)
@@ -58,7 +61,10 @@ def make_train_step(model, tx, train_cfg, batch_axes):
       return jax.tree.map(jnp.add, carry, (weighted, w)), None
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng))
     (total, weight), _ = jax.lax.scan(body, (zeros, jnp.zeros(())), (micro, jnp.arange(accum)))
-    return jax.tree.map(lambda x: x / jnp.maximum(weight, 1e-9), total)
+    (loss, metrics), grads = jax.tree.map(lambda x: x / jnp.maximum(weight, 1e-9), total)
+    if "loss_weight" in metrics:  # the weighted mean of the weights would be sum(w^2)/sum(w)
+      metrics = dict(metrics, loss_weight=weight)
+    return (loss, metrics), grads
 
   def step(state, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -67,8 +73,7 @@ def make_train_step(model, tx, train_cfg, batch_axes):
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
     if ema is not None:
-      d = train_cfg.ema_decay
-      ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
+      ema = state_lib.update_ema(ema, params, state.step, train_cfg.ema_decay)
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
                    param_norm=optax.global_norm(params), update_norm=optax.global_norm(updates),
                    learning_rate=schedule(state.step))
@@ -106,6 +111,54 @@ def check_config(config, num_devices: int):
                      f"{tc.grad_accum_steps} x processes={jax.process_count()}")
 
 
+class ConfigChangedError(ValueError):
+  """A rerun in a workdir whose checkpoints were trained with another config."""
+
+
+# Fields that may differ between a run and its resumption without changing what
+# is trained: cadence of logs/saves, paths and caches, evaluation, the mesh
+# (Orbax restores onto any sharding). Every other field (model, data, optimizer,
+# steps, seed, new fields by default) is part of the run's identity.
+RESUME_FREE_FIELDS = (
+    "train.log_every", "train.val_every", "train.val_batches", "train.ckpt_every", "train.keep_last",
+    "train.keep_every", "train.summary_every", "train.matmul_peak_gflops", "train.init_from",
+    "train.allow_changes", "data.data_dir", "data.cache_dir", "data.episode_cache_mb",
+    "data.read_threads", "mesh.", "eval.")
+
+
+def config_changes(saved: dict, current: dict) -> dict:
+  """{dotted field: (saved value, current value)} for identity fields that differ (JSON dicts)."""
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+  a, b = flat(saved), flat(current)
+  missing = object()
+  return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
+          if a.get(k, missing) != b.get(k, missing)
+          and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_FREE_FIELDS)}
+
+
+def check_resume_config(config, saved_config: dict, where) -> None:
+  """Raises ConfigChangedError unless every identity field equals the saved run's (or is allowed)."""
+  allowed = {f.strip() for f in config.train.allow_changes.split(",") if f.strip()}
+  changes = config_changes(saved_config, json.loads(config.to_json_best_effort()))
+  if "*" not in allowed:
+    blocked = {k: v for k, v in changes.items() if k not in allowed}
+    if blocked:
+      shown = ", ".join(f"{k}: {_show(v[0])} -> {_show(v[1])}" for k, v in blocked.items())
+      raise ConfigChangedError(
+          f"the config differs from the run in {where}: {shown}. Resuming would mix two runs: use a new "
+          f"--workdir, or resume with the change on purpose: --config.train.allow_changes={','.join(blocked)}")
+  if changes:
+    logging.warning("resuming %s with deliberate config changes: %s", where, changes)
+
+
+def _show(v):
+  return "(absent)" if not isinstance(v, (str, int, float, bool, list, dict, type(None))) else json.dumps(v)
+
+
 def save_config(config, workdir: pathlib.Path):
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 
@@ -132,6 +185,14 @@ class TrainingSetup:
   init_state: Callable                      # rng -> sharded TrainState
   train_step: Callable                      # jitted (state, batch) -> (state, metrics)
   eval_step: Callable                       # jitted (params, batch, rng) -> metrics
+  unaccumulated_step: Callable = None       # the step without grad accumulation (FLOP counting only)
+
+  def step_flops(self, compiled_step, batch_spec) -> float:
+    """FLOPs of one train step (all devices). XLA counts a scanned microbatch once, so under
+    grad accumulation the count comes from the same step lowered without the scan."""
+    if self.unaccumulated_step is None:
+      return metrics_lib.compiled_flops(compiled_step, self.mesh.size)
+    return metrics_lib.lowered_flops(self.unaccumulated_step.lower(self.abstract_state, batch_spec))
 
 
 def abstract_batch(data_cfg, batch_size: int) -> dict:
@@ -171,15 +232,18 @@ def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup
     return wrapped
 
   init = jax.jit(lambda rng: state_lib.unbox(boxed_state(rng)), out_shardings=state_sh)
-  step = jax.jit(make_train_step(model, tx, tc, batch_axes), in_shardings=(state_sh, batch_sh),
-                 out_shardings=(state_sh, None), donate_argnums=0)
+  def jit_step(accum=None):
+    return jax.jit(make_train_step(model, tx, tc, batch_axes, accum), in_shardings=(state_sh, batch_sh),
+                   out_shardings=(state_sh, None), donate_argnums=0)
+  step = jit_step()
   evaluate = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, batch_sh, None))
   return TrainingSetup(
       model=model, mesh=mesh, rules=rules,
       abstract_state=ckpt_lib.abstract_with_shardings(state_lib.unbox(boxed), state_sh),
       state_shardings=state_sh, batch_shardings=batch_sh,
       init_state=with_rules(init), train_step=_RulesJit(step, mesh, rules),
-      eval_step=_RulesJit(evaluate, mesh, rules))
+      eval_step=_RulesJit(evaluate, mesh, rules),
+      unaccumulated_step=_RulesJit(jit_step(1), mesh, rules) if tc.grad_accum_steps > 1 else None)
 
 
 class _RulesJit:
@@ -225,8 +289,17 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   devices = list(jax.devices() if devices is None else devices)
   check_config(config, len(devices))
-  save_config(config, workdir)
   tc = config.train
+  # A workdir with checkpoints is this run's own only if they were trained with this config.
+  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep_last=tc.keep_last, keep_every=tc.keep_every)
+  if ckpt.all_steps():
+    try:
+      saved_assets, saved_step = ckpt.restore_assets()
+    except FileNotFoundError:  # every step damaged (and set aside): nothing to resume
+      saved_assets = None
+    if saved_assets is not None:
+      check_resume_config(config, saved_assets["config"], f"{workdir} (checkpoint step {saved_step})")
+  save_config(config, workdir)
 
   # --- Mesh -----------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh.shape, devices)
@@ -248,11 +321,10 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
   run = setup_training(config, mesh, batch_spec, num_datasets=len(data.dataset_names))
   t0 = time.perf_counter()
   train_step = run.train_step.lower(run.abstract_state, batch_spec).compile()  # compiled once, run as is
-  flops = metrics_lib.compiled_flops(train_step, len(devices))
+  flops = run.step_flops(train_step, batch_spec)
   logging.info("compiled train step in %.1fs: %.3g FLOPs/step", time.perf_counter() - t0, flops)
 
   # --- Checkpoint: resume, else init_from, else scratch ------------------------
-  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep_last=tc.keep_last, keep_every=tc.keep_every)
   restored = ckpt.restore(run.abstract_state, data.iterator)
   if restored is not None:
     state, _, start = restored
@@ -269,28 +341,38 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
 
   # --- Loop -------------------------------------------------------------------
   writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
-  peak = tc.matmul_peak_gflops * 1e9 or peak_lib.hardware_peak_flops(devices, "float32")
+  peak = tc.matmul_peak_gflops * 1e9 or _hardware_peak(devices)
   progress = metrics_lib.Progress(tc.steps, tc.batch_size, flops, peak, start_step=start)
   writer.scalars(start, {"flops_per_step": flops, "params": n_params, "peak_flops": peak}, prefix="run/")
   preemption = _Preemption()
+  finite = _FiniteLoss()
+  saved_step = start if restored is not None else None
+
+  def save(force=False):
+    nonlocal saved_step
+    finite.check()  # a non-finite state is never written: the last checkpoint stays the good one
+    ckpt.save(step, state, data.iterator, assets, force=force)
+    saved_step = step
+
   val_data = None
   last = {}
   step = start
   try:
     while step < tc.steps:
       if preemption.requested:
-        ckpt.save(step, state, data.iterator, assets, force=True)
-        logging.warning("saved step %d after SIGTERM; rerun the same command to resume", step)
+        if saved_step != step:
+          save(force=True)
+        print(f"SIGTERM: saved step {step} in {ckpt.directory}; rerun the same command to resume", flush=True)
         break
       if step == crash_after_step:
         break
       batch = next(data.iterator)
       state, step_metrics = train_step(state, _device_batch(batch, run.batch_shardings))
       step += 1
+      finite.observe(step_metrics["loss"], step)
       if step % tc.log_every == 0 or step == tc.steps:
+        finite.check()
         last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        if not np.isfinite(last["loss"]):
-          raise FloatingPointError(f"loss is {last['loss']} at step {step}; last checkpoint is intact")
         last.update(progress.update(step, last))
         writer.scalars(step, last, prefix="train/")
       if tc.val_every and (step % tc.val_every == 0 or step == tc.steps):
@@ -308,12 +390,43 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
       if tc.summary_every and step % tc.summary_every == 0:
         writer.images(step, input_summaries(batch, config.data.cameras))
       if step % tc.ckpt_every == 0 or step == tc.steps:
-        ckpt.save(step, state, data.iterator, assets)
+        save()
   finally:
     preemption.restore()
     ckpt.close()
     writer.close()
   return {"step": step, **last}
+
+
+def _hardware_peak(devices) -> float:
+  """The MFU denominator, or 0 (MFU not logged) for hardware without a known peak."""
+  try:
+    return peak_lib.hardware_peak_flops(devices, "float32")
+  except ValueError as e:
+    logging.warning("MFU unavailable (%s): training on without it; set config.train.matmul_peak_gflops "
+                    "to the chip's peak to log it", e)
+    return 0.0
+
+
+class _FiniteLoss:
+  """Tracks, on device and without a host sync per step, the first step whose loss was not finite."""
+
+  def __init__(self):
+    self._first_bad = jnp.asarray(-1, jnp.int32)
+
+  def observe(self, loss, step: int):
+    self._first_bad = _first_nonfinite(self._first_bad, loss, step)
+
+  def check(self):
+    bad = int(self._first_bad)
+    if bad >= 0:
+      raise FloatingPointError(f"loss is not finite at step {bad}; stopped before saving this state: "
+                               "the last checkpoint is intact")
+
+
+@jax.jit
+def _first_nonfinite(first_bad, loss, step):
+  return jnp.where((first_bad < 0) & ~jnp.isfinite(loss), step, first_bad)
 
 
 def input_summaries(batch, cameras, n: int = 4) -> dict:
