@@ -14,6 +14,7 @@ import sys
 os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from wam_jax.evaluation import evaluate as evaluate_lib  # noqa: E402
@@ -55,11 +56,10 @@ def _camera_settings() -> dict:
   config_path = os.path.join(_WORKDIR.value, "config.json")
   if _POLICY.value == "checkpoint" and os.path.exists(config_path):
     with open(config_path) as f:
-      data = json.load(f)["data"]
-    if not flags.FLAGS["resolution"].present:
-      settings["resolution"] = int(data["image_size"])
-    if not flags.FLAGS["camera"].present:
-      settings["camera"] = data.get("metaworld", {}).get("camera", _CAMERA.value)
+      trained = evaluate_lib.render_settings(ml_collections.ConfigDict(json.load(f)["data"]))
+    for name in ("resolution", "camera"):  # the training recipe's render, as train.py's eval uses
+      if not flags.FLAGS[name].present:
+        settings[name] = trained[name]
   return settings
 
 
