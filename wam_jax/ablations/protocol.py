@@ -168,7 +168,7 @@ def ensure_data(root, names: Iterable[str] = DATASET_NAMES, *, num_workers: int 
     for name in missing:
       _write_dataset(root, name, recipes[name], all_parts, log)
     log(f"[protocol] ready under {root} in {time.time() - start:.0f} s: {', '.join(missing)}")
-    if not keep_parts and all(is_ready(root, n) for n in DATASET_NAMES):
+    if not keep_parts and all(is_ready(root, n) for n in recipes):
       import shutil  # pylint: disable=g-import-not-at-top
       shutil.rmtree(root / PARTS_DIR, ignore_errors=True)
   return root

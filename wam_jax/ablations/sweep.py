@@ -330,9 +330,9 @@ def format_plan(sweep: Sweep, jobs: Sequence[Job], max_parallel: int) -> str:
     lines.append(f"  {j.cell.name:28s} seed {j.seed}  {j.state:8s} {est:>10s}  {what}")
   todo = [j for j in jobs if j.state in ("pending", "partial", "failed")]
   total = sum(j.estimate_s for j in todo)
-  lines.append(f"{len(todo)} runs to do, ~{_fmt(total)} of compute; with --max_parallel="
-               f"{max_parallel} ~{_fmt(total / max(1, min(max_parallel, 2)))} wall "
-               "(2 cores: parallel runs share them, so more than 2 cannot go faster)")
+  lines.append(f"{len(todo)} runs to do: ~{_fmt(total)} one after another"
+               + (f" (--max_parallel={max_parallel} shares the same cores: expect little gain "
+                  "on a 2-core machine)" if max_parallel > 1 else ""))
   return "\n".join(lines)
 
 

@@ -1,0 +1,96 @@
+"""Protocol data generation on a shrunken recipe (2 tasks, a few episodes, in-process): a killed
+generation leaves no dataset that looks complete and resumes without redoing saved tasks; N-demo
+datasets are nested; the video pool has no actions; configs read the datasets by name."""
+
+import pytest
+
+from experiments.configs import protocol as protocol_config
+from experiments.configs import vla_baseline
+from wam_jax.ablations import protocol
+from wam_jax.data import rlds
+from wam_jax.data import registry
+from wam_jax.sim import metaworld_data
+
+TASKS = ("reach-v3", "drawer-close-v3")
+
+
+@pytest.fixture
+def small_recipe(monkeypatch):
+  P = protocol.Part
+  monkeypatch.setattr(protocol, "parts", lambda: {p.name: p for p in (
+      P("demos_train", TASKS, 3, 0, 200, True),
+      P("demos_val", TASKS, 1, 10_000, 200, True),
+      P("video_mt10", TASKS[:1], 2, 50_000, 500, False),
+      P("video_val", TASKS[:1], 1, 60_000, 500, False))})
+  monkeypatch.setattr(protocol, "datasets", lambda: {
+      "metaworld_mt10_n2": {"train": [("demos_train", 2)], "val": [("demos_val", None)]},
+      "metaworld_mt10_n5": {"train": [("demos_train", 3)], "val": [("demos_val", None)]},
+      "metaworld_video_pool": {"train": [("video_mt10", None)], "val": [("video_val", None)]}})
+  calls = []
+  real = metaworld_data.rollout_expert
+
+  def counted(task, seed, **kw):
+    calls.append((task, seed))
+    if seed >= 10_000 and counted.fail:
+      raise KeyboardInterrupt("killed")  # as if the run were killed in the second part
+    return real(task, seed, **kw)
+  counted.fail = True
+  monkeypatch.setattr(metaworld_data, "rollout_expert", counted)
+  return calls, counted
+
+
+def _metadata(reader):
+  out = []
+  for i in range(len(reader)):
+    ep = reader.features.deserialize_example_np(reader.raw(i))
+    meta = ep["episode_metadata"]
+    task = meta["task"].decode() if isinstance(meta["task"], bytes) else str(meta["task"])
+    out.append((task, int(meta["seed"]), "action" in ep["steps"][0]))
+  return out
+
+
+def test_generation_resumes_and_datasets_are_nested(small_recipe, tmp_path):
+  calls, rollout = small_recipe
+  names = ["metaworld_mt10_n2", "metaworld_mt10_n5"]
+  with pytest.raises(KeyboardInterrupt):
+    protocol.ensure_data(tmp_path, names, num_workers=1, keep_parts=True, log=lambda s: None)
+  # demos_train was saved; nothing that looks like a dataset exists.
+  assert protocol.status(tmp_path)["parts"]["demos_train"] == (2, 2)
+  assert protocol.status(tmp_path)["parts"]["demos_val"] == (0, 2)
+  assert not any(protocol.is_ready(tmp_path, n) for n in names)
+
+  calls.clear()
+  rollout.fail = False
+  lines = []
+  protocol.ensure_data(tmp_path, names, num_workers=1, keep_parts=True, log=lines.append)
+  assert calls and all(seed >= 10_000 for _, seed in calls), "saved tasks were redone"
+  assert any("2/2 tasks already saved" in line for line in lines)
+  n2, n5 = (_metadata(rlds.RldsReader(protocol.dataset_dir(tmp_path, n), "train", registry.get_spec(n)))
+            for n in names)
+  assert [(t, s) for t, s, _ in n2] == [(t, s) for t, s, _ in n5 if s < 2] and len(n5) == 6
+  val = _metadata(rlds.RldsReader(protocol.dataset_dir(tmp_path, names[0]), "val",
+                                  registry.get_spec(names[0])))
+  assert [s for _, s, _ in val] == [10_000, 10_000] and all(a for _, _, a in n2)
+
+  protocol.ensure_data(tmp_path, ["metaworld_video_pool"], num_workers=1, log=lambda s: None)
+  video = _metadata(rlds.RldsReader(protocol.dataset_dir(tmp_path, "metaworld_video_pool"), "train",
+                                    registry.get_spec("metaworld_video_pool")))
+  assert [s for _, s, _ in video] == [50_000, 50_001] and not any(a for _, _, a in video)
+  # Every protocol dataset exists now: the parts are cleaned up.
+  assert not (tmp_path / protocol.PARTS_DIR).exists()
+
+
+def test_protocol_presets():
+  for n in (2, 5, 20):
+    cfg = vla_baseline.get_config(f"mt10_n{n}")
+    assert cfg.data.mixture == ((f"metaworld_mt10_n{n}", 1.0),)
+    assert cfg.eval.tasks == protocol.MT10 and cfg.eval.episodes_per_task == 20
+    assert cfg.eval.seed_offset == 100_000 and cfg.eval.max_steps == 200 and cfg.eval.execute_steps == 4
+    assert cfg.eval.at_end and cfg.data.image_size == 64
+  assert vla_baseline.get_config("mt10").data.mixture == (("metaworld_mt10_n20", 1.0),)
+  with pytest.raises(ValueError, match="n_demos=3"):
+    vla_baseline.get_config("mt10_n3")
+  with pytest.raises(ValueError, match="mt10_n2"):
+    protocol_config.n_demos_of("mt10_x")
+  for name in protocol.DATASET_NAMES:
+    assert registry.get_spec(name).directory == f"{name}/1.0.0"
