@@ -134,8 +134,8 @@ def test_sweep_killed_midway_resumes_without_redoing_finished_runs(syn_data_dir,
   assert len(result["runs"]) == 4
 
 
-def test_a_failing_cell_is_reported_and_the_others_run(syn_data_dir, tmp_path):  # noqa: F811
-  """No subprocess needed to see it: an invalid cell never starts, the valid one is planned."""
+def test_invalid_cells_are_reported_before_any_run(tmp_path):
+  """A misspelt or mistyped override makes its cell invalid at planning time: it never starts."""
   sweep = sweep_lib.Sweep(name="t", version=1, seeds=(0,), cells=(
       sweep_lib.Cell("ok", "experiments/configs/vla_baseline.py:tiny"),
       sweep_lib.Cell("typo", "experiments/configs/vla_baseline.py:tiny",
@@ -165,3 +165,38 @@ def test_override_flags_round_trip_through_the_config_parser():
   fv(["prog"] + argv[2:])
   parsed, expected = holder.value, sweep_lib.load_config(cell, seed=3)
   assert parsed.to_dict() == expected.to_dict()
+
+
+def test_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+  """The harness's bookkeeping with stand-in subprocesses (no JAX): a crashing run gets a FAILED
+  file with its log tail and does not stop the others; a rerun skips finished runs, retries failed ones."""
+  def fake_command(cell, seed, run_dir):
+    if cell.name == "bad":
+      return [sys.executable, "-c", "import sys; print('boom: the model exploded'); sys.exit(3)"]
+    make_outputs = (f"import pathlib, json; d = pathlib.Path({str(run_dir)!r}); "
+                    "(d / 'checkpoints' / '1000').mkdir(parents=True); (d / 'eval').mkdir(); "
+                    "(d / 'eval' / 'results.json').write_text(json.dumps({'mean': {'success_rate': 0.5}}))")
+    return [sys.executable, "-c", make_outputs]
+  monkeypatch.setattr(sweep_lib, "command", fake_command)
+  cells = tuple(sweep_lib.Cell(name, "experiments/configs/vla_baseline.py:tiny") for name in ("bad", "good"))
+  sweep = sweep_lib.Sweep(name="t", version=1, seeds=(0, 1), cells=cells)
+  lines = []
+  summary = sweep_lib.run(sweep, tmp_path, poll_seconds=0.05, log=lines.append)
+  assert summary["done"] == ["good/seed_0", "good/seed_1"]
+  assert summary["failed"] == ["bad/seed_0", "bad/seed_1"]
+  failed = json.loads((tmp_path / "bad" / "seed_0" / "FAILED").read_text())
+  assert failed["returncode"] == 3 and "boom: the model exploded" in failed["log_tail"]
+  assert any("FAILED bad seed 0: exit code 3: boom" in line for line in lines), lines
+  assert (tmp_path / "good" / "seed_1" / "DONE").exists()
+
+  lines.clear()
+  summary = sweep_lib.run(sweep, tmp_path, poll_seconds=0.05, log=lines.append)
+  assert "2 finished, 2 to run" in lines[0] and summary["failed"] == ["bad/seed_0", "bad/seed_1"]
+  assert len(json.loads((tmp_path / "bad" / "seed_0" / "run.json").read_text())["attempts"]) == 2
+  assert len(json.loads((tmp_path / "good" / "seed_0" / "run.json").read_text())["attempts"]) == 1
+
+  # A changed cell in the same workdir is an error naming it, not a silent mix of results.
+  changed = sweep_lib.Sweep(name="t", version=1, seeds=(0,), cells=(
+      sweep_lib.Cell("good", "experiments/configs/vla_baseline.py:tiny", overrides={"train.steps": 5}),))
+  with pytest.raises(ValueError, match="cell 'good' .* changed"):
+    sweep_lib.run(changed, tmp_path, log=lines.append)
