@@ -27,6 +27,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (one subdirecto
 _SEEDS = flags.DEFINE_list("seeds", None, "Training seeds (default: the sweep's, e.g. 0,1,2).")
 _MAX_PARALLEL = flags.DEFINE_integer(
     "max_parallel", 1, "Runs at once. On 2 cores use 1: a train step already uses both cores.")
+_CELLS = flags.DEFINE_list("cells", None, "Only these cells of the sweep (default: all).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan with estimated times; run nothing.")
 
 
@@ -78,7 +79,10 @@ def main(argv):
   if _MAX_PARALLEL.value < 1:
     raise app.UsageError(f"--max_parallel={_MAX_PARALLEL.value} must be >= 1")
   if _DRY_RUN.value:
-    jobs = sweep_lib.plan(sweep, _WORKDIR.value, seeds, check)
+    try:
+      jobs = sweep_lib.plan(sweep, _WORKDIR.value, seeds, check, _CELLS.value)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
     print(sweep_lib.format_plan(sweep, jobs, _MAX_PARALLEL.value))
     print(data_status(jobs))
     for j in jobs:
@@ -88,8 +92,8 @@ def main(argv):
     return
   try:
     summary = sweep_lib.run(sweep, _WORKDIR.value, seeds=seeds, max_parallel=_MAX_PARALLEL.value,
-                            check=check, prepare=prepare)
-  except ValueError as e:  # a workdir of another sweep/version, a changed cell
+                            cells=_CELLS.value, check=check, prepare=prepare)
+  except ValueError as e:  # unknown --cells, a workdir of another sweep/version, a changed cell
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   sys.exit(1 if summary["failed"] else 0)

@@ -239,16 +239,22 @@ class Job:
 
 
 def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
-         check: Optional[Callable] = None) -> list[Job]:
+         check: Optional[Callable] = None, cells: Optional[Sequence[str]] = None) -> list[Job]:
   """Jobs in run order (all cells at the first seed, then the next seed...), with their state.
 
   ``check(config)`` raises ValueError for a config that would fail at start-up (the trainer's
-  semantic check); such jobs are 'invalid' and never started.
+  semantic check); such jobs are 'invalid' and never started. ``cells``: only these cell names.
   """
   seeds = tuple(sweep.seeds if seeds is None else seeds)
+  known = [c.name for c in sweep.cells]
+  unknown = [c for c in cells or () if c not in known]
+  if unknown:
+    raise ValueError(f"--cells: {unknown} not in sweep {sweep.name}; its cells: {known}")
   jobs = []
   for seed in seeds:
     for cell in sweep.cells:
+      if cells and cell.name not in cells:
+        continue
       job = Job(cell, seed, run_dir(workdir, cell, seed).absolute())
       try:
         job.config = load_config(cell, seed)
@@ -431,6 +437,7 @@ def write_sweep_json(sweep: Sweep, workdir: pathlib.Path) -> None:
 
 
 def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_parallel: int = 1,
+        cells: Optional[Sequence[str]] = None,
         check: Optional[Callable] = None, prepare: Optional[Callable] = None,
         env: Optional[Mapping[str, str]] = None, poll_seconds: float = 1.0,
         log: Callable[[str], None] = print) -> dict:
@@ -442,7 +449,7 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
   """
   workdir = pathlib.Path(workdir).absolute()
   write_sweep_json(sweep, workdir)
-  jobs = plan(sweep, workdir, seeds, check)
+  jobs = plan(sweep, workdir, seeds, check, cells)
   label = lambda j: f"{j.cell.name}/seed_{j.seed}"
   summary = {"done": [label(j) for j in jobs if j.state == "done"], "failed": [], "skipped": []}
   for j in jobs:
