@@ -10,6 +10,9 @@ def data_config() -> ml_collections.ConfigDict:
       data_dir="",  # "" -> $WAM_DATA_DIR or ./wam_data (embedded MetaWorld sample).
       # ((registry name, sampling weight), ...).
       mixture=(("metaworld_demos", 1.0),),
+      # Extra registry files (JSON/YAML/.py, comma-separated) with dataset entries and mixtures,
+      # checked before any work (format: wam_jax/data/registry_files.py).
+      registry_files="",
       train_split="train",
       val_split="val",
       cameras=("primary",),

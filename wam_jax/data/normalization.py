@@ -147,8 +147,7 @@ def fingerprint(directory, split: str, spec: registry.DatasetSpec) -> str:
   files = [directory / "dataset_info.json", directory / "features.json"]
   for f in [f for f in files if f.exists()] + rlds.shard_paths(directory, split):
     h.update(f"{f.name}:{file_digest(f)};".encode())
-  h.update(repr((split, spec.proprio_key, spec.proprio_dims, spec.action_key,
-                 spec.action_normalize_mask)).encode())
+  h.update(repr((split, spec.stats_identity())).encode())
   return h.hexdigest()[:16]
 
 
@@ -199,9 +198,9 @@ def _warn_constant_dims(mode: str, dataset: str, stats: "DatasetStats") -> None:
   """Warns once per dataset/key/dim that normalizes as a constant."""
   try:
     spec = registry.get_spec(dataset)
-    keys = {"proprio": spec.proprio_key, "action": spec.action_key}
+    key = lambda what, d: spec.key_of_dim(what, d)
   except ValueError:  # Stats of a dataset this process has no registry entry for.
-    keys = {"proprio": "proprio", "action": "action"}
+    key = lambda what, d: what
   mask = np.asarray(stats.action_normalize_mask or (), bool)
   for what, s in (("proprio", stats.proprio), ("action", stats.action)):
     if s is None:
@@ -210,7 +209,7 @@ def _warn_constant_dims(mode: str, dataset: str, stats: "DatasetStats") -> None:
     for d in np.flatnonzero(constant):
       if what == "action" and d < len(mask) and not mask[d]:
         continue  # Not normalized anyway.
-      warnings.warn(f"normalization ({mode}): dataset {dataset!r} key {keys[what]!r} dim {d} is "
+      warnings.warn(f"normalization ({mode}): dataset {dataset!r} key {key(what, d)!r} dim {d} is "
                     f"constant in the stats (centre {float(center[d]):.6g}, spread <= {_EPS}): "
                     "passed through unscaled, only centred")
 
@@ -225,6 +224,9 @@ class Normalizer:
   """
   mode: str
   stats: Mapping[str, DatasetStats]
+  # Dataset -> what its actions mean (registry.ActionKind.describe()), kept with the
+  # checkpoint so a policy's outputs can be read without the registry files.
+  action_kinds: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -277,8 +279,10 @@ class Normalizer:
     return 0 if s.action is None else len(s.action.mean)
 
   def to_dict(self) -> dict:
-    return {"mode": self.mode, "stats": {k: v.to_dict() for k, v in self.stats.items()}}
+    return {"mode": self.mode, "stats": {k: v.to_dict() for k, v in self.stats.items()},
+            "action_kinds": dict(self.action_kinds)}
 
   @classmethod
   def from_dict(cls, d: Mapping) -> "Normalizer":
-    return cls(mode=d["mode"], stats={k: DatasetStats.from_dict(v) for k, v in d["stats"].items()})
+    return cls(mode=d["mode"], stats={k: DatasetStats.from_dict(v) for k, v in d["stats"].items()},
+               action_kinds=dict(d.get("action_kinds", {})))

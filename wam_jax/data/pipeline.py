@@ -5,10 +5,18 @@ Graph (train)::
   per dataset j:  range(num_windows)[process_index::process_count]
                   .shuffle(seed_j).repeat()          # reshuffled every epoch
                   .map(WindowSource_j)               # decode once, cut windows
-  mix(datasets, weights)                             # exact proportions
+  mix(datasets, weights)                             # exact proportions; a balanced named
+                                                     # mixture weighs w_j x num_windows_j
   .random_map(Augment, per-process seed)             # train + augment.enabled only
   .to_iter_dataset().batch(B, drop_remainder=True)
   .mp_prefetch(num_workers)                          # if data.num_workers > 0
+
+Before any work: ``data.registry_files`` are loaded and checked, the mixture
+expanded (``resolve_mixture``), every dataset opened and checked against its
+features (keys, widths vs data.action_dim/proprio_dim), and a mixture whose
+action conventions differ is reported (one warning line naming the groups).
+Memory per process/worker: the decoded-episode caches share
+``data.episode_cache_mb``; window indices cost 8 bytes per episode.
 
 Eval/val pipelines are the same graph without augmentation: deterministic
 for a given seed (shuffled, so the first batches cover many episodes) and
@@ -22,6 +30,7 @@ import os
 import pathlib
 from typing import Optional
 
+from absl import logging
 import grain
 import numpy as np
 
@@ -29,6 +38,7 @@ from wam_jax.data import augment as augment_lib
 from wam_jax.data import batch as batch_lib
 from wam_jax.data import normalization
 from wam_jax.data import registry
+from wam_jax.data import registry_files
 from wam_jax.data import rlds
 from wam_jax.data import tokenizer as tokenizer_lib
 from wam_jax.data import windows
@@ -64,29 +74,58 @@ def open_reader(data_cfg, name: str, split: str) -> rlds.RldsReader:
   directory = dataset_dir(data_cfg, name)
   if not directory.exists():
     raise ValueError(f"dataset {name!r}: directory {directory} does not exist "
-                     f"(data_dir={resolve_data_dir(data_cfg)})")
-  return rlds.RldsReader(directory, split, spec)
+                     f"(data_dir={resolve_data_dir(data_cfg)}; entry from {spec.source})")
+  reader = rlds.RldsReader(directory, split, spec)
+  reader.cache_dir = data_cfg.get("cache_dir") or None  # Episode-length index cache.
+  return reader
 
 
-def make_normalizer(data_cfg, *, split: Optional[str] = None) -> normalization.Normalizer:
-  """Stats of every mixture dataset's train split (cached), in data.normalization mode."""
-  split = split or data_cfg.train_split
-  stats = {name: normalization.load_or_compute_stats(open_reader(data_cfg, name, split),
-                                                     data_cfg.get("cache_dir") or None)
-           for name, _ in data_cfg.mixture}
-  return normalization.Normalizer(mode=data_cfg.normalization, stats=stats)
+def resolve_mixture(data_cfg) -> tuple[registry.MixtureItem, ...]:
+  """data.registry_files loaded (checked whole, one-line errors naming file
+  and field), then data.mixture expanded: one item per dataset (named
+  mixtures expand, weights multiply); unknown names, weights <= 0 and a
+  dataset listed twice raise ValueError."""
+  registry_files.load_all(data_cfg.get("registry_files", ""))
+  return registry.expand_mixture(data_cfg.mixture)
 
 
 def parse_mixture(data_cfg) -> tuple[tuple[str, float], ...]:
-  """data.mixture as ((registry name, weight), ...); unknown names or weights <= 0 raise."""
-  mixture = tuple((str(n), float(w)) for n, w in data_cfg.mixture)
-  if not mixture:
-    raise ValueError("data.mixture is empty")
-  for name, weight in mixture:
-    registry.get_spec(name)  # Unknown names fail here, listing known ones.
-    if not weight > 0:
-      raise ValueError(f"data.mixture weight of {name!r} must be > 0, got {weight}")
-  return mixture
+  """data.mixture as ((registry name, weight), ...) after ``resolve_mixture``."""
+  return tuple((item.name, item.weight) for item in resolve_mixture(data_cfg))
+
+
+def make_normalizer(data_cfg, *, split: Optional[str] = None) -> normalization.Normalizer:
+  """Stats of every mixture dataset's train split (cached), in data.normalization
+  mode, with each dataset's action kind recorded."""
+  split = split or data_cfg.train_split
+  names = [item.name for item in resolve_mixture(data_cfg)]
+  stats = {name: normalization.load_or_compute_stats(open_reader(data_cfg, name, split),
+                                                     data_cfg.get("cache_dir") or None)
+           for name in names}
+  kinds = {name: registry.get_spec(name).describe_kind() for name in names}
+  return normalization.Normalizer(mode=data_cfg.normalization, stats=stats, action_kinds=kinds)
+
+
+def conventions_report(names) -> Optional[str]:
+  """One line if the datasets' actions mean different things (kinds differ), else None."""
+  groups: dict[str, list[str]] = {}
+  for name in names:
+    spec = registry.get_spec(name)
+    if not spec.action_free:
+      groups.setdefault(spec.describe_kind(), []).append(name)
+  if len(groups) < 2:
+    return None
+  return ("data.mixture mixes action conventions (action dims mean different things across "
+          "datasets): " + "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items()))
+
+
+def _check_widths(reader: rlds.RldsReader, wspec: windows.WindowSpec) -> None:
+  """A dataset wider than data.action_dim/proprio_dim fails here, not in a worker."""
+  for what, have, room in (("action", reader.widths.action_dim, wspec.action_dim),
+                           ("proprio", reader.widths.proprio_dim, wspec.proprio_dim)):
+    if have > room:
+      raise ValueError(f"dataset {reader.spec.name!r}: {what} has {have} dims, more than "
+                       f"data.{what}_dim={room}; raise data.{what}_dim")
 
 
 def derive_seeds(seed: int, offset: int, num_datasets: int,
@@ -119,27 +158,35 @@ def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bo
     normalizer: None computes/loads train-split stats; pass the train
       pipeline's normalizer to val pipelines.
   """
-  mixture = parse_mixture(data_cfg)
-  names = tuple(n for n, _ in mixture)
+  mixture = resolve_mixture(data_cfg)
+  names = tuple(item.name for item in mixture)
   wspec = windows.WindowSpec.from_config(data_cfg)
   for cam in wspec.cameras:
     if cam not in batch_lib.CAMERAS:
       raise ValueError(f"data.cameras has unknown camera {cam!r}; known: {batch_lib.CAMERAS}")
+  readers = [open_reader(data_cfg, name, split) for name in names]
+  for reader in readers:
+    _check_widths(reader, wspec)
+  report = conventions_report(names)
+  if report:
+    logging.warning(report)
   if normalizer is None:
     normalizer = make_normalizer(data_cfg)
   cache_bytes = int(data_cfg.get("episode_cache_mb", 1024)) << 20
   shuffle_seeds, aug_seed = derive_seeds(seed, int(data_cfg.get("shuffle_seed_offset", 0)),
                                          len(names), process_index)
-  parts = []
-  for j, name in enumerate(names):
-    source = windows.WindowSource(open_reader(data_cfg, name, split), wspec, normalizer, j,
+  parts, weights = [], []
+  for j, (item, reader) in enumerate(zip(mixture, readers)):
+    source = windows.WindowSource(reader, wspec, normalizer, j,
                                   cache_bytes=cache_bytes // len(names))
     idx = grain.MapDataset.range(len(source))[process_index::process_count]
     if len(idx) == 0:
-      raise ValueError(f"dataset {name!r} split {split!r}: no windows for process "
+      raise ValueError(f"dataset {item.name!r} split {split!r}: no windows for process "
                        f"{process_index}/{process_count}")
     parts.append(idx.shuffle(seed=int(shuffle_seeds[j])).repeat().map(source))
-  ds = grain.MapDataset.mix(parts, [w for _, w in mixture]) if len(parts) > 1 else parts[0]
+    # Balanced weights are per step (the same on every process: the whole split's count).
+    weights.append(item.weight * len(source) if item.balance else item.weight)
+  ds = grain.MapDataset.mix(parts, weights) if len(parts) > 1 else parts[0]
   if train and data_cfg.augment.enabled:
     ds = ds.random_map(augment_lib.Augment(data_cfg.augment, wspec.cameras), seed=int(aug_seed))
   threads = int(data_cfg.get("read_threads", -1))

@@ -13,10 +13,12 @@ other cameras and embeddings are skipped).
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
 import shutil
+import stat
 import time
 from typing import Iterator, Optional, Sequence
 
@@ -185,10 +187,12 @@ class RldsReader:
     info = read_dataset_info(self.directory)
     self.file_format = info.get("fileFormat", TFRECORD)
     self.paths = shard_paths(self.directory, split)
+    self.shard_lengths = _shard_lengths(info, split)
     for p in self.paths:
       if not p.exists():
         raise ValueError(f"dataset {spec.name!r}: missing shard {p}")
-    registry.validate_features(spec, self.features)
+    self.widths = registry.validate_features(spec, self.features)  # Part dims [proprio, action].
+    self.cache_dir = None  # Where episode_lengths caches when the dataset dir is read-only.
     self._source = None
     self._records = None
 
@@ -238,36 +242,32 @@ class RldsReader:
 
   def decode(self, index: int, *, cameras: Sequence[str] = (), image_size: int = 0) -> Episode:
     """Decodes episode ``index``: requested cameras (that the dataset has),
-    proprio, actions and instruction. Raises ValueError on NaN/inf or bad shapes."""
+    proprio and actions (parts concatenated, ops applied) and instruction.
+    Raises ValueError naming dataset/episode/step/key on NaN/inf or bad shapes."""
     spec = self.spec
     cams = {c: spec.cameras[c] for c in cameras if c in spec.cameras}
-    keep = list(cams.values()) + [spec.proprio_key, spec.language_key]
-    if spec.action_key:
-      keep.append(spec.action_key)
     example = self.features.deserialize_example_np(
-        self.raw(index), decoders=self._decoders(keep))
+        self.raw(index), decoders=self._decoders(list(cams.values()) + spec.read_keys()))
     steps = list(example["steps"])
     if not steps:
       raise ValueError(f"dataset {spec.name!r} episode {index}: no steps")
     where = f"dataset {spec.name!r} episode {index}"
     get = registry.get_step_value
-    proprio = np.stack([np.asarray(get(s, spec.proprio_key), np.float32) for s in steps])
-    if proprio.ndim != 2:
-      raise ValueError(f"{where} key {spec.proprio_key!r}: expected a vector per step, "
-                       f"got shape {proprio.shape[1:]}")
+    raw = lambda key: np.stack([np.asarray(get(s, key)) for s in steps])
+    check = lambda x, key: _check_finite(x, spec.name, index, key)
+    proprio = registry.assemble(spec.proprio_parts, raw, len(steps), where, check)
     if spec.proprio_dims:
       proprio = proprio[:, slice(*spec.proprio_dims)]
-    _check_finite(proprio, spec.name, index, spec.proprio_key)
     actions = None
-    if spec.action_key:
-      actions = np.stack([np.asarray(get(s, spec.action_key), np.float32) for s in steps])
-      if actions.ndim != 2 or actions.shape[1] != len(spec.action_normalize_mask):
-        raise ValueError(f"{where} key {spec.action_key!r}: shape {actions.shape[1:]}, expected "
-                         f"({len(spec.action_normalize_mask)},)")
-      _check_finite(actions, spec.name, index, spec.action_key)
+    if not spec.action_free:
+      actions = registry.assemble(spec.action_parts, raw, len(steps), where, check)
+      if actions.shape[1] != len(spec.action_normalize_mask):
+        raise ValueError(f"{where}: action {[p.describe() for p in spec.action_parts]} has "
+                         f"{actions.shape[1]} dims, expected {len(spec.action_normalize_mask)}")
+      _check_finite(actions, spec.name, index, "action (after ops)")
     frames = {}
     for cam, key in cams.items():
-      x = np.stack([np.asarray(get(s, key)) for s in steps])
+      x = raw(key)
       if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
         raise ValueError(f"{where} key {key!r}: expected uint8 [H, W, 3] frames, "
                          f"got {x.dtype}{list(x.shape[1:])}")
@@ -275,15 +275,53 @@ class RldsReader:
     instruction = ""
     if spec.language_key:
       for s in steps:
-        text = get(s, spec.language_key)
-        text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+        text = registry.decode_language(get(s, spec.language_key), spec.language_encoding)
         if text:
           instruction = text
           break
     return Episode(frames=frames, proprio=proprio, actions=actions, instruction=instruction)
 
   def episode_lengths(self) -> np.ndarray:
-    """int64 [num_episodes] steps per episode (decodes no tensors)."""
+    """int64 [num_episodes] steps per episode.
+
+    Counting needs one pass over every record (no tensor is decoded), so the
+    result is cached like the statistics: ``wam_lengths_<split>_<digest>.npy``
+    next to the dataset (or under ``self.cache_dir`` if it is read-only), keyed by
+    the shards' content digests. A mixture of large datasets reads each once.
+    """
+    path = lengths_cache_path(self.directory, self.split, self.paths, self.cache_dir)
+    if path.exists():
+      lengths = np.load(path)
+      if len(lengths) == len(self):
+        return lengths
     skip_all = self._decoders(keep=())
-    return np.array([len(self.features.deserialize_example_np(self.raw(i), decoders=skip_all)
-                         ["steps"]) for i in range(len(self))], np.int64)
+    lengths = np.array([len(self.features.deserialize_example_np(self.raw(i), decoders=skip_all)
+                            ["steps"]) for i in range(len(self))], np.int64)
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.npy")
+      np.save(tmp, lengths)
+      os.replace(tmp, path)
+    except OSError:
+      pass  # A cache that cannot be written only costs the pass next time.
+    return lengths
+
+
+def _shard_lengths(info: dict, split: str) -> list[int]:
+  for s in info["splits"]:
+    if s["name"] == split:
+      return [int(x) for x in s.get("shardLengths", ())]
+  return []
+
+
+def lengths_cache_path(directory, split: str, paths, cache_dir=None) -> pathlib.Path:
+  """Where ``episode_lengths`` caches (same place rules as the stats cache)."""
+  from wam_jax.data import normalization  # (Imports rlds: a module-level import would cycle.)
+  h = hashlib.sha256(split.encode())
+  for p in paths:
+    h.update(f"{p.name}:{normalization.file_digest(p)};".encode())
+  directory = pathlib.Path(directory)
+  name = f"wam_lengths_{split}_{h.hexdigest()[:16]}.npy"
+  if os.access(directory, os.W_OK) and directory.stat().st_mode & stat.S_IWUSR:
+    return directory / name
+  return pathlib.Path(cache_dir or normalization.default_cache_dir()) / "lengths" / name

@@ -31,6 +31,7 @@ import numpy as np
 
 from wam_jax.data import batch as batch_lib
 from wam_jax.data import registry
+from wam_jax.data import registry_files
 from wam_jax.data import rlds
 from wam_jax.data import tokenizer as tokenizer_lib
 
@@ -176,9 +177,9 @@ class WindowSource:
     self.cache_bytes = cache_bytes
     self.tokenizer = tokenizer_lib.ByteTokenizer(wspec.max_text_len)
     lengths = reader.episode_lengths()
-    self.episode_of = np.repeat(np.arange(len(lengths)), lengths).astype(np.int64)
-    self.step_of = np.concatenate([np.arange(n) for n in lengths]).astype(np.int64) \
-        if len(lengths) else np.zeros((0,), np.int64)
+    # Window w is step w - starts[e] of episode e = searchsorted(ends, w, "right"): memory per
+    # episode, not per step (a 27M-step dataset would otherwise hold 430 MB of indices per worker).
+    self.ends = np.cumsum(lengths, dtype=np.int64)
     self._cache = collections.OrderedDict()
     self._cached_bytes = 0
 
@@ -188,7 +189,7 @@ class WindowSource:
     return state
 
   def __len__(self) -> int:
-    return len(self.episode_of)
+    return int(self.ends[-1]) if len(self.ends) else 0
 
   def episode(self, index: int) -> PreparedEpisode:
     ep = self._cache.get(index)
@@ -206,8 +207,11 @@ class WindowSource:
 
   def __getitem__(self, index: int) -> dict:
     index = int(index)
-    return cut_window(self.episode(int(self.episode_of[index])), int(self.step_of[index]),
-                      self.wspec, self.dataset_id)
+    if not 0 <= index < len(self):
+      raise IndexError(f"window {index} of {len(self)} (dataset {self.reader.spec.name!r})")
+    e = int(np.searchsorted(self.ends, index, side="right"))
+    step = index - (int(self.ends[e - 1]) if e else 0)
+    return cut_window(self.episode(e), step, self.wspec, self.dataset_id)
 
   __call__ = __getitem__  # Usable as a grain ``map`` over window indices.
 
@@ -234,9 +238,10 @@ def make_inference_inputs(frames_by_camera: Mapping[str, np.ndarray], proprio: n
     [L], language_mask [L], dataset_id [] (no actions, future frames or step).
     Add a leading batch axis (``x[None]``) before calling a model.
   """
+  registry_files.load_all(data_cfg.get("registry_files", ""))  # A checkpoint's own entries.
   spec = registry.get_spec(dataset_name)
   wspec = WindowSpec.from_config(data_cfg)
-  names = [name for name, _ in data_cfg.mixture]
+  names = [item.name for item in registry.expand_mixture(data_cfg.mixture)]
   dataset_id = names.index(dataset_name) if dataset_name in names else 0
   proprio = np.asarray(proprio, np.float32)
   history_mask = np.asarray(history_mask, bool)
@@ -254,8 +259,7 @@ def make_inference_inputs(frames_by_camera: Mapping[str, np.ndarray], proprio: n
     if f.dtype != np.uint8 or f.ndim != 4 or len(f) != t or f.shape[-1] != 3:
       raise ValueError(f"frames_by_camera[{cam!r}] must be uint8 [T={t}, H, W, 3], "
                        f"got {f.dtype}{list(f.shape)}")
-  if spec.proprio_dims:
-    proprio = proprio[:, slice(*spec.proprio_dims)]
+  proprio = spec.proprio_from_vector(proprio)  # The registry's slice (composite proprio: an error).
   episode = rlds.Episode(frames={c: np.asarray(frames_by_camera[c]) for c in cameras},
                          proprio=proprio, actions=None, instruction=instruction)
   ep = prepare_episode(episode, wspec, normalizer, dataset_name,
