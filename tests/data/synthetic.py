@@ -89,3 +89,57 @@ def data_cfg(data_dir, mixture=(("metaworld_demos", 1.0),), **overrides):
   cfg.cache_dir = str(data_dir / "_cache")
   cfg.update(overrides)
   return cfg
+
+
+# --- An RT-1-style layout (dict action, multi-part state), as Open-X releases store it ---------
+
+RT1_RES = 16
+
+
+def rt1_features():
+  """action = {world_vector [3], rotation_delta [3], gripper_closedness_action (scalar)};
+  observation = {image, base_pose [7], gripper_closed [1], natural_language_instruction}."""
+  import tensorflow_datasets as tfds
+  f = tfds.features
+  return f.FeaturesDict({"steps": f.Dataset({
+      "observation": f.FeaturesDict({
+          "image": f.Image(shape=(RT1_RES, RT1_RES, 3)),
+          "base_pose": f.Tensor(shape=(7,), dtype=np.float32),
+          "gripper_closed": f.Tensor(shape=(1,), dtype=np.float32),
+          "natural_language_instruction": f.Text()}),
+      "action": f.FeaturesDict({
+          "world_vector": f.Tensor(shape=(3,), dtype=np.float32),
+          "rotation_delta": f.Tensor(shape=(3,), dtype=np.float32),
+          "gripper_closedness_action": f.Scalar(dtype=np.float32)}),
+      "is_first": np.bool_, "is_last": np.bool_, "is_terminal": np.bool_})})
+
+
+def rt1_step_values(e: int, t: int) -> dict:
+  """Raw values of step t of episode e (distinct per key, episode and step)."""
+  return {"base_pose": np.arange(7, dtype=np.float32) + 10 * e + 0.5 * t,
+          "gripper_closed": np.array([t % 2], np.float32),
+          "world_vector": np.array([e, t, 0.25 * t], np.float32) + 1,
+          "rotation_delta": np.array([-t, 2 * t, e], np.float32) - 1,
+          "gripper": np.float32(((t * 7 + e) % 5) / 4)}  # 0, .25, .5, .75, 1 (closedness).
+
+
+def rt1_episode(e: int, length: int) -> dict:
+  steps = []
+  for t in range(length):
+    v = rt1_step_values(e, t)
+    steps.append({
+        "observation": {"image": make_frames(e, length, RT1_RES)[t], "base_pose": v["base_pose"],
+                        "gripper_closed": v["gripper_closed"],
+                        "natural_language_instruction": f"rt1 task {e}"},
+        "action": {"world_vector": v["world_vector"], "rotation_delta": v["rotation_delta"],
+                   "gripper_closedness_action": v["gripper"]},
+        "is_first": t == 0, "is_last": t == length - 1, "is_terminal": False})
+  return {"steps": steps}
+
+
+def write_rt1(root, name="rt1_style", lengths=(4, 6, 3)):
+  """Writes <root>/<name>/1.0.0 (train: episodes 0.., val: 100..) and returns its path."""
+  return rlds_writer.write_rlds_dataset(
+      root / name / "1.0.0", rt1_features(),
+      {"train": [rt1_episode(i, n) for i, n in enumerate(lengths)],
+       "val": [rt1_episode(100 + i, n) for i, n in enumerate(lengths)]})

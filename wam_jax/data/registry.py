@@ -465,13 +465,14 @@ def validate_features(spec: DatasetSpec, features) -> Widths:
   widths = {}
   for role, parts in (("proprio", spec.proprio_parts), ("action", spec.action_parts)):
     out = []
-    for p in parts:
+    for i, p in enumerate(parts):
       if p.fill is not None:
         out.append(p.size)
         continue
-      raw = _vector_width(feature(role, p.key), f"{where}: {role} key {p.key!r}")
+      label = f"{role}[{i}]" if len(parts) > 1 else role
+      raw = _vector_width(feature(label, p.key), f"{where}: {label} key {p.key!r}")
       if p.dims and p.dims[1] > raw:
-        raise ValueError(f"{where}: {role} key {p.key!r} has {raw} dims; dims {list(p.dims)} "
+        raise ValueError(f"{where}: {label} key {p.key!r} has {raw} dims; dims {list(p.dims)} "
                          "fall outside it")
       out.append(p.width(raw))
     widths[role] = tuple(out)
