@@ -1,18 +1,22 @@
 """Loader throughput: windows/s from ArrayRecord (the Bridge sample, repeated).
 
   .venv/bin/python scripts/bench_data.py [--scratch DIR] \
-      --workers 0,2 --augment false,true [--batches 60]
+      --workers 0,2 --augment false,true [--batches 60] [--datasets 1,5] [--episode_cache_mb 1024]
 
 Converts the Bridge sample into a fresh directory of its own
 (``<scratch>/wam_bench_XXXX``; --scratch defaults to the system temp dir) and
-reports the conversion speed, then for each (workers, augment) pair builds a
+reports the conversion speed, then for each (datasets, workers, augment) builds a
 train pipeline (batch 64, 64x64, h=2, H=8, F=1, cameras=primary), skips warm-up
-batches (worker start-up, first decode of every episode) and times the rest.
+batches (worker start-up, first decode of every episode) and times the rest,
+then prints peak RSS (main process and largest worker). --datasets 5 mixes 5
+copies of the sample registered as 5 datasets (each decoded and cached on its
+own; the cache budget is shared), to compare a mixture with one dataset.
 It writes nothing outside that fresh directory and deletes it at the end: a
 --scratch holding real datasets is never touched.
 """
 
 import itertools
+import json
 import pathlib
 import shutil
 import tempfile
@@ -40,6 +44,9 @@ _BATCHES = flags.DEFINE_integer("batches", 60, "Timed batches per setting.")
 _WARMUP = flags.DEFINE_integer("warmup", 10, "Untimed batches first.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size.")
 _THREADS = flags.DEFINE_integer("read_threads", -1, "data.read_threads (-1: auto).")
+_DATASETS = flags.DEFINE_list("datasets", ["1"], "Mixture sizes to try: 1 = Bridge alone, n > 1 = n "
+                              "copies registered as separate datasets (equal weights).")
+_CACHE_MB = flags.DEFINE_integer("episode_cache_mb", 1024, "data.episode_cache_mb (per process/worker).")
 
 
 def prepare_data(src, scratch=None) -> tuple[pathlib.Path, dict]:
@@ -70,12 +77,50 @@ def main(argv):
     cleanup(data_dir)
 
 
+def mixture_of_copies(data_dir: pathlib.Path, n: int) -> tuple:
+  """``n`` == 1: the Bridge entry. Else n copies of the converted sample under
+  <data_dir>/bench_bridge_<i>, registered from a registry file written there,
+  each decoded and cached on its own like n real datasets."""
+  if n == 1:
+    return (("bridge", 1.0),), ""
+  src = data_dir / "bridge_dataset" / "1.0.0"
+  entry = {"cameras": {"primary": "observation/image_0"}, "proprio": "observation/state",
+           "action": "action", "action_normalize_mask": [True] * 6 + [False]}
+  datasets = {}
+  for i in range(n):
+    name = f"bench_bridge_{i}"
+    dst = data_dir / name / "1.0.0"
+    if not dst.exists():
+      shutil.copytree(src, dst, ignore=shutil.ignore_patterns("wam_*"))
+    datasets[name] = dict(entry, directory=f"{name}/1.0.0")
+  path = data_dir / "bench_registry.json"
+  path.write_text(json.dumps({"datasets": datasets}))
+  return tuple((name, 1.0) for name in datasets), str(path)
+
+
+def peak_rss_mib() -> tuple[float, float]:
+  """(this process's peak RSS, the largest peak RSS among its live children) in MiB."""
+  def hwm(pid):
+    try:
+      for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+    except OSError:
+      pass
+    return 0.0
+  children = [int(c) for t in pathlib.Path(f"/proc/{_os.getpid()}/task").iterdir()
+              for c in (t / "children").read_text().split()]
+  return hwm(_os.getpid()), max([hwm(c) for c in children] or [0.0])
+
+
 def run_benchmarks(data_dir: pathlib.Path) -> None:
   cfg = common.data_config()
   cfg.update(data_dir=str(data_dir), mixture=(("bridge", 1.0),), cameras=("primary",),
              image_size=64, history=2, action_horizon=8, num_future=1,
-             read_threads=_THREADS.value, cache_dir=str(data_dir / "_cache"))
-  for workers, aug in itertools.product(_WORKERS.value, _AUGMENT.value):
+             read_threads=_THREADS.value, cache_dir=str(data_dir / "_cache"),
+             episode_cache_mb=_CACHE_MB.value)
+  for n, workers, aug in itertools.product(_DATASETS.value, _WORKERS.value, _AUGMENT.value):
+    cfg.mixture, cfg.registry_files = mixture_of_copies(data_dir, int(n))
     cfg.num_workers = int(workers)
     cfg.augment.enabled = aug.lower() == "true"
     start = time.perf_counter()
@@ -87,9 +132,12 @@ def run_benchmarks(data_dir: pathlib.Path) -> None:
     for _ in range(_BATCHES.value):
       next(p.iterator)
     dt = time.perf_counter() - start
-    print(f"workers={workers} augment={cfg.augment.enabled}: "
+    main_mib, worker_mib = peak_rss_mib()
+    print(f"datasets={n} workers={workers} augment={cfg.augment.enabled}: "
           f"{_BATCHES.value * _BATCH.value / dt:,.0f} windows/s "
-          f"({dt / _BATCHES.value * 1e3:.1f} ms/batch; start-up + {_WARMUP.value} warm-up batches {warm:.1f} s)")
+          f"({dt / _BATCHES.value * 1e3:.1f} ms/batch; start-up + {_WARMUP.value} warm-up batches {warm:.1f} s); "
+          f"peak RSS main {main_mib:.0f} MiB, largest worker {worker_mib:.0f} MiB "
+          f"(episode_cache_mb={cfg.episode_cache_mb})")
     del p
 
 
