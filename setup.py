@@ -32,5 +32,6 @@ setuptools.setup(
         "tpu": ["jax[tpu]>=0.10,<0.11"],
         "test": ["pytest>=8", "matplotlib>=3.7"], "report": ["matplotlib>=3.7"],  # ablation plots
         "torch": ["torch==2.13.0"],  # the CPU yardstick in scripts/bench_*.py only.
+        "beam": ["apache-beam>=2.60"],  # scripts/convert_rlds.py --runner (conversion at scale).
     },
 )

@@ -8,7 +8,10 @@ Converts the Bridge sample into a fresh directory of its own
 reports the conversion speed, then for each (datasets, workers, augment) builds a
 train pipeline (batch 64, 64x64, h=2, H=8, F=1, cameras=primary), skips warm-up
 batches (worker start-up, first decode of every episode) and times the rest,
-then prints peak RSS (main process and largest worker). --datasets 5 mixes 5
+then prints peak RSS (main process and largest worker). --batches 0 skips the
+loader. --convert_replicas 100 also times the conversion of the sample
+replicated to 100 shards per split (5,000 episodes) in-process and with Beam
+(--convert_runners, --beam_options). --datasets 5 mixes 5
 copies of the sample registered as 5 datasets (each decoded and cached on its
 own; the cache budget is shared), to compare a mixture with one dataset.
 It writes nothing outside that fresh directory and deletes it at the end: a
@@ -18,6 +21,7 @@ It writes nothing outside that fresh directory and deletes it at the end: a
 import itertools
 import json
 import pathlib
+import shlex
 import shutil
 import tempfile
 import time
@@ -47,6 +51,10 @@ _THREADS = flags.DEFINE_integer("read_threads", -1, "data.read_threads (-1: auto
 _DATASETS = flags.DEFINE_list("datasets", ["1"], "Mixture sizes to try: 1 = Bridge alone, n > 1 = n "
                               "copies registered as separate datasets (equal weights).")
 _CACHE_MB = flags.DEFINE_integer("episode_cache_mb", 1024, "data.episode_cache_mb (per process/worker).")
+_REPLICAS = flags.DEFINE_integer("convert_replicas", 0, "> 0: also time converting the sample with each "
+                                 "split replicated into this many shards (100 -> 5,000 episodes).")
+_RUNNERS = flags.DEFINE_list("convert_runners", ["inprocess", "direct"], "inprocess and/or Beam runners.")
+_BEAM_OPTIONS = flags.DEFINE_string("beam_options", "", "Extra Beam options for --convert_runners.")
 
 
 def prepare_data(src, scratch=None) -> tuple[pathlib.Path, dict]:
@@ -66,13 +74,54 @@ def cleanup(data_dir) -> None:
   shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def replicate_source(src, out: pathlib.Path, copies: int) -> int:
+  """A TFRecord dataset at ``out`` whose every split has ``copies`` shards, each a byte
+  copy of the source split's shard (TFRecord frames are self-contained, so copies
+  stay valid). Returns the number of episodes."""
+  src = pathlib.Path(src)
+  info = rlds.read_dataset_info(src)
+  out.mkdir(parents=True)
+  episodes = 0
+  for split in info["splits"]:
+    (shard,) = rlds.shard_paths(src, split["name"])  # The Bridge sample: one shard per split.
+    n = int(split["shardLengths"][0])
+    split.update(shardLengths=[str(n)] * copies, numBytes=str(int(split.get("numBytes", 0)) * copies))
+    for i in range(copies):
+      name = f"{info['name']}-{split['name']}.tfrecord-{i:05d}-of-{copies:05d}"
+      shutil.copyfile(shard, out / name)
+    episodes += n * copies
+  shutil.copyfile(src / "features.json", out / "features.json")
+  (out / "dataset_info.json").write_text(json.dumps(info, indent=2))
+  return episodes
+
+
+def bench_conversion(data_dir: pathlib.Path) -> None:
+  """In-process vs Beam conversion of the sample replicated --convert_replicas times."""
+  src = data_dir / "replicated_src" / "1.0.0"
+  episodes = replicate_source(_SRC.value, src, _REPLICAS.value)
+  for runner in _RUNNERS.value:
+    dst = data_dir / f"replicated_{runner}" / "1.0.0"
+    if runner == "inprocess":
+      r = rlds.convert_to_array_record(src, dst)
+    else:
+      from wam_jax.data import convert_beam
+      r = convert_beam.convert(src, dst, runner=runner, beam_args=shlex.split(_BEAM_OPTIONS.value))
+    print(f"convert {runner}: {r['episodes']} episodes ({episodes} planned), {r['bytes'] / 2**20:.0f} MiB "
+          f"in {r['seconds']:.2f} s = {r['episodes'] / r['seconds']:,.0f} episodes/s, "
+          f"{r['bytes'] / 2**20 / r['seconds']:.0f} MiB/s")
+    shutil.rmtree(dst.parent)
+
+
 def main(argv):
   del argv
   data_dir, r = prepare_data(_SRC.value, _SCRATCH.value)
   try:
     print(f"conversion: {r['episodes']} episodes, {r['bytes'] / 2**20:.1f} MiB, {r['seconds']:.3f} s "
           f"= {r['episodes'] / r['seconds']:.0f} episodes/s, {r['bytes'] / 2**20 / r['seconds']:.0f} MiB/s")
-    run_benchmarks(data_dir)
+    if _REPLICAS.value:
+      bench_conversion(data_dir)
+    if _BATCHES.value:
+      run_benchmarks(data_dir)
   finally:
     cleanup(data_dir)
 

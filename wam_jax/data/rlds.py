@@ -78,50 +78,91 @@ def check_disjoint(src, dst) -> None:
                      "write the output outside the source tree")
 
 
-def convert_to_array_record(src, dst, *, overwrite: bool = False) -> dict:
-  """Copies a TFRecord RLDS dataset to ArrayRecord, record for record.
+@dataclasses.dataclass(frozen=True)
+class ShardJob:
+  """One TFRecord shard to copy: ``src`` -> ``name`` (an ArrayRecord file name)."""
+  split: str
+  index: int
+  src: str
+  name: str
+  expected: int  # Records dataset_info.json promises (-1: not stated).
 
-  Refuses a ``dst`` that overlaps ``src`` before touching anything. Writes
-  into ``<dst>.tmp-<pid>`` and renames, so ``dst`` is either absent or
-  complete. Returns {"episodes", "bytes", "seconds"}.
+
+def plan_conversion(src, dst, *, overwrite: bool = False) -> tuple[dict, list[ShardJob]]:
+  """Checks a conversion before anything is written: (dataset_info, one job per shard).
+
+  Refuses a ``dst`` that overlaps ``src``, a source that is not TFRecord, and
+  an existing ``dst`` unless ``overwrite``.
   """
   check_disjoint(src, dst)
-  from array_record.python.array_record_module import ArrayRecordWriter
   src, dst = pathlib.Path(src), pathlib.Path(dst)
   info = read_dataset_info(src)
   if info.get("fileFormat", TFRECORD) != TFRECORD:
     raise ValueError(f"{src} is already {info.get('fileFormat')!r}, not tfrecord")
+  if dst.exists() and not overwrite:
+    raise ValueError(f"{dst} exists (pass overwrite=True / --overwrite)")
+  jobs = []
+  for split in info["splits"]:
+    lengths = [int(x) for x in split.get("shardLengths", ())]
+    for i, path in enumerate(shard_paths(src, split["name"])):
+      jobs.append(ShardJob(split["name"], i, str(path),
+                           path.name.replace(f".{TFRECORD}-", f".{ARRAY_RECORD}-"),
+                           lengths[i] if lengths else -1))
+  return info, jobs
+
+
+def convert_shard(job: ShardJob, out_path) -> tuple[int, int]:
+  """Copies one shard's records in order into ArrayRecord ``out_path`` (group_size:1).
+  Returns (records, bytes); a count that differs from dataset_info raises ValueError."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+  writer = ArrayRecordWriter(str(out_path), "group_size:1")
+  count = nbytes = 0
+  try:
+    for record in iter_tfrecord(job.src):
+      writer.write(record)
+      count += 1
+      nbytes += len(record)
+  finally:
+    writer.close()
+  if job.expected >= 0 and job.expected != count:
+    raise ValueError(f"{job.src}: {count} records, dataset_info says {job.expected}")
+  return count, nbytes
+
+
+def finish_conversion(src, info: dict, tmp, dst) -> None:
+  """Copies the non-shard files (features.json, labels...), writes dataset_info.json
+  marked array_record, and renames the complete ``tmp`` to ``dst`` (replacing it)."""
+  src, tmp, dst = pathlib.Path(src), pathlib.Path(tmp), pathlib.Path(dst)
+  for f in src.iterdir():
+    if f.is_file() and f.name != "dataset_info.json" and f".{TFRECORD}-" not in f.name:
+      shutil.copyfile(f, tmp / f.name)
+  info = dict(info, fileFormat=ARRAY_RECORD)
+  (tmp / "dataset_info.json").write_text(json.dumps(info, indent=2))
+  dst.parent.mkdir(parents=True, exist_ok=True)
   if dst.exists():
-    if not overwrite:
-      raise ValueError(f"{dst} exists (pass overwrite=True / --overwrite)")
     shutil.rmtree(dst)
+  os.rename(tmp, dst)
+
+
+def convert_to_array_record(src, dst, *, overwrite: bool = False) -> dict:
+  """Copies a TFRecord RLDS dataset to ArrayRecord, record for record, in this process.
+
+  Refuses a ``dst`` that overlaps ``src`` before touching anything. Writes
+  into ``<dst>.tmp-<pid>`` and renames, so ``dst`` is either absent or
+  complete. Returns {"episodes", "bytes", "seconds"}. (``convert_beam`` runs
+  the same per-shard copy as an Apache Beam pipeline, resumable by shard.)
+  """
+  info, jobs = plan_conversion(src, dst, overwrite=overwrite)
+  dst = pathlib.Path(dst)
   tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
   start, episodes, nbytes = time.perf_counter(), 0, 0
   try:
-    for split in info["splits"]:
-      srcs = shard_paths(src, split["name"])
-      lengths = [int(x) for x in split.get("shardLengths", ())]
-      for i, path in enumerate(srcs):
-        out = tmp / path.name.replace(f".{TFRECORD}-", f".{ARRAY_RECORD}-")
-        writer = ArrayRecordWriter(str(out), "group_size:1")
-        count = 0
-        for record in iter_tfrecord(path):
-          writer.write(record)
-          count += 1
-          nbytes += len(record)
-        writer.close()
-        if lengths and lengths[i] != count:
-          raise ValueError(f"{path}: {count} records, dataset_info says {lengths[i]}")
-        episodes += count
-    for f in src.iterdir():  # features.json, label files, ... (not the shards)
-      if f.is_file() and f.name != "dataset_info.json" and f".{TFRECORD}-" not in f.name:
-        shutil.copyfile(f, tmp / f.name)
-    info["fileFormat"] = ARRAY_RECORD
-    (tmp / "dataset_info.json").write_text(json.dumps(info, indent=2))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(tmp, dst)
+    for job in jobs:
+      count, size = convert_shard(job, tmp / job.name)
+      episodes, nbytes = episodes + count, nbytes + size
+    finish_conversion(src, info, tmp, dst)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
