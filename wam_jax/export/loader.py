@@ -21,7 +21,7 @@ stream, so both give the same chunks call for call.
 import collections
 import json
 import pathlib
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -109,15 +109,25 @@ class ExportedPolicy:
 
   def observe(self, obs: dict) -> None:
     """Records a step the policy was not queried on (history = consecutive frames)."""
-    self._history.append(schema.check_observation(obs, self.artifact.spec))
+    self.record(self.check(obs))
+
+  def check(self, obs: dict) -> schema.Step:
+    """``obs`` checked against the schema and resized (``ObservationError`` naming the field)."""
+    return schema.check_observation(obs, self.artifact.spec)
+
+  def record(self, step: schema.Step) -> None:
+    self._history.append(step)
+
+  def inputs(self, instruction: str) -> dict:
+    """The function's unbatched inputs for the current history."""
+    return schema.function_inputs(self._history, instruction, self.artifact.spec, self.artifact.tokenizer)
 
   def prepare(self, obs: dict, instruction: str) -> dict:
     """Checks ``obs`` and ``instruction`` (nothing is recorded if either is bad), records
     ``obs`` and returns the function's unbatched inputs."""
     instruction = schema.check_instruction(instruction)
-    step = schema.check_observation(obs, self.artifact.spec)
-    self._history.append(step)
-    return schema.function_inputs(self._history, instruction, self.artifact.spec, self.artifact.tokenizer)
+    self.record(self.check(obs))
+    return self.inputs(instruction)
 
   def __call__(self, obs: dict, instruction: str) -> np.ndarray:
     inputs = self.prepare(obs, instruction)
@@ -126,7 +136,7 @@ class ExportedPolicy:
     return actions[0]
 
 
-def load(directory, backend: str = "stablehlo", seed: int = 0,
-         artifact: Optional[Artifact] = None) -> ExportedPolicy:
-  """The artifact in ``directory`` as a policy (a fresh session; pass ``artifact`` to share one)."""
-  return ExportedPolicy(artifact or Artifact(directory, backend), seed=seed)
+def load(directory, backend: str = "stablehlo", seed: int = 0) -> ExportedPolicy:
+  """The artifact in ``directory`` as a policy (one session; ``ExportedPolicy(artifact)`` makes
+  more sessions on one loaded ``Artifact``)."""
+  return ExportedPolicy(Artifact(directory, backend), seed=seed)
