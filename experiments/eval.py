@@ -37,6 +37,8 @@ _VIDEOS = flags.DEFINE_integer("num_videos", 2, "Rollout GIFs per task.")
 _RESOLUTION = flags.DEFINE_integer("resolution", 64, "Camera image size (match training).")
 _CAMERA = flags.DEFINE_string("camera", "corner4", "MetaWorld camera (match training).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random policy.")
+_SAMPLING_STEPS = flags.DEFINE_integer(
+    "sampling_steps", 0, "Sampling steps of a diffusion/flow head (--policy=checkpoint); 0: the checkpoint's config.")
 
 
 def policy_factory():
@@ -47,7 +49,15 @@ def policy_factory():
   if not _WORKDIR.value:
     raise app.UsageError("--policy=checkpoint needs --workdir")
   from wam_jax.inference import load_policy  # pylint: disable=g-import-not-at-top
-  return functools.partial(load_policy, _WORKDIR.value)
+  if _SAMPLING_STEPS.value:  # a one-line error now rather than one per worker later
+    from wam_jax.models import heads  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(_WORKDIR.value, "config.json")) as f:
+      head_cfg = json.load(f)["model"]["head"]
+    try:
+      heads.set_sampling_steps(head_cfg, _SAMPLING_STEPS.value)
+    except ValueError as e:
+      raise app.UsageError(f"--sampling_steps={_SAMPLING_STEPS.value}: {e}") from None
+  return functools.partial(load_policy, _WORKDIR.value, sampling_steps=_SAMPLING_STEPS.value or None)
 
 
 def _camera_settings() -> dict:

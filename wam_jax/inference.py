@@ -17,7 +17,7 @@ import numpy as np
 
 from wam_jax.data import normalization, windows
 from wam_jax.data import registry as data_registry
-from wam_jax.models import registry
+from wam_jax.models import heads, registry
 from wam_jax.training import checkpoint as ckpt_lib
 from wam_jax.training import sharding, trainer
 
@@ -32,11 +32,13 @@ class CheckpointPolicy:
   """
 
   def __init__(self, workdir, step: Optional[int] = None, dataset_name: Optional[str] = None,
-               use_ema: bool = True, seed: int = 0):
+               use_ema: bool = True, seed: int = 0, sampling_steps: Optional[int] = None):
     workdir = pathlib.Path(workdir)
     ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True)
     assets, step = ckpt.restore_assets(step)
     self.config = ml_collections.ConfigDict(assets["config"])
+    if sampling_steps:  # a generative head's steps at inference: same params, no retraining
+      heads.set_sampling_steps(self.config.model.head, sampling_steps)
     self.normalizer = normalization.Normalizer.from_dict(assets["normalizer"])
     names = list(assets["dataset_names"])
     if dataset_name is None:  # The first dataset with actions: the one a policy acts in.

@@ -7,6 +7,7 @@ Every field is data; models, heads and datasets are looked up by name.
 import ml_collections
 
 from experiments.configs import common
+from wam_jax.models import heads
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -19,7 +20,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       mlp_dim=512,
       patch_size=16,
       dropout=0.0,
-      head=ml_collections.ConfigDict(dict(name="l1")),
+      # Which action head: config.model.head.name in l1, mse, diffusion, flow, discrete; each
+      # generative head's fields under head.<name>.* (defaults: wam_jax/models/heads).
+      head=heads.default_head_config("l1"),
   ))
   if arg == "tiny" or arg.startswith("mt10"):
     # The README's main job: ~5-10 min of training on 2 CPU cores, then closed-loop eval.

@@ -20,7 +20,7 @@ def check_model_config(model_cfg) -> None:
   if model_cfg.name not in FAMILIES:
     raise ValueError(f"config.model.name={model_cfg.name!r} is not a model family; known: {sorted(FAMILIES)}")
   if "head" in model_cfg:
-    heads.check_head_name(model_cfg.head.name)
+    heads.check_head_config(model_cfg.head)
 
 
 def build_model(config, num_datasets: int):

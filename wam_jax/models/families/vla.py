@@ -29,7 +29,8 @@ class VLA(nn.Module):
         "action_queries", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("length", "embed")),
         (data.action_horizon, cfg.width))
     self.backbone = layers.Transformer(cfg.depth, cfg.num_heads, cfg.mlp_dim, cfg.dropout, self.dot_general)
-    self.head = build_head(cfg.head, horizon=data.action_horizon, action_dim=data.action_dim)
+    self.head = build_head(cfg.head, horizon=data.action_horizon, action_dim=data.action_dim,
+                           dot_general=self.dot_general)
 
   def readout(self, batch, train: bool):
     """Backbone features at the action-query positions: [B, K, D]."""
