@@ -22,7 +22,7 @@ class WireError(ValueError):
 
 def _default(obj):
   if isinstance(obj, (np.ndarray, np.generic)):
-    arr = np.ascontiguousarray(obj)
+    arr = np.require(np.asarray(obj), requirements="C")  # (ascontiguousarray makes 0-d arrays 1-d)
     dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
     if dtype.str not in DTYPES:
       raise TypeError(f"cannot send a {arr.dtype} array; sendable dtypes: {sorted(DTYPES)}")
@@ -53,7 +53,7 @@ def _ext_hook(code: int, data: bytes):
     count *= d
   if count * np.dtype(dtype).itemsize != len(buf):
     raise WireError(f"array {dtype}{shape} needs {count * np.dtype(dtype).itemsize} bytes, got {len(buf)}")
-  return np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(shape)
+  return np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(tuple(shape))
 
 
 def pack(obj) -> bytes:
