@@ -192,7 +192,7 @@ def markdown(meta: dict, rows: Sequence[dict], runs: Sequence[Run], workdir) -> 
   lines = [f"# {meta['name']} v{meta['version']}", ""]
   if meta.get("description"):
     lines += [" ".join(meta["description"].split()), ""]
-  lines += [f"{len(runs)} finished runs in `{workdir}`; generated {time.strftime('%Y-%m-%d %H:%M')} "
+  lines += [f"{len(runs)} finished run(s) in `{workdir}`; generated {time.strftime('%Y-%m-%d %H:%M')} "
             "by `experiments/report.py` (reads files, never trains). Success pools every "
             "evaluation episode of every seed, with its 95% Wilson interval; per-seed means in "
             "seed order. FLOPs: the compiled train step (XLA cost analysis); wall: one run, "

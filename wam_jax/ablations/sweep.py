@@ -41,10 +41,12 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 SWEEPS_DIR = REPO / "experiments" / "sweeps"
 TRAIN_PY = REPO / "experiments" / "train.py"
 
-# Dry-run estimates when no finished run of a cell gives its own rate. Measured with the
-# tiny VLA (bf16, batch 64) on 2 busy cores: ~0.26 s/step; closed-loop eval ~1.2 s/episode.
-DEFAULT_SECONDS_PER_EXAMPLE = 0.26 / 64
-DEFAULT_SECONDS_PER_EVAL_EPISODE = 1.2
+# Dry-run estimates when no finished run of a cell gives its own rate: the tiny VLA (bf16,
+# batch 64) on 2 idle cores, ~0.27 s/step; closed-loop eval ~1 s per 100-step episode, so ~1.5 s
+# on MT10 where about half the episodes run to the 200-step limit. Other engineers' jobs on the
+# same 2 cores made both 10-15x slower (BUILD_NOTES.md, "Ablations").
+DEFAULT_SECONDS_PER_EXAMPLE = 0.27 / 64
+DEFAULT_SECONDS_PER_EVAL_EPISODE = 1.5
 STARTUP_SECONDS = 60  # imports, data check, compile, policy load.
 
 
