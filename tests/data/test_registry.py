@@ -196,6 +196,9 @@ def test_mixture_errors():
     registry.expand_mixture([("bridge", 0.0)])
   with pytest.raises(ValueError, match=r"unknown dataset 'brige'"):
     registry.expand_mixture(["brige"])
+  registry.register_mixture(registry.Mixture("typo_mix", (("bridge", 1.0), ("brdge", 1.0)), source="t.json"))
+  with pytest.raises(ValueError, match=r"mixture 'typo_mix' \(t\.json\) names unknown dataset 'brdge'"):
+    registry.expand_mixture(["typo_mix"])
   items = registry.expand_mixture([("oxe_standard", 2.0)])
   assert {i.name for i in items} == set(STANDARD_SET) and all(i.balance for i in items)
   assert dict((i.name, i.weight) for i in items)["taco_play"] == 4.0

@@ -347,7 +347,9 @@ def expand_mixture(entries) -> tuple[MixtureItem, ...]:
     if name in _MIXTURES:
       m = _MIXTURES[name]
       for ds, w in m.datasets:
-        get_spec(ds)  # A mixture naming an unknown dataset fails here.
+        if ds not in _REGISTRY:
+          raise ValueError(f"mixture {name!r} ({m.source}) names unknown dataset {ds!r}; "
+                           f"registered: {sorted(_REGISTRY)}")
         items.append(MixtureItem(ds, weight * w, m.balance, via=name))
     else:
       get_spec(name)
