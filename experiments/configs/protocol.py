@@ -36,7 +36,8 @@ def apply(config: ml_collections.ConfigDict, n_demos: int, *,
     mixture.append((protocol.VIDEO_NAME, float(video_weight)))
   config.data.mixture = tuple(mixture)
   config.data.image_size = protocol.RESOLUTION
-  config.data.metaworld.camera = protocol.CAMERA
+  # What the protocol datasets were rendered with (evaluation renders the same way).
+  config.data.metaworld.update(resolution=protocol.RESOLUTION, camera=protocol.CAMERA)
   config.eval.update(protocol.EVAL)
   config.eval.update(at_end=True, num_videos=1)
   return config
