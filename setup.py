@@ -26,6 +26,11 @@ setuptools.setup(
         "pillow>=10",           # tfds image decoding without TF.
         "tensorboardX>=2.6",    # TensorBoard event files without TF.
         "imageio>=2.30",        # rollout GIFs.
+        # Exported policies (wam_jax/export): jax.export serialization needs flatbuffers; the
+        # policy server and its client speak msgpack over websockets (known-good: 25.12, 1.2.4, 17.4).
+        "flatbuffers>=24",
+        "msgpack>=1.0",
+        "websockets>=15",
     ],
     extras_require={
         "sim": ["metaworld==3.1.1", "mujoco>=3.3,<3.4", "gymnasium>=1.0", "packaging"],

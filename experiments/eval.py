@@ -2,6 +2,8 @@ r"""Closed-loop MetaWorld evaluation of a policy.
 
   python experiments/eval.py --policy=expert --tasks=drawer-open-v3 --episodes=10 --out=/tmp/ev
   python experiments/eval.py --policy=checkpoint --workdir=runs/x --out=runs/x/eval
+  python experiments/eval.py --policy=exported --export_dir=exports/x --out=/tmp/ev   # scripts/export.py
+  python experiments/eval.py --policy=remote --address=ws://127.0.0.1:8000 --out=/tmp/ev  # scripts/serve.py
 
 Writes results.json, results.md, videos/*.gif and contact_sheet.png to --out.
 """
@@ -23,8 +25,11 @@ from wam_jax.sim import metaworld as mw  # noqa: E402
 
 _DEFAULT_TASKS = ["drawer-close-v3", "button-press-topdown-v3", "drawer-open-v3", "door-open-v3"]
 
-_POLICY = flags.DEFINE_enum("policy", "expert", ["expert", "random", "checkpoint"], "Policy to run.")
+_POLICY = flags.DEFINE_enum("policy", "expert", ["expert", "random", "checkpoint", "exported", "remote"],
+                            "Policy to run.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Training run directory (--policy=checkpoint).")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", "", "Exported policy directory (--policy=exported).")
+_ADDRESS = flags.DEFINE_string("address", "ws://127.0.0.1:8000", "Policy server (--policy=remote).")
 _TASKS = flags.DEFINE_list("tasks", _DEFAULT_TASKS, "MetaWorld v3 task names.")
 _EPISODES = flags.DEFINE_integer("episodes", 10, "Episodes per task.")
 _OUT = flags.DEFINE_string("out", "", "Output directory ('' -> <workdir>/eval or ./eval_out).")
@@ -46,6 +51,11 @@ def policy_factory():
     return policy_lib.ExpertPolicy
   if _POLICY.value == "random":
     return functools.partial(policy_lib.RandomPolicy, _SEED.value)
+  if _POLICY.value in ("exported", "remote"):  # each eval worker opens its own session
+    from wam_jax.export import client, loader  # pylint: disable=g-import-not-at-top
+    if _POLICY.value == "exported":
+      return functools.partial(loader.load, _EXPORT_DIR.value or _usage("--policy=exported needs --export_dir"))
+    return functools.partial(client.RemotePolicy, _ADDRESS.value)
   if not _WORKDIR.value:
     raise app.UsageError("--policy=checkpoint needs --workdir")
   from wam_jax.inference import load_policy  # pylint: disable=g-import-not-at-top
@@ -67,10 +77,19 @@ def _camera_settings() -> dict:
   if _POLICY.value == "checkpoint" and os.path.exists(config_path):
     with open(config_path) as f:
       trained = evaluate_lib.render_settings(ml_collections.ConfigDict(json.load(f)["data"]))
-    for name in ("resolution", "camera"):  # the training recipe's render, as train.py's eval uses
-      if not flags.FLAGS[name].present:
-        settings[name] = trained[name]
+  elif _POLICY.value in ("exported", "remote"):  # the recipe's render, recorded in the manifest
+    from wam_jax.export import client  # pylint: disable=g-import-not-at-top
+    trained = client.manifest_of(_EXPORT_DIR.value if _POLICY.value == "exported" else _ADDRESS.value)["render"]
+  else:
+    trained = None
+  for name in ("resolution", "camera"):  # the training recipe's render, as train.py's eval uses
+    if trained and not flags.FLAGS[name].present:
+      settings[name] = trained[name]
   return settings
+
+
+def _usage(message):
+  raise app.UsageError(message)
 
 
 def main(argv):
@@ -84,7 +103,11 @@ def main(argv):
       policy_factory(), tasks, _EPISODES.value, seed_offset=_SEED_OFFSET.value,
       max_steps=_MAX_STEPS.value, execute_steps=_EXECUTE.value, temporal_ensemble=_ENSEMBLE.value,
       num_workers=_WORKERS.value, out_dir=out, num_videos=_VIDEOS.value,
-      **_camera_settings(), policy_name=f"{_POLICY.value} {_WORKDIR.value}".strip())
+      **_camera_settings(), policy_name=f"{_POLICY.value} {_source()}".strip())
+
+
+def _source() -> str:
+  return {"exported": _EXPORT_DIR.value, "remote": _ADDRESS.value}.get(_POLICY.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ server's message (it names the field).
 """
 
 import json
+import pathlib
 import urllib.parse
 import urllib.request
 from typing import Optional
@@ -45,6 +46,15 @@ def health(address: str, timeout: float = 5.0) -> dict:
   """The server's ``/healthz`` JSON (raises OSError if it does not answer)."""
   with urllib.request.urlopen(http_url(address, "/healthz"), timeout=timeout) as r:
     return json.loads(r.read())
+
+
+def manifest_of(source: str) -> dict:
+  """The manifest of an exported policy directory, or of the policy a server at ``source`` serves."""
+  path = pathlib.Path(source) / "manifest.json"
+  if path.exists():
+    return json.loads(path.read_text())
+  with RemotePolicy(source) as remote:
+    return remote.manifest
 
 
 class RemotePolicy:
