@@ -7,6 +7,7 @@ setuptools.setup(
     version="0.1.0",
     description="World-action models (video/inverse-dynamics/joint/hybrid WAMs) in JAX/Flax",
     packages=setuptools.find_packages(include=["wam_jax", "wam_jax.*", "experiments", "experiments.*"]),
+    package_data={"wam_jax.data": ["registry/*.json"]},  # the built-in dataset registry files
     python_requires=">=3.10",
     # Known-good versions (2026-11, Python 3.11): jax 0.10.2, flax 0.12.8, optax 0.2.8,
     # orbax-checkpoint 0.12.8, grain 0.2.18, tensorflow-datasets 4.9.10, array-record 0.8.6.

@@ -17,6 +17,7 @@ import numpy as np
 
 from wam_jax.data import normalization, windows
 from wam_jax.data import registry as data_registry
+from wam_jax.data import registry_files
 from wam_jax.models import heads, registry
 from wam_jax.training import checkpoint as ckpt_lib
 from wam_jax.training import sharding, trainer
@@ -41,6 +42,7 @@ class CheckpointPolicy:
       heads.set_sampling_steps(self.config.model.head, sampling_steps)
     self.normalizer = normalization.Normalizer.from_dict(assets["normalizer"])
     names = list(assets["dataset_names"])
+    registry_files.load_all(self.config.data.get("registry_files", ""))  # the run's own entries
     if dataset_name is None:  # The first dataset with actions: the one a policy acts in.
       dataset_name = next(n for n in names if data_registry.get_spec(n).action_key is not None)
     if dataset_name not in names:

@@ -135,8 +135,13 @@ def config_changes(saved: dict, current: dict) -> dict:
     return out
   a, b = flat(saved), flat(current)
   missing = object()
-  return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
-          if a.get(k, missing) != b.get(k, missing)
+
+  def changed(k):
+    old, new = a.get(k, missing), b.get(k, missing)
+    if old is missing and new in ("", 0, False, None, [], {}):
+      return False  # a field the code gained since the run was saved, at its "off" default
+    return old != new
+  return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b)) if changed(k)
           and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_FREE_FIELDS)}
 
 
