@@ -343,3 +343,13 @@ def test_unknown_accelerator_peak_logs_no_mfu_and_trains_on(syn_data_dir, tmp_pa
   assert trainer.train(cfg, tmp_path, devices=one_device())["step"] == 4
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r for r in rows if "train/loss" in r] and not any("train/mfu" in r for r in rows)
+
+
+def test_config_changes_ignores_free_fields_and_new_fields_at_their_off_default():
+  saved = {"model": {"depth": 2}, "train": {"log_every": 5}, "data": {"mixture": [["a", 1.0]]}}
+  now = {"model": {"depth": 2}, "train": {"log_every": 1, "new_flag": ""}, "data": {"mixture": [["a", 1.0]],
+         "registry_files": ""}, "eval": {"episodes_per_task": 3}}
+  assert trainer.config_changes(saved, now) == {}
+  now["data"]["registry_files"] = "mine.json"  # a new field set to something: a real change
+  now["model"]["depth"] = 3
+  assert set(trainer.config_changes(saved, now)) == {"data.registry_files", "model.depth"}
