@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.data.synthetic import syn_data_dir  # noqa: F401  (fixture)
 from tests.export.conftest import INSTRUCTION, REPO, drive, observations
 from wam_jax import inference
 from wam_jax.export import loader, schema, writer
@@ -172,14 +173,16 @@ def test_param_and_sampling_choices_are_checked(trained_run, tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
-def test_raw_params_export(trained_run, tmp_path):
+def test_raw_params_export(trained_run, artifact_dir, tmp_path):
+  """The export's self-check compares with ``CheckpointPolicy(use_ema=False)``; the params differ from EMA's."""
+  from wam_jax.export import policy_fn
   out = tmp_path / "raw"
   m = writer.export_policy(trained_run, out, params="raw", platforms=("cpu",), log=lambda s: None)
   assert m["source"]["params"] == "raw" and m["function"]["platforms"] == ["cpu"]
-  ckpt = inference.load_policy(trained_run, use_ema=False)
-  obs = observations(3, seed=5)
-  for a, b in zip(drive(loader.load(out), obs), drive(ckpt, obs)):
-    np.testing.assert_array_equal(a, b)
+  assert m["self_check"]["max_abs_diff"] == 0.0
+  import jax
+  raw, ema = (jax.tree.leaves(policy_fn.restore_params(d / "params")) for d in (out, artifact_dir))
+  assert len(raw) == len(ema) and any(not np.array_equal(a, b) for a, b in zip(raw, ema))
 
 
 def test_export_cli_prints_one_line_errors(trained_run, tmp_path):
@@ -190,3 +193,25 @@ def test_export_cli_prints_one_line_errors(trained_run, tmp_path):
   assert run.returncode == 2
   assert "error: --sampling_steps=3: head 'l1' has no sampling steps" in run.stderr
   assert not (tmp_path / "y").exists()
+
+
+@pytest.mark.slow  # A second training run and a sampling loop to compile: ~1-2 min idle.
+def test_generative_head_with_sampling_steps_override_follows_the_key_stream(syn_data_dir, tmp_path):
+  """A flow head draws noise every call: equality with the checkpoint policy (same
+  --sampling_steps) checks that the exported key stream is the checkpoint policy's."""
+  import jax
+  from tests.training.test_trainer import tiny_config
+  from wam_jax.training import trainer
+  cfg = tiny_config(syn_data_dir, steps=4)
+  cfg.model.head.name = "flow"
+  trainer.train(cfg, tmp_path / "run", devices=jax.devices()[:1])
+  m = writer.export_policy(tmp_path / "run", tmp_path / "out", sampling_steps=3, platforms=("cpu",),
+                           log=lambda s: None)
+  assert m["model"]["head"] == "flow" and m["model"]["sampling_steps"] == 3
+  assert json.loads((tmp_path / "out" / "config.json").read_text())["model"]["head"]["num_sampling_steps"] == 3
+  obs = observations(6, seed=9)
+  want = drive(inference.load_policy(tmp_path / "run", sampling_steps=3), obs)
+  got = drive(loader.load(tmp_path / "out"), obs)
+  assert not np.array_equal(got[0], got[1])  # Noise differs call to call...
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(a, b)  # ...exactly as the checkpoint policy's does.
