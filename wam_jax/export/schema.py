@@ -176,3 +176,16 @@ def normalization_constants(normalizer, dataset: str) -> dict:
                      constant=np.asarray(constant, bool), mask=mask,
                      clip=(~np.asarray(constant, bool)) & (normalizer.mode == "quantile"))
   return out
+
+
+def example_observation(manifest: Mapping, rng: np.random.Generator) -> dict:
+  """A schema-valid observation with random content (image dims the manifest leaves open: image_size)."""
+  obs = {}
+  size = int(manifest["preprocessing"]["image_size"])
+  for key, field in manifest["observation"].items():
+    if key.startswith(IMAGE_PREFIX):
+      h, w = (d or size for d in field["shape"][:2])
+      obs[key] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  p = manifest["observation"]["proprio"]
+  obs["proprio"] = rng.normal(size=(p["shape"][0] or p["min_dim"],)).astype(np.float32)
+  return obs

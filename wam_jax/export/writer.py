@@ -322,25 +322,12 @@ def _self_check(directory, policy) -> dict:
   worst = 0.0
   calls = exported.artifact.history + 2
   for _ in range(calls):
-    obs = random_observation(exported.manifest, rng)
+    obs = schema.example_observation(exported.manifest, rng)
     worst = max(worst, float(np.max(np.abs(exported(obs, "open the drawer") - policy(obs, "open the drawer")))))
   if not worst <= SELF_CHECK_ATOL:
     raise AssertionError(f"export self-check failed: the exported function's chunks differ from the "
                          f"checkpoint policy's by {worst:.3g} (> {SELF_CHECK_ATOL})")
   return dict(reference="checkpoint policy", calls=calls, max_abs_diff=worst)
-
-
-def random_observation(manifest: dict, rng: np.random.Generator) -> dict:
-  """A schema-valid observation with random content (unknown image sizes: image_size)."""
-  obs = {}
-  size = int(manifest["preprocessing"]["image_size"])
-  for key, field in manifest["observation"].items():
-    if key.startswith(schema.IMAGE_PREFIX):
-      h, w = (d or size for d in field["shape"][:2])
-      obs[key] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-  p = manifest["observation"]["proprio"]
-  obs["proprio"] = rng.normal(size=(p["shape"][0] or p["min_dim"],)).astype(np.float32)
-  return obs
 
 
 def _describe_files(directory: pathlib.Path) -> dict:
