@@ -71,10 +71,10 @@ class DiscreteHead(nn.Module):
     c_BKW = self.cond_proj(self.norm(readout_BKD))
     return jnp.repeat(c_BKW, self.action_dim, axis=1)
 
-  def ar_logits(self, inputs_BL, cond_BLW):
-    """Causal logits [B, L, V]: position l sees input tokens 0..l (BOS, tok_0, ..., tok_{l-1})."""
+  def ar_hidden(self, inputs_BL, cond_BLW):
+    """Causal features [B, L, W]: position l sees input tokens 0..l (BOS, tok_0, ..., tok_{l-1})."""
     h = self.token_embed(inputs_BL) + self.pos[None] + cond_BLW
-    return self.logits_out(self.trunk(h, None, train=False, causal=True))
+    return self.trunk(h, None, train=False, causal=True)
 
   def logits(self, readout_BKD, tokens_BKA):
     """Training logits [B, K, A, V] (teacher-forced when autoregressive)."""
@@ -83,7 +83,8 @@ class DiscreteHead(nn.Module):
       return self.logits_proj(self.norm(readout_BKD))
     flat_BL = tokens_BKA.reshape(b, k * a)
     inputs_BL = jnp.concatenate([jnp.full((b, 1), self.num_bins, jnp.int32), flat_BL[:, :-1]], axis=1)
-    return self.ar_logits(inputs_BL, self.ar_condition(readout_BKD)).reshape(b, k, a, self.num_bins)
+    logits_BLV = self.logits_out(self.ar_hidden(inputs_BL, self.ar_condition(readout_BKD)))
+    return logits_BLV.reshape(b, k, a, self.num_bins)
 
   def choose(self, logits, rng):
     if self.decoding == "argmax":
@@ -121,8 +122,9 @@ class DiscreteHead(nn.Module):
     # tokens_BL1[:, 0] is BOS and tokens_BL1[:, l + 1] = token l; step i reads positions <= i only
     # (causal), so the BOS filler beyond is never seen.
     def step(i, tokens_BL1):
-      logits_BV = jax.lax.dynamic_index_in_dim(self.ar_logits(tokens_BL1[:, :length], cond_BLW), i, axis=1,
-                                               keepdims=False)
+      h_BW = jax.lax.dynamic_index_in_dim(self.ar_hidden(tokens_BL1[:, :length], cond_BLW), i, axis=1,
+                                          keepdims=False)
+      logits_BV = self.logits_out(h_BW)  # only position i's logits
       tok_B = self.choose(logits_BV, jax.random.fold_in(rng, i))
       return jax.lax.dynamic_update_index_in_dim(tokens_BL1, tok_B, i + 1, axis=1)
 
