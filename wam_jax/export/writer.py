@@ -81,7 +81,9 @@ def export_policy(workdir, out, *, step: Optional[int] = None, params: str = "au
     raise ValueError(f"params={params!r}: expected 'ema', 'raw' or 'auto'")
   if out.exists() and not overwrite:
     raise FileExistsError(f"{out} exists: choose another --out or pass --overwrite")
-  config = _read_run_config(workdir, step)
+  assets = _read_assets(workdir, step)
+  config = ml_collections.ConfigDict(assets["config"])
+  tokenizer = tokenizer_lib.from_dict(assets["tokenizer"])  # The run's own spec, as saved with it.
   ema_kept = float(config.train.ema_decay) > 0
   if params == "ema" and not ema_kept:
     raise ValueError(f"--params=ema: the run kept no EMA params (train.ema_decay="
@@ -120,8 +122,9 @@ def export_policy(workdir, out, *, step: Optional[int] = None, params: str = "au
     _write_json(tmp / "normalization.json", dict(
         normalizer=policy.normalizer.to_dict(), dataset=ds["name"],
         constants={w: {k: v.tolist() for k, v in c.items()} for w, c in norm.items()}))
-    _write_json(tmp / "tokenizer.json", tokenizer_lib.ByteTokenizer(int(config.data.max_text_len)).to_dict())
-    manifest = _manifest(config, policy, ds, norm, exported, host_params, use_ema, sampling_steps, workdir)
+    _write_json(tmp / "tokenizer.json", tokenizer.to_dict())
+    manifest = _manifest(config, policy, ds, norm, exported, host_params, use_ema, sampling_steps, workdir,
+                         tokenizer)
     _write_json(tmp / "manifest.json", manifest)  # Without files/self-check, so the loader can open tmp.
     manifest["self_check"] = _self_check(tmp, policy)
     manifest["export_seconds"] = round(time.perf_counter() - start, 2)
@@ -141,14 +144,14 @@ def export_policy(workdir, out, *, step: Optional[int] = None, params: str = "au
 
 # --- Pieces ------------------------------------------------------------------
 
-def _read_run_config(workdir, step) -> ml_collections.ConfigDict:
+def _read_assets(workdir, step) -> dict:
   from wam_jax.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   ckpt = ckpt_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", read_only=True)
   try:
     assets, _ = ckpt.restore_assets(step)
   finally:
     ckpt.close()
-  return ml_collections.ConfigDict(assets["config"])
+  return assets
 
 
 def _dataset_facts(config, policy) -> dict:
@@ -211,7 +214,7 @@ def _feature_shape(features, key: str, kind: str):
     return None
 
 
-def _manifest(config, policy, ds, norm, exported, params, use_ema, sampling_steps, workdir) -> dict:
+def _manifest(config, policy, ds, norm, exported, params, use_ema, sampling_steps, workdir, tokenizer) -> dict:
   data = config.data
   k, a = int(data.action_horizon), ds["action_dim"]
   obs = {}
@@ -248,7 +251,7 @@ def _manifest(config, policy, ds, norm, exported, params, use_ema, sampling_step
       "dataset": {k_: ds[k_] for k_ in ("name", "id", "mixture", "cameras")},
       "observation": obs,
       "instruction": dict(type="str", rule="non-empty; stripped, lower-cased, UTF-8 bytes + 1, cut at "
-                                            f"{int(data.max_text_len)} bytes (ByteTokenizer)"),
+                                            f"{tokenizer.max_len} bytes (ByteTokenizer)"),
       "action": dict(dtype="float32", shape=[k, a], dims=action_dims, kind=ds["action_kind"],
                      units="de-normalized, the dataset's (env) units per dim in 'dims'"),
       "chunk": dict(horizon=k, execute_steps=int(config.eval.execute_steps),
@@ -260,7 +263,7 @@ def _manifest(config, policy, ds, norm, exported, params, use_ema, sampling_step
           resize="PIL bilinear to image_size x image_size (wam_jax.data.rlds.resize_frames), per frame",
           padding="fewer than 'history' observations: the oldest repeated, history_mask False",
           zero_cameras=[c for c in data.cameras if c not in ds["cameras"]],
-          tokenizer=tokenizer_lib.ByteTokenizer(int(data.max_text_len)).to_dict(),
+          tokenizer=tokenizer.to_dict(),
           normalization=dict(mode=policy.normalizer.mode, where="inside the function",
                              file="normalization.json")),
       "render": None if metaworld is None else dict(resolution=int(metaworld.resolution),
