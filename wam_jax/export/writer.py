@@ -368,5 +368,10 @@ def _replace(tmp: pathlib.Path, out: pathlib.Path) -> None:
     old = out.with_name(f"{out.name}.old-{os.getpid()}")
     os.rename(out, old)
   os.rename(tmp, out)
+  fd = os.open(out.parent, os.O_RDONLY)  # Make the rename itself durable.
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
   if old is not None:
     shutil.rmtree(old, ignore_errors=True)
