@@ -6,15 +6,29 @@ import jax.numpy as jnp
 from wam_jax.models import layers
 
 
-def patchify(frames_BTHWC, patch: int):
-  """[B, T, H, W, C] uint8/float -> [B, T, (H/p)*(W/p), p*p*C] float in [-1, 1]."""
-  b, t, h, w, c = frames_BTHWC.shape
+def to_patches(x_BTHWC, patch: int, field: str = "model.patch_size"):
+  """[B, T, H, W, C] -> [B, T, (H/p)*(W/p), p*p*C]: row-major p x p patches, values unchanged."""
+  b, t, h, w, c = x_BTHWC.shape
   if h % patch or w % patch:
-    raise ValueError(f"image size {h}x{w} is not divisible by model.patch_size={patch}")
-  x = frames_BTHWC.astype(jnp.float32) / 127.5 - 1.0
-  x = x.reshape(b, t, h // patch, patch, w // patch, patch, c)
+    raise ValueError(f"image size {h}x{w} is not divisible by {field}={patch}")
+  x = x_BTHWC.reshape(b, t, h // patch, patch, w // patch, patch, c)
   x = x.transpose(0, 1, 2, 4, 3, 5, 6)
   return x.reshape(b, t, (h // patch) * (w // patch), patch * patch * c)
+
+
+def from_patches(x_BTNP, patch: int, height: int, width: int):
+  """The inverse of ``to_patches``: [B, T, (H/p)*(W/p), p*p*C] -> [B, T, H, W, C]."""
+  b, t, n, d = x_BTNP.shape
+  gh, gw, c = height // patch, width // patch, d // (patch * patch)
+  if gh * gw != n or c * patch * patch != d:
+    raise ValueError(f"{n} patches of {d} values do not tile a {height}x{width} image at patch {patch}")
+  x = x_BTNP.reshape(b, t, gh, gw, patch, patch, c).transpose(0, 1, 2, 4, 3, 5, 6)
+  return x.reshape(b, t, height, width, c)
+
+
+def patchify(frames_BTHWC, patch: int):
+  """[B, T, H, W, C] uint8/float -> [B, T, (H/p)*(W/p), p*p*C] float in [-1, 1]."""
+  return to_patches(frames_BTHWC.astype(jnp.float32) / 127.5 - 1.0, patch)
 
 
 class ImageTokenizer(nn.Module):

@@ -73,7 +73,11 @@ def layer_norm(name=None):
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention over [B, N, D] with a key padding mask [B, N]."""
+  """Multi-head self-attention over [B, N, D].
+
+  ``mask`` is a key padding mask [B, N] (True = attend), or a per-query mask
+  [B, N, N] (query n may attend key m) for block-structured attention.
+  """
   num_heads: int
   dot_general: DotGeneral = None
 
@@ -93,8 +97,8 @@ class Attention(nn.Module):
     allowed = jnp.ones(logits_BHNM.shape[-2:], bool)[None, None]
     if causal:
       allowed = jnp.tril(allowed)
-    if mask_BN is not None:
-      allowed = allowed & mask_BN[:, None, None, :]
+    if mask_BN is not None:  # [B, M] keys, or [B, N, M] queries x keys
+      allowed = allowed & (mask_BN[:, None, None, :] if mask_BN.ndim == 2 else mask_BN[:, None])
     logits_BHNM = jnp.where(allowed, logits_BHNM, jnp.finfo(logits_BHNM.dtype).min)
     probs = jax.nn.softmax(logits_BHNM, axis=-1)
     out_BNHK = jnp.einsum("bhnm,bhmk->bhnk", probs, v_BHNK).transpose(0, 2, 1, 3)

@@ -10,15 +10,19 @@ import jax
 
 from wam_jax.data.tokenizer import ByteTokenizer
 from wam_jax.models import heads, matmul
+from wam_jax.models.families.frame_autoencoder import FrameAutoencoderModel
+from wam_jax.models.families.video_wam import VideoWAM
 from wam_jax.models.families.vla import VLA
 
-FAMILIES = {"vla": VLA}
+FAMILIES = {"vla": VLA, "video_wam": VideoWAM, "frame_autoencoder": FrameAutoencoderModel}
 
 
 def check_model_config(model_cfg) -> None:
   """Names in config.model resolve (family, head): checked before any work starts."""
   if model_cfg.name not in FAMILIES:
     raise ValueError(f"config.model.name={model_cfg.name!r} is not a model family; known: {sorted(FAMILIES)}")
+  if hasattr(FAMILIES[model_cfg.name], "check_config"):  # a family's own fields
+    FAMILIES[model_cfg.name].check_config(model_cfg)
   if "head" in model_cfg:
     heads.check_head_config(model_cfg.head)
 
@@ -49,3 +53,8 @@ def loss_fn(model, params, batch, rng, train: bool = True):
 
 def predict_actions(model, params, batch, rng):
   return model.apply({"params": params}, batch, rngs=_rngs(rng), method="predict_actions")
+
+
+def predict_frames(model, params, batch, rng):
+  """Frames a family generates for the batch's future frames: {camera: uint8 [B, F, H, W, 3]}."""
+  return model.apply({"params": params}, batch, rngs=_rngs(rng), method="predict_frames")

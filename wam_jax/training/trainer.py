@@ -191,6 +191,7 @@ class TrainingSetup:
   train_step: Callable                      # jitted (state, batch) -> (state, metrics)
   eval_step: Callable                       # jitted (params, batch, rng) -> metrics
   unaccumulated_step: Callable = None       # the step without grad accumulation (FLOP counting only)
+  predict_frames: Callable = None           # jitted (params, batch, rng) -> {camera: uint8 [B, F, H, W, 3]}
 
   def step_flops(self, compiled_step, batch_spec) -> float:
     """FLOPs of one train step (all devices). XLA counts a scanned microbatch once, so under
@@ -216,7 +217,8 @@ def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup
   tc = config.train
   rules = sharding.axis_rules(config.mesh.rules_name)
   model = registry.build_model(config, num_datasets=num_datasets)
-  tx = state_lib.make_optimizer(tc)
+  # A family may freeze or slow parts of itself (``lr_multipliers()``: path regex -> multiplier).
+  tx = state_lib.make_optimizer(tc, getattr(model, "lr_multipliers", tuple)())
   init_batch = {k: jnp.zeros((1,) + tuple(v.shape[1:]), v.dtype) for k, v in batch_spec.items()}
 
   def boxed_state(rng):
@@ -242,13 +244,17 @@ def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup
                    out_shardings=(state_sh, None), donate_argnums=0)
   step = jit_step()
   evaluate = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, batch_sh, None))
+  predict_frames = None
+  if hasattr(model, "predict_frames"):  # families that generate frames get them summarized
+    predict_frames = _RulesJit(jax.jit(functools.partial(registry.predict_frames, model)), mesh, rules)
   return TrainingSetup(
       model=model, mesh=mesh, rules=rules,
       abstract_state=ckpt_lib.abstract_with_shardings(state_lib.unbox(boxed), state_sh),
       state_shardings=state_sh, batch_shardings=batch_sh,
       init_state=with_rules(init), train_step=_RulesJit(step, mesh, rules),
       eval_step=_RulesJit(evaluate, mesh, rules),
-      unaccumulated_step=_RulesJit(jit_step(1), mesh, rules) if tc.grad_accum_steps > 1 else None)
+      unaccumulated_step=_RulesJit(jit_step(1), mesh, rules) if tc.grad_accum_steps > 1 else None,
+      predict_frames=predict_frames)
 
 
 class _RulesJit:
@@ -372,7 +378,8 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
       if step == crash_after_step:
         break
       batch = next(data.iterator)
-      state, step_metrics = train_step(state, _device_batch(batch, run.batch_shardings))
+      device_batch = _device_batch(batch, run.batch_shardings)
+      state, step_metrics = train_step(state, device_batch)
       step += 1
       finite.observe(step_metrics["loss"], step)
       if step % tc.log_every == 0 or step == tc.steps:
@@ -393,7 +400,11 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
         last.update({"val_" + k: v for k, v in val.items()})
         logging.info("step %d validation: %s", step, val)
       if tc.summary_every and step % tc.summary_every == 0:
-        writer.images(step, input_summaries(batch, config.data.cameras))
+        images = input_summaries(batch, config.data.cameras)
+        if run.predict_frames is not None:
+          predicted = jax.device_get(run.predict_frames(state.params, device_batch, jax.random.key(step)))
+          images.update(predicted_frame_summaries(batch, predicted))
+        writer.images(step, images)
       if step % tc.ckpt_every == 0 or step == tc.steps:
         save()
   finally:
@@ -441,6 +452,17 @@ def input_summaries(batch, cameras, n: int = 4) -> dict:
     frames = [batch[f"image_{cam}"][:n], batch[f"future_image_{cam}"][:n]]
     strip = np.concatenate([f for f in frames if f.size], axis=1)  # [n, T+F, H, W, 3]
     out[f"inputs/{cam}"] = np.concatenate(list(strip.transpose(1, 0, 2, 3, 4)), axis=2)
+  return out
+
+
+def predicted_frame_summaries(batch, predicted, n: int = 4) -> dict:
+  """Real vs predicted future frames, per camera: last history | real t+k.. | predicted t+k..,
+  uint8 [n, H, (1 + 2F) * W, 3]. ``predicted``: {camera: uint8 [B, F, H, W, 3]}."""
+  out = {}
+  for cam, pred in predicted.items():
+    frames = [batch[f"image_{cam}"][:n, -1:], batch[f"future_image_{cam}"][:n], np.asarray(pred)[:n]]
+    strip = np.concatenate(frames, axis=1)  # [n, 1 + 2F, H, W, 3]
+    out[f"predicted/{cam}"] = np.concatenate(list(strip.transpose(1, 0, 2, 3, 4)), axis=2)
   return out
 
 
