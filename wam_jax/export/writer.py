@@ -229,9 +229,11 @@ def _manifest(config, policy, ds, norm, exported, params, use_ema, sampling_step
                           key=ds["proprio_key"],
                         units="the dataset's proprio units (per dim in 'dims'); any real dtype, cast to float32")
   action_dims = units.dims(ds["name"], "action", a)
-  for d, info in enumerate(action_dims):
-    info.update(normalized=bool(norm["action"]["mask"][d]), mode=policy.normalizer.mode,
-                center=float(norm["action"]["center"][d]), scale=float(norm["action"]["scale"][d]))
+  for what, dims in (("action", action_dims), ("proprio", obs["proprio"]["dims"])):
+    c = norm[what]
+    for d, info in enumerate(dims):  # x_norm = (x - center) / scale, clipped to [-1, 1] if clip.
+      info.update(normalized=bool(c["mask"][d]), mode=policy.normalizer.mode, center=float(c["center"][d]),
+                  scale=float(c["scale"][d]), clip=bool(c["clip"][d] and c["mask"][d]))
   from wam_jax.models import heads  # pylint: disable=g-import-not-at-top
   head = config.model.head
   fn_inputs, fn_rng = policy_fn.input_specs(data, ds["cameras"], ds["proprio_dim"], "b")
