@@ -107,6 +107,6 @@ class Server:
 @pytest.fixture(scope="session")
 def server(artifact_dir, tmp_path_factory):
   """One server for the server and fuzz tests: batching on (max 4), so both paths are live."""
-  srv = Server(artifact_dir, tmp_path_factory.mktemp("serve"), "--max_batch=4", "--batch_wait_ms=20")
+  srv = Server(artifact_dir, tmp_path_factory.mktemp("serve"), "--max_batch=4", "--batch_wait_ms=50")
   yield srv
   srv.stop()
