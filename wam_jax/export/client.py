@@ -17,6 +17,7 @@ import urllib.parse
 import urllib.request
 from typing import Optional
 
+import numpy as np
 from websockets.sync.client import connect
 
 from wam_jax.export import wire
@@ -91,7 +92,7 @@ class RemotePolicy:
       request["observed"] = self._observed
     reply = self.request(request)
     self._reset_pending, self._observed = False, []  # Applied (a refused request changes nothing).
-    return reply["actions"]
+    return np.array(reply["actions"])  # Writable, like a local policy's chunk.
 
   def request(self, request: dict) -> dict:
     """Sends one request, returns its reply; raises RemotePolicyError for an error reply."""
