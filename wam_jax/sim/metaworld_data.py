@@ -304,7 +304,9 @@ def ensure_embedded_dataset(data_cfg, *, num_workers: Optional[int] = None,
   from wam_jax.ablations import protocol  # pylint: disable=g-import-not-at-top
   root = pipeline.resolve_data_dir(data_cfg)
   num_workers = num_workers or min(2, os.cpu_count() or 1)
-  mixture_names = {str(name) for name, _ in data_cfg.mixture}
+  from wam_jax.data import registry  # pylint: disable=g-import-not-at-top
+  mixture = data_cfg.get("mixture", ((DEMOS_NAME, 1.0),))  # bare names and named mixtures too
+  mixture_names = {item.name for item in registry.expand_mixture(mixture)}
   protocol_names = mixture_names & set(protocol.DATASET_NAMES)
   if protocol_names:  # The protocol's datasets (MT10 demos at N, the video pool).
     protocol.ensure_data(root, sorted(protocol_names), num_workers=num_workers, log=log)
