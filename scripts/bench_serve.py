@@ -5,7 +5,7 @@ on loopback (round trip, requests/s with 1 and N clients, with and without batch
 
 Every number is a policy call as the evaluator sees it (checks, resize, tokenization,
 normalization, the function, de-normalization), on one fixed observation after warm-up.
-Server overhead = remote round trip - local StableHLO call, both medians.
+Server overhead: local and remote calls alternated (load drifts cancel), median of the differences.
 """
 
 import json
@@ -26,6 +26,7 @@ _POLICY = flags.DEFINE_string("policy", None, "Exported policy directory.", requ
 _REQUESTS = flags.DEFINE_integer("requests", 300, "Timed calls per measurement (after 20 warm-up calls).")
 _CLIENTS = flags.DEFINE_list("clients", ["1", "8"], "Concurrent client counts for requests/s.")
 _BATCHES = flags.DEFINE_list("max_batch", ["1", "8"], "Server --max_batch settings to measure.")
+_PAIRED_ONLY = flags.DEFINE_bool("paired_only", False, "Only the paired local/remote overhead measurement.")
 _INSTRUCTION = "open the drawer"
 
 
@@ -130,6 +131,27 @@ def _remote(address, obs, clients: int) -> dict:
               mean_batch=round(float(np.mean(batches)), 2))
 
 
+def _paired_overhead(policy_dir, address, obs) -> dict:
+  """Local and remote calls alternated, so machine load drifts cancel: median of (remote - local)."""
+  from wam_jax.export import client, loader  # pylint: disable=g-import-not-at-top
+  local = loader.load(policy_dir)
+  with client.RemotePolicy(address) as remote:
+    for _ in range(20):
+      local(obs, _INSTRUCTION), remote(obs, _INSTRUCTION)
+    pairs = []
+    for _ in range(_REQUESTS.value):
+      t0 = time.perf_counter()
+      local(obs, _INSTRUCTION)
+      t1 = time.perf_counter()
+      remote(obs, _INSTRUCTION)
+      pairs.append((t1 - t0, time.perf_counter() - t1))
+  pairs = 1e3 * np.asarray(pairs)
+  return dict(local_median_ms=round(float(np.median(pairs[:, 0])), 3),
+              remote_median_ms=round(float(np.median(pairs[:, 1])), 3),
+              overhead_median_ms=round(float(np.median(pairs[:, 1] - pairs[:, 0])), 3),
+              overhead_p25_p75_ms=[round(float(q), 3) for q in np.percentile(pairs[:, 1] - pairs[:, 0], [25, 75])])
+
+
 def main(argv):
   del argv
   from wam_jax.export import schema  # pylint: disable=g-import-not-at-top
@@ -138,21 +160,20 @@ def main(argv):
   size = sum(f.stat().st_size for f in pathlib.Path(_POLICY.value).rglob("*") if f.is_file())
   results = dict(policy=_POLICY.value, load_average=os.getloadavg(), artifact_mib=round(size / 2**20, 2),
                  export_seconds=manifest.get("export_seconds"), params=manifest["model"]["num_params"],
-                 local=_local(_POLICY.value, obs), server={})
+                 local={} if _PAIRED_ONLY.value else _local(_POLICY.value, obs), server={})
   print(json.dumps(results["local"], indent=1), flush=True)
   for max_batch in map(int, _BATCHES.value):
     server = _Server(_POLICY.value, max_batch)
     try:
-      for clients in map(int, _CLIENTS.value):
+      if max_batch == 1:
+        results["paired_overhead"] = _paired_overhead(_POLICY.value, server.address, obs)
+        print(f"paired (max_batch=1, 1 client): {json.dumps(results['paired_overhead'])}", flush=True)
+      for clients in ([] if _PAIRED_ONLY.value else map(int, _CLIENTS.value)):
         r = _remote(server.address, obs, clients)
         results["server"][f"max_batch={max_batch} clients={clients}"] = r
         print(f"max_batch={max_batch} clients={clients}: {json.dumps(r)}", flush=True)
     finally:
       server.stop()
-  local_ms = results["local"]["stablehlo"]["median_ms"]
-  one = results["server"].get("max_batch=1 clients=1")
-  if one:
-    results["server_overhead_median_ms"] = round(one["round_trip"]["median_ms"] - local_ms, 3)
   results["load_average_end"] = os.getloadavg()
   print(json.dumps(results, indent=1))
 
