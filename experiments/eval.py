@@ -44,6 +44,9 @@ _CAMERA = flags.DEFINE_string("camera", "corner4", "MetaWorld camera (match trai
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random policy.")
 _SAMPLING_STEPS = flags.DEFINE_integer(
     "sampling_steps", 0, "Sampling steps of a diffusion/flow head (--policy=checkpoint); 0: the checkpoint's config.")
+_SKIP_VIDEO = flags.DEFINE_enum(
+    "skip_video", "", ["", "true", "false"], "video_wam (--policy=checkpoint): read actions in one pass "
+    "(true) or generate the future frames first (false); '': the checkpoint's config.")
 
 
 def policy_factory():
@@ -67,7 +70,8 @@ def policy_factory():
       heads.set_sampling_steps(head_cfg, _SAMPLING_STEPS.value)
     except ValueError as e:
       raise app.UsageError(f"--sampling_steps={_SAMPLING_STEPS.value}: {e}") from None
-  return functools.partial(load_policy, _WORKDIR.value, sampling_steps=_SAMPLING_STEPS.value or None)
+  return functools.partial(load_policy, _WORKDIR.value, sampling_steps=_SAMPLING_STEPS.value or None,
+                           skip_video={"": None, "true": True, "false": False}[_SKIP_VIDEO.value])
 
 
 def _camera_settings() -> dict:

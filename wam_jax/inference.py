@@ -33,13 +33,19 @@ class CheckpointPolicy:
   """
 
   def __init__(self, workdir, step: Optional[int] = None, dataset_name: Optional[str] = None,
-               use_ema: bool = True, seed: int = 0, sampling_steps: Optional[int] = None):
+               use_ema: bool = True, seed: int = 0, sampling_steps: Optional[int] = None,
+               skip_video: Optional[bool] = None):
     workdir = pathlib.Path(workdir)
     ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True)
     assets, step = ckpt.restore_assets(step)
     self.config = ml_collections.ConfigDict(assets["config"])
     if sampling_steps:  # a generative head's steps at inference: same params, no retraining
       heads.set_sampling_steps(self.config.model.head, sampling_steps)
+    if skip_video is not None:  # a world model's two inference paths: same params, no retraining
+      if "skip_video" not in self.config.model.get("policy", {}):
+        raise ValueError(f"skip_video: config.model.name={self.config.model.name!r} has no "
+                         "config.model.policy.skip_video (a video_wam option)")
+      self.config.model.policy.skip_video = bool(skip_video)
     self.normalizer = normalization.Normalizer.from_dict(assets["normalizer"])
     names = list(assets["dataset_names"])
     registry_files.load_all(self.config.data.get("registry_files", ""))  # the run's own entries
@@ -60,6 +66,12 @@ class CheckpointPolicy:
     self.params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
     model = run.model
     self._predict = jax.jit(lambda p, b, r: registry.predict_actions(model, p, b, r))
+    self._predict_frames = None  # families that generate frames (predicted_frame)
+    if hasattr(model, "predict_frames"):
+      self._predict_frames = jax.jit(lambda p, b, r: registry.predict_frames(model, p, b, r))
+    self.future_offset = int(self.data_cfg.future_offset)
+    self._frame_rng = jax.random.fold_in(jax.random.key(seed), 1)  # never touches the action keys
+    self._batch = None
     self._rng = jax.random.key(seed)
     self._frames = collections.deque(maxlen=self.history)
     self.latencies_ms = []
@@ -76,13 +88,22 @@ class CheckpointPolicy:
     self.observe(obs)
     inputs = windows.history_inputs(self._frames, instruction, self.data_cfg, self.normalizer,
                                     self.dataset_name)  # Padded, resized, zero-filled as in training.
-    batch = {k: np.asarray(v)[None] for k, v in inputs.items()}
+    batch = self._batch = {k: np.asarray(v)[None] for k, v in inputs.items()}
     self._rng, rng = jax.random.split(self._rng)
     pred_BKA = np.asarray(self._predict(self.params, batch, rng))
     actions = self.normalizer.denormalize_actions(pred_BKA[0], self.dataset_name)
     actions = actions[:, :self.normalizer.action_dim(self.dataset_name)]
     self.latencies_ms.append(1e3 * (time.perf_counter() - start))
     return actions.astype(np.float32)
+
+  def predicted_frame(self) -> Optional[np.ndarray]:
+    """The frame the model predicts ``future_offset`` steps after its last query, uint8 [S, S, 3]
+    (first camera, data.image_size), or None (a family that does not predict frames, or no query yet)."""
+    if self._predict_frames is None or self._batch is None:
+      return None
+    self._frame_rng, rng = jax.random.split(self._frame_rng)
+    frames = self._predict_frames(self.params, self._batch, rng)
+    return np.asarray(frames[self.data_cfg.cameras[0]])[0, 0]
 
 
 def load_policy(workdir, step: Optional[int] = None, **kwargs) -> CheckpointPolicy:

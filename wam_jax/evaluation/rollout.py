@@ -3,6 +3,7 @@
 import time
 
 import numpy as np
+from PIL import Image
 
 from wam_jax.sim import metaworld as mw
 
@@ -63,12 +64,17 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   Returns {"task", "seed", "success", "length", "latencies_ms", "frozen_fraction",
   "frames" (uint8 [T+1, H, W, 3] if keep_frames else None)}. Raises
   FrozenFramesError if the frames stop changing while the scene moves.
+
+  With ``keep_frames`` and a policy that predicts frames (``predicted_frame()``
+  and ``future_offset``: policy.py), each recorded frame is [real | predicted]
+  side by side, [T+1, H, 2W, 3]: the prediction made ``future_offset`` steps
+  earlier for this step (black where none landed). Asked outside the latency timing.
   """
   instruction = mw.instruction(task)
   executor = ChunkExecutor(execute_steps, temporal_ensemble, ensemble_decay)
   policy.reset()
   raw_obs = mw.reset(env, seed)
-  frames, states, latencies = [], [], []
+  frames, states, latencies, predictions = [], [], [], {}
   success, length = False, 0
   for t in range(max_steps):
     obs = mw.observe(env, raw_obs)
@@ -79,6 +85,10 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
       chunk = np.asarray(policy(obs, instruction))
       latencies.append(1000 * (time.perf_counter() - start))
       executor.add(chunk)
+      if keep_frames and hasattr(policy, "predicted_frame"):
+        predicted = policy.predicted_frame()
+        if predicted is not None:
+          predictions[t + policy.future_offset] = predicted
     elif hasattr(policy, "observe"):
       policy.observe(obs)  # Steps inside a chunk still extend a history-keeping policy's window.
     raw_obs, _, success = mw.step(env, executor.next_action())
@@ -89,6 +99,18 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   frames.append(final["image_primary"])
   states.append(final["env_state"])
   frozen = mw.check_frames_live(np.stack(frames), np.stack(states))
+  if predictions:
+    frames = beside_predictions(np.stack(frames), predictions)
   return {"task": task, "seed": int(seed), "success": bool(success), "length": length,
           "latencies_ms": latencies, "frozen_fraction": frozen,
           "frames": np.stack(frames) if keep_frames else None}
+
+
+def beside_predictions(frames_THWC: np.ndarray, predictions: dict) -> np.ndarray:
+  """[T, H, W, 3] real frames and {step: uint8 [S, S, 3] predicted frame} -> [T, H, 2W, 3]."""
+  t, h, w, _ = frames_THWC.shape
+  right = np.zeros_like(frames_THWC)
+  for step, frame in predictions.items():
+    if step < t:
+      right[step] = np.asarray(Image.fromarray(np.asarray(frame)).resize((w, h), Image.BILINEAR))
+  return np.concatenate([frames_THWC, right], axis=2)

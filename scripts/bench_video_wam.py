@@ -1,0 +1,150 @@
+"""Video WAM throughput: stage-1/stage-2 train steps beside the VLA, and chunk latency per inference path.
+
+  JAX_PLATFORMS=cpu PYTHONPATH=. .venv/bin/python scripts/bench_video_wam.py --steps=10 --rounds=3
+
+* Train: the trainer's own compiled step (``trainer.setup_training``) of each preset
+  on a synthetic batch (tests/fake_batch.py), ms/step, examples/s, FLOPs/step from
+  ``cost_analysis`` and MFU against the cached fp32 matmul peak (the trainer's
+  definition). Cases run in ``--rounds`` interleaved rounds; the best round's
+  median is kept (the machine is shared: read ratios).
+* Inference: jitted ``registry.predict_actions`` at batch 1 with numpy in/out (as
+  ``CheckpointPolicy``), median / p95 over ``--infer_calls``: the VLA tiny,
+  video_wam ``skip_video=True`` (one pass), ``skip_video=False`` with the
+  regression predictor (one pass, queries see the future), and with the flow
+  predictor at each of ``--sampling_steps`` (S generation passes + one readout).
+  All at the tiny presets' width (128) and random init (latency does not depend
+  on training).
+Prints one JSON line and a Markdown table.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per case and round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the best median is kept.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Train batch size.")
+_CALLS = flags.DEFINE_integer("infer_calls", 100, "Timed batch-1 predict_actions calls per case.")
+_SAMPLING = flags.DEFINE_list("sampling_steps", ["1", "2", "4"], "Flow predictor generation steps to time.")
+_TRAIN = flags.DEFINE_list("train_cases", ["vla_baseline.py:tiny", "video_wam.py:pretrain_tiny",
+                                           "video_wam.py:policy_tiny"], "Presets whose train step is timed.")
+
+
+def get_config(spec: str):
+  import importlib
+  module, preset = spec.split(":")
+  config = importlib.import_module(f"experiments.configs.{module[:-3]}").get_config(preset)
+  config.train.init_from = ""
+  return config
+
+
+def num_datasets(config) -> int:
+  return len(config.data.mixture)
+
+
+class TrainCase:
+  def __init__(self, spec):
+    import jax
+    from tests.fake_batch import make_batch
+    from wam_jax.training import metrics, sharding, trainer
+    self.name = spec
+    config = get_config(spec)
+    config.train.batch_size = _BATCH.value
+    spec_b = trainer.abstract_batch(config.data, _BATCH.value)
+    self.run = trainer.setup_training(config, sharding.make_mesh((1, 1, 1), jax.devices()[:1]), spec_b,
+                                      num_datasets=num_datasets(config))
+    self.step = self.run.train_step.lower(self.run.abstract_state, spec_b).compile()
+    self.flops = metrics.compiled_flops(self.step, 1)
+    self.state = self.run.init_state(jax.random.key(0))
+    batch = make_batch(config, _BATCH.value, num_datasets=num_datasets(config))
+    self.batch = trainer._device_batch(batch, self.run.batch_shardings)
+    for _ in range(2):
+      self.once()
+
+  def once(self):
+    import jax
+    self.state, m = self.step(self.state, self.batch)
+    jax.block_until_ready(m["loss"])
+
+  def time_round(self) -> float:
+    times = []
+    for _ in range(_STEPS.value):
+      start = time.perf_counter()
+      self.once()
+      times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def latency(spec, calls, **model_overrides):
+  """Median and p95 ms of a batch-1 chunk (numpy in, numpy out)."""
+  import jax
+  import numpy as np
+  from tests.fake_batch import make_batch
+  from wam_jax.models import registry
+  from wam_jax.training import sharding, trainer
+  config = get_config(spec)
+  for key, value in model_overrides.items():
+    section, field = key.split(".")
+    config.model[section][field] = value
+  run = trainer.setup_training(config, sharding.make_mesh((1, 1, 1), jax.devices()[:1]),
+                               trainer.abstract_batch(config.data, 1), num_datasets=num_datasets(config))
+  params = run.init_state(jax.random.key(0)).params
+  predict = jax.jit(lambda p, b, r: registry.predict_actions(run.model, p, b, r))
+  batch = {k: v[:1] for k, v in make_batch(config, 2).items()
+           if not k.startswith("future") and k not in ("actions", "action_mask", "step")}
+  rng = jax.random.key(1)
+  for _ in range(5):
+    np.asarray(predict(params, batch, rng))
+  times = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    np.asarray(predict(params, batch, rng))
+    times.append(1e3 * (time.perf_counter() - start))
+  times.sort()
+  return statistics.median(times), times[min(len(times) - 1, int(0.95 * (len(times) - 1)))]
+
+
+def main(argv):
+  del argv
+  from wam_jax.training import peak
+  result = {"argv": sys.argv[1:], "load_start": [round(x, 2) for x in os.getloadavg()]}
+  peak_flops = 1e9 * peak.matmul_peak_gflops("float32")
+  cases = [TrainCase(spec) for spec in _TRAIN.value]
+  best = {c.name: float("inf") for c in cases}
+  for _ in range(_ROUNDS.value):
+    for c in cases:
+      best[c.name] = min(best[c.name], c.time_round())
+  result["train"] = {c.name: {"ms_per_step": round(1e3 * best[c.name], 1),
+                              "examples_per_s": round(_BATCH.value / best[c.name], 1),
+                              "gflops_per_step": round(c.flops / 1e9, 2),
+                              "mfu": round(c.flops / best[c.name] / peak_flops, 4)} for c in cases}
+  infer = {"vla tiny": latency("vla_baseline.py:tiny", _CALLS.value),
+           "video_wam skip_video": latency("video_wam.py:policy_tiny", _CALLS.value),
+           "video_wam generate (regression)": latency("video_wam.py:policy_tiny", _CALLS.value,
+                                                      **{"policy.skip_video": False})}
+  for s in _SAMPLING.value:
+    infer[f"video_wam generate (flow, {s} steps)"] = latency(
+        "video_wam.py:policy_tiny", _CALLS.value, **{"policy.skip_video": False, "video.objective": "flow",
+                                                     "video.num_sampling_steps": int(s)})
+  result["inference_ms"] = {k: {"median": round(m, 2), "p95": round(p, 2)} for k, (m, p) in infer.items()}
+  result["load_end"] = [round(x, 2) for x in os.getloadavg()]
+  result["peak_gflops_fp32_cached"] = round(peak_flops / 1e9, 1)
+  print(json.dumps(result))
+  print("\n| train case (batch %d) | ms/step | ex/s | GFLOP/step | MFU |\n|---|---|---|---|---|" % _BATCH.value)
+  for name, r in result["train"].items():
+    print(f"| {name} | {r['ms_per_step']} | {r['examples_per_s']} | {r['gflops_per_step']} | {100 * r['mfu']:.1f}% |")
+  vla = result["inference_ms"]["vla tiny"]["median"]
+  print("\n| inference, batch 1 | median ms | p95 ms | / VLA |\n|---|---|---|---|")
+  for name, r in result["inference_ms"].items():
+    print(f"| {name} | {r['median']} | {r['p95']} | {r['median'] / vla:.2f}x |")
+
+
+if __name__ == "__main__":
+  app.run(main)
