@@ -45,8 +45,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random policy.")
 _SAMPLING_STEPS = flags.DEFINE_integer(
     "sampling_steps", 0, "Sampling steps of a diffusion/flow head (--policy=checkpoint); 0: the checkpoint's config.")
 _SKIP_VIDEO = flags.DEFINE_enum(
-    "skip_video", "", ["", "true", "false"], "video_wam (--policy=checkpoint): read actions in one pass "
+    "skip_video", "", ["", "true", "false"], "video_wam/joint_wam (--policy=checkpoint): read actions in one pass "
     "(true) or generate the future frames first (false); '': the checkpoint's config.")
+_CONSISTENCY = flags.DEFINE_bool(
+    "consistency", True, "For a policy that predicts frames: PSNR/MSE of the predicted t+k frame of each "
+    "executed chunk against the simulator's frame at t+k, per task and along the episode.")
 
 
 def policy_factory():
@@ -107,7 +110,7 @@ def main(argv):
       policy_factory(), tasks, _EPISODES.value, seed_offset=_SEED_OFFSET.value,
       max_steps=_MAX_STEPS.value, execute_steps=_EXECUTE.value, temporal_ensemble=_ENSEMBLE.value,
       num_workers=_WORKERS.value, out_dir=out, num_videos=_VIDEOS.value,
-      **_camera_settings(), policy_name=f"{_POLICY.value} {_source()}".strip())
+      **_camera_settings(), policy_name=f"{_POLICY.value} {_source()}".strip(), consistency=_CONSISTENCY.value)
 
 
 def _source() -> str:

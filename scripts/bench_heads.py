@@ -1,6 +1,6 @@
 r"""Action heads on one preset: train-step time relative to L1, and chunk latency vs sampling steps.
 
-  JAX_PLATFORMS=cpu PYTHONPATH=. .venv/bin/python scripts/bench_heads.py \
+  JAX_PLATFORMS=cpu .venv/bin/python scripts/bench_heads.py \
       --config=experiments/configs/vla_baseline.py:tiny --heads=l1,diffusion,flow,discrete,discrete_ar \
       --sampling_steps=1,5,10,50 --steps=10 --rounds=3 --infer_calls=100
 
@@ -57,7 +57,7 @@ def head_config(config, head: str, sampling_steps: int = 0):
 
 def main(argv):
   del argv
-  from tests.fake_batch import make_batch
+  from wam_jax.data.fake_batch import make_batch
   from wam_jax.models import heads
   import jax
 

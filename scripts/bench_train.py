@@ -1,12 +1,12 @@
 """Train-step throughput and MFU of a config on CPU, inference latency, and the PyTorch yardstick.
 
-  PYTHONPATH=. .venv/bin/python scripts/bench_train.py \
+  .venv/bin/python scripts/bench_train.py \
       --config=experiments/configs/vla_baseline.py:tiny --batch_size=64 --steps=20 \
       --compute_dtypes=float32,bfloat16 --torch=True --devices=1
 
 * JAX: the trainer's own step (``trainer.setup_training``: forward + backward +
   clipping + AdamW), compiled ahead of time for a (devices, 1, 1) mesh, run on
-  a synthetic batch (tests/fake_batch.py). FLOPs/step from the compiled step's
+  a synthetic batch (wam_jax/data/fake_batch.py). FLOPs/step from the compiled step's
   ``cost_analysis()`` (the trainer's MFU definition); MFU against the CPU fp32
   matmul peak (the cached one the trainer uses, and one re-measured now).
 * Inference: jitted ``registry.predict_actions`` at batch 1, numpy inputs each
@@ -183,7 +183,7 @@ def main(argv):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_DEVICES.value}").strip()
   import jax
-  from tests.fake_batch import make_batch
+  from wam_jax.data.fake_batch import make_batch
   from wam_jax.training import peak
 
   config = _CONFIG.value

@@ -1,9 +1,9 @@
 """Video WAM throughput: stage-1/stage-2 train steps beside the VLA, and chunk latency per inference path.
 
-  JAX_PLATFORMS=cpu PYTHONPATH=. .venv/bin/python scripts/bench_video_wam.py --steps=10 --rounds=3
+  JAX_PLATFORMS=cpu .venv/bin/python scripts/bench_video_wam.py --steps=10 --rounds=3
 
 * Train: the trainer's own compiled step (``trainer.setup_training``) of each preset
-  on a synthetic batch (tests/fake_batch.py), ms/step, examples/s, FLOPs/step from
+  on a synthetic batch (wam_jax/data/fake_batch.py), ms/step, examples/s, FLOPs/step from
   ``cost_analysis`` and MFU against the cached fp32 matmul peak (the trainer's
   definition). Cases run in ``--rounds`` interleaved rounds; the best round's
   median is kept (the machine is shared: read ratios).
@@ -52,7 +52,7 @@ def num_datasets(config) -> int:
 class TrainCase:
   def __init__(self, spec):
     import jax
-    from tests.fake_batch import make_batch
+    from wam_jax.data.fake_batch import make_batch
     from wam_jax.training import metrics, sharding, trainer
     self.name = spec
     config = get_config(spec)
@@ -86,7 +86,7 @@ def latency(spec, calls, **model_overrides):
   """Median and p95 ms of a batch-1 chunk (numpy in, numpy out)."""
   import jax
   import numpy as np
-  from tests.fake_batch import make_batch
+  from wam_jax.data.fake_batch import make_batch
   from wam_jax.models import registry
   from wam_jax.training import sharding, trainer
   config = get_config(spec)

@@ -181,7 +181,7 @@ def make_train_step(model, opt, clip_norm: float, autocast_dtype=None, loss_fn=N
 
 
 def to_torch(batch: dict) -> dict:
-  """numpy batch (tests/fake_batch.py or the data pipeline) -> torch tensors, shared memory."""
+  """numpy batch (wam_jax/data/fake_batch.py or the data pipeline) -> torch tensors, shared memory."""
   return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
 
 

@@ -42,10 +42,11 @@ class CheckpointPolicy:
     if sampling_steps:  # a generative head's steps at inference: same params, no retraining
       heads.set_sampling_steps(self.config.model.head, sampling_steps)
     if skip_video is not None:  # a world model's two inference paths: same params, no retraining
-      if "skip_video" not in self.config.model.get("policy", {}):
-        raise ValueError(f"skip_video: config.model.name={self.config.model.name!r} has no "
-                         "config.model.policy.skip_video (a video_wam option)")
-      self.config.model.policy.skip_video = bool(skip_video)
+      owner = self.config.model.get("policy", self.config.model)  # video_wam: model.policy; joint_wam: model
+      if "skip_video" not in owner:
+        raise ValueError(f"skip_video: config.model.name={self.config.model.name!r} has no skip_video field "
+                         "(config.model.policy.skip_video of video_wam, config.model.skip_video of joint_wam)")
+      owner.skip_video = bool(skip_video)
     self.normalizer = normalization.Normalizer.from_dict(assets["normalizer"])
     names = list(assets["dataset_names"])
     registry_files.load_all(self.config.data.get("registry_files", ""))  # the run's own entries
@@ -88,9 +89,11 @@ class CheckpointPolicy:
     self.observe(obs)
     inputs = windows.history_inputs(self._frames, instruction, self.data_cfg, self.normalizer,
                                     self.dataset_name)  # Padded, resized, zero-filled as in training.
-    batch = self._batch = {k: np.asarray(v)[None] for k, v in inputs.items()}
+    batch = {k: np.asarray(v)[None] for k, v in inputs.items()}
     self._rng, rng = jax.random.split(self._rng)
     pred_BKA = np.asarray(self._predict(self.params, batch, rng))
+    # predicted_frame() reads this: a forward-dynamics model predicts the outcome of this chunk.
+    self._batch = dict(batch, actions=pred_BKA, action_mask=np.ones(pred_BKA.shape[:2], bool))
     actions = self.normalizer.denormalize_actions(pred_BKA[0], self.dataset_name)
     actions = actions[:, :self.normalizer.action_dim(self.dataset_name)]
     self.latencies_ms.append(1e3 * (time.perf_counter() - start))

@@ -155,3 +155,46 @@ def test_eval_renders_at_the_training_recipe_resolution():
   for frame, inputs in policy.inputs:
     assert frame.shape == (64, 64, 3)
     np.testing.assert_array_equal(inputs["image_primary"][-1], rlds.resize_frames(frame[None], 128)[0])
+
+
+class _CopyLastPredictor:
+  """Predicts that the frame ``future_offset`` steps after each query is the query's own frame."""
+  future_offset = 4
+
+  def reset(self):
+    self.last = None
+
+  def __call__(self, obs, instruction):
+    self.last = obs["image_primary"]
+    return np.zeros((8, 4), np.float32)
+
+  def predicted_frame(self):
+    from PIL import Image
+    return np.asarray(Image.fromarray(self.last).resize((16, 16), Image.BILINEAR))
+
+
+def test_prediction_errors_compare_each_prediction_with_the_real_frame_of_its_step():
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+  errors = rollout.prediction_errors(frames, {1: frames[1], 3: frames[0], 9: frames[2]})
+  assert [e[0] for e in errors] == [1, 3]  # step 9 lies past the episode's end
+  assert errors[0][2] == 0.0
+  expected = np.mean((frames[0].astype(np.float32) / 255 - frames[3].astype(np.float32) / 255) ** 2)
+  np.testing.assert_allclose(errors[1][2], expected, rtol=1e-5)
+  np.testing.assert_allclose(errors[1][1], 10 * np.log10(1 / expected), rtol=1e-5)
+
+
+def test_rollout_consistency_scores_the_frame_predicted_for_query_plus_offset():
+  from PIL import Image
+  from wam_jax.sim import metaworld as mw
+  env = mw.cached_env("drawer-close-v3", 32)
+  ep = rollout.run_episode(env, _CopyLastPredictor(), "drawer-close-v3", 0, max_steps=12, execute_steps=4,
+                           keep_frames=True, consistency=True)
+  real = ep["frames"][:, :, :32]  # [real | predicted] side by side
+  assert [e[0] for e in ep["consistency"]] == [4, 8, 12]
+  for step, _, mse in ep["consistency"]:
+    small = lambda f: np.asarray(Image.fromarray(f).resize((16, 16), Image.BILINEAR), np.float32) / 255
+    np.testing.assert_allclose(mse, np.mean((small(real[step - 4]) - small(real[step])) ** 2), rtol=1e-5)
+  summary = evaluate_lib.consistency_summary([ep], ["drawer-close-v3"], bin_steps=8)
+  assert summary["mean"]["frames"] == 3 and list(summary["along_episode"]) == ["0-7", "8-15"]
+  assert summary["along_episode"]["8-15"]["frames"] == 2

@@ -7,7 +7,7 @@ import pytest
 
 from experiments.configs import frame_autoencoder as ae_config
 from experiments.configs import video_wam
-from tests.fake_batch import make_batch
+from wam_jax.data.fake_batch import make_batch
 from wam_jax.models import frame_metrics
 from wam_jax.models.frame_autoencoder import FrameAutoencoder
 from wam_jax.training import sharding, trainer

@@ -344,7 +344,7 @@ def test_programmatic_unknown_sub_field_is_named():
 @pytest.mark.parametrize("name", ["diffusion", "flow", "discrete"])
 def test_vla_family_trains_and_samples_with_the_head(name):
   from experiments.configs import vla_baseline
-  from tests.fake_batch import make_batch
+  from wam_jax.data.fake_batch import make_batch
   config = vla_baseline.get_config("tiny")
   config.model.update(width=32, depth=1, num_heads=2, mlp_dim=64)
   config.model.head.name = name

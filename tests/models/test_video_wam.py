@@ -8,7 +8,7 @@ import pytest
 
 from experiments.configs import video_wam
 from tests.data.synthetic import syn_data_dir  # noqa: F401  (fixture)
-from tests.fake_batch import make_batch
+from wam_jax.data.fake_batch import make_batch
 from wam_jax.models import registry
 from wam_jax.models import video_predictor as vp
 from wam_jax.training import checkpoint as ckpt_lib

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from experiments.configs import vla_baseline  # noqa: E402
-from tests.fake_batch import make_batch  # noqa: E402
+from wam_jax.data.fake_batch import make_batch  # noqa: E402
 from wam_jax.training import metrics, sharding, trainer  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "scripts"))

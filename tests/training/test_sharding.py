@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import vla_baseline
-from tests.fake_batch import make_batch
+from wam_jax.data.fake_batch import make_batch
 from wam_jax.training import sharding, trainer
 
 

@@ -68,7 +68,7 @@ def test_run_writes_metrics_config_and_checkpoints(reference_run):
 
 
 def test_input_summaries_show_history_then_future():
-  from tests.fake_batch import make_batch
+  from wam_jax.data.fake_batch import make_batch
   cfg = tiny_config(pathlib.Path("/unused"))
   batch = make_batch(cfg, 8)
   img = trainer.input_summaries(batch, ("primary",))["inputs/primary"]

@@ -40,6 +40,7 @@ def evaluate(policy_factory: Callable[[], object], tasks, episodes_per_task: int
              temporal_ensemble: bool = False, ensemble_decay: float = 0.01, num_workers: int = 1,
              out_dir=None, num_videos: int = 2, resolution: int = 64,
              camera: str = mw.DEFAULT_CAMERA, policy_name: Optional[str] = None,
+             consistency: bool = True,
              log: Callable[[str], None] = print) -> dict:
   """Evaluates a policy closed-loop; returns the results dict (also written to out_dir).
 
@@ -52,12 +53,16 @@ def evaluate(policy_factory: Callable[[], object], tasks, episodes_per_task: int
     execute_steps: actions executed per predicted chunk (no ensembling).
     temporal_ensemble: query every step, average overlapping predictions (ACT).
     num_videos: episodes per task saved as GIF and in the contact sheet.
+    consistency: for a policy that predicts frames (``predicted_frame``), compare the
+      frame predicted for t+k at each query with the simulator's frame at t+k
+      (``rollout.prediction_errors``): PSNR/MSE per task and along the episode.
   """
   tasks = mw.parse_tasks(tasks)
   if max_steps > mw.MAX_ENV_STEPS:
     raise ValueError(f"max_steps {max_steps} > MetaWorld's limit {mw.MAX_ENV_STEPS}")
   rollout_kwargs = dict(max_steps=max_steps, execute_steps=execute_steps,
-                        temporal_ensemble=temporal_ensemble, ensemble_decay=ensemble_decay)
+                        temporal_ensemble=temporal_ensemble, ensemble_decay=ensemble_decay,
+                        consistency=consistency)
   name = policy_name or _describe(policy_factory)
   log(f"[eval] {name}: {len(tasks)} tasks x {episodes_per_task} episodes, {num_workers} worker(s)")
   start = last_log = time.time()
@@ -97,7 +102,7 @@ def _summarize(episodes, tasks, name, seconds, settings) -> dict:
   wins = sum(e["success"] for e in episodes)
   lo, hi = metrics.wilson_interval(wins, len(episodes))
   latencies = [x for e in episodes for x in e["latencies_ms"]]
-  return {
+  summary = {
       "policy": name,
       "tasks": per_task,
       "mean": {  # Mean over tasks; the interval pools every episode.
@@ -111,6 +116,27 @@ def _summarize(episodes, tasks, name, seconds, settings) -> dict:
       "settings": settings,
       "episodes": [{k: e[k] for k in ("task", "seed", "success", "length", "frozen_fraction")}
                    for e in episodes],
+  }
+  if any(e.get("consistency") for e in episodes):
+    summary["consistency"] = consistency_summary(episodes, tasks)
+  return summary
+
+
+def consistency_summary(episodes, tasks, bin_steps: int = 40) -> dict:
+  """Predicted-vs-real frame errors (``rollout.prediction_errors``) per task and along the
+  episode (steps binned by ``bin_steps``, all tasks pooled), each with its count."""
+  def stats(rows):
+    rows = np.asarray(rows, np.float64).reshape(-1, 3)
+    return {"psnr_db": float(rows[:, 1].mean()) if len(rows) else float("nan"),
+            "mse": float(rows[:, 2].mean()) if len(rows) else float("nan"), "frames": len(rows)}
+  rows = [r for e in episodes for r in e.get("consistency", [])]
+  by_bin = {}
+  for r in rows:
+    by_bin.setdefault(int(r[0]) // bin_steps, []).append(r)
+  return {
+      "tasks": {t: stats([r for e in episodes if e["task"] == t for r in e.get("consistency", [])]) for t in tasks},
+      "mean": stats(rows),
+      "along_episode": {f"{b * bin_steps}-{(b + 1) * bin_steps - 1}": stats(by_bin[b]) for b in sorted(by_bin)},
   }
 
 

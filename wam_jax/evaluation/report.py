@@ -44,6 +44,16 @@ def markdown_table(results: dict) -> str:
             f"{s['num_workers']} worker(s)). Seeds from {s['seed_offset']}, max {s['max_steps']} steps, "
             f"execute {s['execute_steps']} per chunk, temporal ensemble {s['temporal_ensemble']}, "
             f"{s['resolution']}px {s['camera']}.", ""]
+  if "consistency" in results:
+    c = results["consistency"]
+    lines += ["## Rollout consistency: the predicted t+k frame of each chunk vs the simulator's frame at t+k", "",
+              "| task | PSNR (dB) | MSE | frames |", "|---|---|---|---|"]
+    for task, r in list(c["tasks"].items()) + [("**mean**", c["mean"])]:
+      lines.append(f"| {task} | {r['psnr_db']:.2f} | {r['mse']:.4f} | {r['frames']} |")
+    lines += ["", "| episode steps | PSNR (dB) | MSE | frames |", "|---|---|---|---|"]
+    for steps, r in c["along_episode"].items():
+      lines.append(f"| {steps} | {r['psnr_db']:.2f} | {r['mse']:.4f} | {r['frames']} |")
+    lines.append("")
   return "\n".join(lines)
 
 

@@ -58,17 +58,21 @@ class ChunkExecutor:
 
 def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, execute_steps: int = 1,
                 temporal_ensemble: bool = False, ensemble_decay: float = 0.01,
-                keep_frames: bool = False) -> dict:
+                keep_frames: bool = False, consistency: bool = False) -> dict:
   """Runs one seeded episode until success or ``max_steps``.
 
   Returns {"task", "seed", "success", "length", "latencies_ms", "frozen_fraction",
-  "frames" (uint8 [T+1, H, W, 3] if keep_frames else None)}. Raises
+  "frames" (uint8 [T+1, H, W, 3] if keep_frames else None), "consistency"}. Raises
   FrozenFramesError if the frames stop changing while the scene moves.
 
   With ``keep_frames`` and a policy that predicts frames (``predicted_frame()``
   and ``future_offset``: policy.py), each recorded frame is [real | predicted]
   side by side, [T+1, H, 2W, 3]: the prediction made ``future_offset`` steps
   earlier for this step (black where none landed). Asked outside the latency timing.
+
+  With ``consistency`` and such a policy, "consistency" lists [step, psnr_db, mse] per
+  executed chunk: the frame predicted at the query for ``step`` = query + future_offset
+  against the frame the simulator shows at that step (``prediction_errors``); else [].
   """
   instruction = mw.instruction(task)
   executor = ChunkExecutor(execute_steps, temporal_ensemble, ensemble_decay)
@@ -85,7 +89,7 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
       chunk = np.asarray(policy(obs, instruction))
       latencies.append(1000 * (time.perf_counter() - start))
       executor.add(chunk)
-      if keep_frames and hasattr(policy, "predicted_frame"):
+      if (keep_frames or consistency) and hasattr(policy, "predicted_frame"):
         predicted = policy.predicted_frame()
         if predicted is not None:
           predictions[t + policy.future_offset] = predicted
@@ -99,11 +103,28 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   frames.append(final["image_primary"])
   states.append(final["env_state"])
   frozen = mw.check_frames_live(np.stack(frames), np.stack(states))
-  if predictions:
+  errors = prediction_errors(np.stack(frames), predictions) if consistency else []
+  if predictions and keep_frames:
     frames = beside_predictions(np.stack(frames), predictions)
   return {"task": task, "seed": int(seed), "success": bool(success), "length": length,
           "latencies_ms": latencies, "frozen_fraction": frozen,
-          "frames": np.stack(frames) if keep_frames else None}
+          "frames": np.stack(frames) if keep_frames else None, "consistency": errors}
+
+
+def prediction_errors(frames_THWC: np.ndarray, predictions: dict) -> list:
+  """[[step, PSNR dB, MSE in [0, 1] units], ...] of each {step: uint8 [S, S, 3] prediction}
+  against the real frame of that step resized to S x S (the model's resolution, with the
+  resize the model's inputs get); steps past the episode's end are skipped."""
+  out = []
+  for step, pred in sorted(predictions.items()):
+    if step >= len(frames_THWC):
+      continue
+    pred = np.asarray(pred, np.float32) / 255.0
+    real = np.asarray(Image.fromarray(frames_THWC[step]).resize(pred.shape[1::-1], Image.BILINEAR),
+                      np.float32) / 255.0
+    mse = float(np.mean((pred - real) ** 2))
+    out.append([int(step), float(10 * np.log10(1.0 / max(mse, 1e-10))), mse])
+  return out
 
 
 def beside_predictions(frames_THWC: np.ndarray, predictions: dict) -> np.ndarray:

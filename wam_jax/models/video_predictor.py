@@ -7,7 +7,8 @@ with a block attention mask:
   --------  -----------------------------------------------  -----------------------------------
   context   C*T*N history-frame tokens + the caller's         context
             context tokens (proprio, instruction, dataset id)
-  actions   K action tokens (forward-dynamics mode only)      context, actions
+  actions   K action tokens (forward-dynamics mode only)      context, actions (+ future where
+                                                             actions_see_future: joint denoising)
   future    C*F*N tokens of the frames at t+k, .., t+F*k      context, actions, future
   queries   Q readout tokens (a policy's action queries)      context; future where see_future[b]
 
@@ -85,13 +86,16 @@ def tokens_to_frames(tokens_BTNP, *, representation: str, patch: int, image_size
   return frames.reshape((b, t) + frames.shape[1:])
 
 
-def segment_mask(kinds_N: np.ndarray, key_mask_BN, see_future_B=None):
+def segment_mask(kinds_N: np.ndarray, key_mask_BN, see_future_B=None, actions_see_future: bool = False):
   """[B, N, N] attention mask of a token sequence whose segment kinds are ``kinds_N``.
 
   ``key_mask_BN`` drops padded keys; ``see_future_B`` (bool [B] or None = False)
-  opens the queries -> future block per example.
+  opens the queries -> future block per example; ``actions_see_future`` opens the
+  actions -> future block (joint denoising of both, ``families/joint_wam.py``).
   """
-  static = _SEES[kinds_N[:, None], kinds_N[None, :]]
+  sees = _SEES.copy()
+  sees[ACTIONS, FUTURE] = actions_see_future
+  static = sees[kinds_N[:, None], kinds_N[None, :]]
   mask = jnp.broadcast_to(jnp.asarray(static)[None], (key_mask_BN.shape[0],) + static.shape)
   if see_future_B is not None:
     opens = jnp.asarray((kinds_N[:, None] == QUERIES) & (kinds_N[None, :] == FUTURE))
@@ -134,20 +138,25 @@ class VideoPredictor(nn.Module):
   action_conditioned: bool = False
   action_horizon: int = 0
   action_dim: int = 0
+  actions_see_future: bool = False  # joint (UWM) denoising: action tokens attend to the future too
   dropout: float = 0.0
   dot_general: layers.DotGeneral = None
 
   @nn.compact
   def __call__(self, history_BCTNP, history_mask_BT, context_BSD, context_mask_BS, *,
-               future_BCFNP=None, tau_B=None, actions_BKA=None, action_mask_BK=None,
-               queries_BQD=None, see_future_B=None, with_future: bool = True, train: bool = False):
-    """Returns (predicted deltas [B, C, F, N, P] or None, query outputs [B, Q, D] or None).
+               future_BCFNP=None, tau_B=None, actions_BKA=None, action_mask_BK=None, action_tau_B=None,
+               queries_BQD=None, see_future_B=None, with_future: bool = True, train: bool = False,
+               return_action_features: bool = False):
+    """Returns (predicted deltas [B, C, F, N, P] or None, query outputs [B, Q, D] or None), and the
+    action tokens' outputs [B, K, D] third if ``return_action_features``.
 
     history_BCTNP: history-frame tokens; history_mask_BT: False for padding.
     context_BSD/context_mask_BS: the caller's other context tokens.
     future_BCFNP, tau_B: the noisy delta tokens x_tau and their time (flow only).
     actions_BKA, action_mask_BK: the chunk a forward-dynamics model conditions on
       (action_conditioned only; action-free rows have an all-False mask).
+    action_tau_B: the noise time [B] of actions_BKA when they are noisy (joint
+      denoising); None: clean actions, no time embedding.
     queries_BQD, see_future_B: readout tokens and, per example, whether they see
       the future segment. with_future=False leaves the future segment out.
     """
@@ -175,6 +184,12 @@ class VideoPredictor(nn.Module):
       chex.assert_shape(actions_BKA, (b, self.action_horizon, self.action_dim))
       act = layers.logical_dense(d, ("action", "embed"), dot_general=dg, name="action_in")(actions_BKA)
       act = act + layers.learned_embedding(self, "action_time", (self.action_horizon, d), ("time", "embed"))
+      if action_tau_B is not None:
+        chex.assert_shape(action_tau_B, (b,))
+        tau_a = layers.logical_dense(self.mlp_dim, (None, "mlp"), dot_general=dg, name="action_tau_in")(
+            timestep_embedding(action_tau_B, d))
+        act = act + layers.logical_dense(d, ("mlp", "embed"), dot_general=dg, name="action_tau_out")(
+            nn.silu(tau_a))[:, None]
       tokens.append(act)
       masks.append(action_mask_BK)
       kinds += [ACTIONS] * self.action_horizon
@@ -203,7 +218,7 @@ class VideoPredictor(nn.Module):
 
     x = jnp.concatenate(tokens, axis=1)
     mask = segment_mask(np.asarray(kinds), jnp.concatenate(masks, axis=1),
-                        see_future_B if with_future else None)
+                        see_future_B if with_future else None, self.actions_see_future)
     x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, self.dropout, dg, name="transformer")(
         x, mask, train=train)
 
@@ -216,6 +231,9 @@ class VideoPredictor(nn.Module):
       future_out = out.reshape(b, c, f, n, p)
     if queries_BQD is not None:
       queries_out = x[:, len(kinds) - queries_BQD.shape[1]:]
+    if return_action_features:
+      start = int(np.argmax(kinds == ACTIONS))
+      return future_out, queries_out, x[:, start:start + self.action_horizon]
     return future_out, queries_out
 
 

@@ -140,6 +140,12 @@ class DenoisingHead(nn.Module):
     raise NotImplementedError
 
   # -- shared -------------------------------------------------------------------
+  def denoise(self, x_t_BKA, tau_B, readout_BKD):
+    """One net call [B, K, A] with its own readout [B, K, D]: for a backbone that itself sees
+    x_t and re-reads it every step (``families/joint_wam.py``, decoupled mode)."""
+    self.check_shapes(readout_BKD)
+    return self.net(x_t_BKA, tau_B, self.net.condition(readout_BKD))
+
   def check_shapes(self, readout_BKD, actions_BKA=None, mask_BKA=None):
     chex.assert_rank(readout_BKD, 3)
     b = readout_BKD.shape[0]

@@ -1,4 +1,4 @@
-"""Synthetic batches that follow wam_jax/data/batch.py, for model and trainer tests."""
+"""Synthetic batches that follow wam_jax/data/batch.py: shared by the tests and the benchmarks (scripts/bench_*.py)."""
 
 import numpy as np
 
