@@ -176,9 +176,10 @@ class _CopyLastPredictor:
 def test_prediction_errors_compare_each_prediction_with_the_real_frame_of_its_step():
   rng = np.random.default_rng(0)
   frames = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
-  errors = rollout.prediction_errors(frames, {1: frames[1], 3: frames[0], 9: frames[2]})
+  errors = rollout.prediction_errors(frames, {1: frames[1], 3: frames[0], 9: frames[2]}, offset=3)
   assert [e[0] for e in errors] == [1, 3]  # step 9 lies past the episode's end
   assert errors[0][2] == 0.0
+  assert errors[1][3:] == errors[1][1:3]  # the prediction for 3 was frame 0: the copy guess
   expected = np.mean((frames[0].astype(np.float32) / 255 - frames[3].astype(np.float32) / 255) ** 2)
   np.testing.assert_allclose(errors[1][2], expected, rtol=1e-5)
   np.testing.assert_allclose(errors[1][1], 10 * np.log10(1 / expected), rtol=1e-5)
@@ -192,9 +193,10 @@ def test_rollout_consistency_scores_the_frame_predicted_for_query_plus_offset():
                            keep_frames=True, consistency=True)
   real = ep["frames"][:, :, :32]  # [real | predicted] side by side
   assert [e[0] for e in ep["consistency"]] == [4, 8, 12]
-  for step, _, mse in ep["consistency"]:
+  for step, _, mse, _, copy_mse in ep["consistency"]:
     small = lambda f: np.asarray(Image.fromarray(f).resize((16, 16), Image.BILINEAR), np.float32) / 255
     np.testing.assert_allclose(mse, np.mean((small(real[step - 4]) - small(real[step])) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(copy_mse, mse, rtol=1e-5)  # this policy predicts the copy
   summary = evaluate_lib.consistency_summary([ep], ["drawer-close-v3"], bin_steps=8)
   assert summary["mean"]["frames"] == 3 and list(summary["along_episode"]) == ["0-7", "8-15"]
   assert summary["along_episode"]["8-15"]["frames"] == 2

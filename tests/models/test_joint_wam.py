@@ -188,7 +188,7 @@ def test_inverse_dynamics_recovers_the_action_of_a_linear_system_from_clean_fram
   # Clean frames (tau_v = 0) in 40% of the rows, so the inverse-dynamics mode is trained often.
   cfg.model.update(width=64, num_heads=4, mlp_dim=128, patch_size=4, endpoint_prob=0.8)
   cfg.data.update(image_size=16)
-  cfg.train.update(steps=400, warmup_steps=20, learning_rate=2e-3, batch_size=32)
+  cfg.train.update(steps=1000, warmup_steps=20, learning_rate=2e-3, batch_size=32)
   run = setup(cfg)
   state = run.init_state(jax.random.key(0))
   for i in range(cfg.train.steps):

@@ -124,11 +124,12 @@ def _summarize(episodes, tasks, name, seconds, settings) -> dict:
 
 def consistency_summary(episodes, tasks, bin_steps: int = 40) -> dict:
   """Predicted-vs-real frame errors (``rollout.prediction_errors``) per task and along the
-  episode (steps binned by ``bin_steps``, all tasks pooled), each with its count."""
+  episode (steps binned by ``bin_steps``, all tasks pooled), each with its count, beside the
+  copy-the-last-frame guess; PSNR is the mean of per-frame PSNRs."""
   def stats(rows):
-    rows = np.asarray(rows, np.float64).reshape(-1, 3)
-    return {"psnr_db": float(rows[:, 1].mean()) if len(rows) else float("nan"),
-            "mse": float(rows[:, 2].mean()) if len(rows) else float("nan"), "frames": len(rows)}
+    rows = np.asarray(rows, np.float64).reshape(-1, 5)
+    mean = lambda i: float(rows[:, i].mean()) if len(rows) else float("nan")
+    return {"psnr_db": mean(1), "mse": mean(2), "copy_psnr_db": mean(3), "copy_mse": mean(4), "frames": len(rows)}
   rows = [r for e in episodes for r in e.get("consistency", [])]
   by_bin = {}
   for r in rows:

@@ -70,9 +70,10 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   side by side, [T+1, H, 2W, 3]: the prediction made ``future_offset`` steps
   earlier for this step (black where none landed). Asked outside the latency timing.
 
-  With ``consistency`` and such a policy, "consistency" lists [step, psnr_db, mse] per
-  executed chunk: the frame predicted at the query for ``step`` = query + future_offset
-  against the frame the simulator shows at that step (``prediction_errors``); else [].
+  With ``consistency`` and such a policy, "consistency" lists [step, psnr_db, mse, copy_psnr_db,
+  copy_mse] per executed chunk: the frame predicted at the query for ``step`` = query +
+  future_offset against the frame the simulator shows at that step, beside copying the query's
+  frame (``prediction_errors``); else [].
   """
   instruction = mw.instruction(task)
   executor = ChunkExecutor(execute_steps, temporal_ensemble, ensemble_decay)
@@ -103,7 +104,7 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   frames.append(final["image_primary"])
   states.append(final["env_state"])
   frozen = mw.check_frames_live(np.stack(frames), np.stack(states))
-  errors = prediction_errors(np.stack(frames), predictions) if consistency else []
+  errors = prediction_errors(np.stack(frames), predictions, policy.future_offset) if predictions else []
   if predictions and keep_frames:
     frames = beside_predictions(np.stack(frames), predictions)
   return {"task": task, "seed": int(seed), "success": bool(success), "length": length,
@@ -111,19 +112,26 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
           "frames": np.stack(frames) if keep_frames else None, "consistency": errors}
 
 
-def prediction_errors(frames_THWC: np.ndarray, predictions: dict) -> list:
-  """[[step, PSNR dB, MSE in [0, 1] units], ...] of each {step: uint8 [S, S, 3] prediction}
-  against the real frame of that step resized to S x S (the model's resolution, with the
-  resize the model's inputs get); steps past the episode's end are skipped."""
+def prediction_errors(frames_THWC: np.ndarray, predictions: dict, offset: int) -> list:
+  """[[step, PSNR dB, MSE, copy PSNR dB, copy MSE], ...] of each {step: uint8 [S, S, 3] prediction}
+  against the real frame of that step resized to S x S (the model's resolution), MSE in [0, 1]
+  units; "copy" scores the copy-the-last-frame guess (the real frame ``offset`` steps earlier,
+  when the prediction was made) the same way. Steps past the episode's end are skipped."""
+  def small(frame, shape):
+    return np.asarray(Image.fromarray(frame).resize(shape[1::-1], Image.BILINEAR), np.float32) / 255.0
+
+  def score(a, b):
+    mse = float(np.mean((a - b) ** 2))
+    return float(10 * np.log10(1.0 / max(mse, 1e-10))), mse
+
   out = []
   for step, pred in sorted(predictions.items()):
     if step >= len(frames_THWC):
       continue
     pred = np.asarray(pred, np.float32) / 255.0
-    real = np.asarray(Image.fromarray(frames_THWC[step]).resize(pred.shape[1::-1], Image.BILINEAR),
-                      np.float32) / 255.0
-    mse = float(np.mean((pred - real) ** 2))
-    out.append([int(step), float(10 * np.log10(1.0 / max(mse, 1e-10))), mse])
+    real = small(frames_THWC[step], pred.shape)
+    copy = small(frames_THWC[max(step - offset, 0)], pred.shape)
+    out.append([int(step), *score(pred, real), *score(copy, real)])
   return out
 
 
