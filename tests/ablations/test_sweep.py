@@ -200,3 +200,47 @@ def test_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
       sweep_lib.Cell("good", "experiments/configs/vla_baseline.py:tiny", overrides={"train.steps": 5}),))
   with pytest.raises(ValueError, match="cell 'good' .* changed"):
     sweep_lib.run(changed, tmp_path, log=lines.append)
+
+
+def test_a_stage_cell_starts_after_its_init_from_run_and_is_restored_from_it(tmp_path, monkeypatch):
+  """init_from: the later stage gets --config.train.init_from=<the earlier cell's run, same seed>,
+  starts only once that run is DONE (with max_parallel 2 too), and fails at once if it failed;
+  the report leaves the stage without evaluation out and names it."""
+  real_command = sweep_lib.command
+  started = []
+
+  def fake_command(cell, seed, run_dir):
+    argv = real_command(cell, seed, run_dir)
+    started.append((cell.name, seed, [a for a in argv if a.startswith("--config.train.init_from=")],
+                    sweep_lib.is_done(run_dir.parent.parent / "pretrain" / f"seed_{seed}")))
+    if cell.name == "pretrain" and seed == 1:
+      return [sys.executable, "-c", "import sys; sys.exit(2)"]
+    ev = "" if cell.name == "pretrain" else (
+        "(d / 'eval').mkdir(); (d / 'eval' / 'results.json').write_text(json.dumps({'mean': {'success_rate': 1.0}, "
+        "'episodes': [{'task': 'reach-v3', 'seed': 0, 'success': True, 'length': 3}], 'latency': {'mean_ms': 1.0}, "
+        "'seconds': 1.0, 'settings': {'execute_steps': 4}}))")
+    code = ("import pathlib, json, time; time.sleep(0.3); d = pathlib.Path(%r); "
+            "(d / 'checkpoints' / '100000').mkdir(parents=True); "
+            "(d / 'config.json').write_text(json.dumps({'train': {'steps': 1000}, 'eval': {'at_end': %r}})); %s"
+            % (str(run_dir), cell.name != "pretrain", ev))
+    return [sys.executable, "-c", code]
+
+  monkeypatch.setattr(sweep_lib, "command", fake_command)
+  sweep = sweep_lib.Sweep(name="staged", version=1, seeds=(0, 1), cells=(
+      sweep_lib.Cell("pretrain", "experiments/configs/video_wam.py:pretrain_tiny"),
+      sweep_lib.Cell("policy", "experiments/configs/video_wam.py:policy_tiny", init_from="pretrain")))
+  lines = []
+  summary = sweep_lib.run(sweep, tmp_path, max_parallel=2, poll_seconds=0.05, log=lines.append)
+  assert summary["done"] == ["pretrain/seed_0", "policy/seed_0"]
+  assert sorted(summary["failed"]) == ["policy/seed_1", "pretrain/seed_1"]
+  assert not (tmp_path / "policy" / "seed_1" / "run.json").exists()  # never started
+  policy_start = [s for s in started if s[0] == "policy"]
+  assert policy_start == [("policy", 0, [f"--config.train.init_from={tmp_path / 'pretrain' / 'seed_0'}"], True)]
+  assert any("stage pretrain/seed_1 did not finish" in line for line in lines), lines
+  result = report.write_report(tmp_path, plots=False)
+  assert [r["cell"] for r in result["rows"]] == ["policy"]
+  assert "restored by later cells): pretrain" in (tmp_path / "report" / "results.md").read_text()
+
+  with pytest.raises(ValueError, match="init_from='nope'"):
+    sweep_lib.Sweep(name="bad", version=1, cells=(
+        sweep_lib.Cell("policy", "experiments/configs/video_wam.py:policy_tiny", init_from="nope"),))

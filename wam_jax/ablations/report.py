@@ -86,7 +86,8 @@ def load_runs(workdir) -> tuple[dict, list[Run]]:
   runs = []
   for cell in meta["cells"]:
     for rdir in sorted((workdir / cell["name"]).glob("seed_*"), key=lambda p: int(p.name[5:])):
-      if sweep_lib.is_done(rdir):
+      stage_only = not (sweep_lib.read_json(rdir / "config.json", {}) or {}).get("eval", {}).get("at_end", True)
+      if sweep_lib.is_done(rdir) and not stage_only:  # a stage without evaluation (e.g. pretraining)
         runs.append(load_run(cell["name"], int(rdir.name[5:]), rdir))
   return meta, runs
 
@@ -228,7 +229,12 @@ def markdown(meta: dict, rows: Sequence[dict], runs: Sequence[Run], workdir) -> 
     lines.append(f"| {r.cell} | {r.seed} | {_pct(r.success_rate)} | {len(r.episodes)} | {r.steps} | "
                  f"{_num(r.examples_per_s, '{:.0f}')} | {_num(r.wall_seconds / 60, '{:.1f} min')} | "
                  f"{_num(r.eval_seconds / 60, '{:.1f} min')} | {_num(r.latency_ms, '{:.1f} ms')} |")
-  missing = [c["name"] for c in meta["cells"] if c["name"] not in {row["cell"] for row in rows}]
+  missing = [c["name"] for c in meta["cells"] if c["name"] not in {row["cell"] for row in rows}
+             and not any(sweep_lib.is_done(d) for d in (pathlib.Path(workdir) / c["name"]).glob("seed_*"))]
+  stages = [c["name"] for c in meta["cells"] if c["name"] not in {row["cell"] for row in rows}
+            and c["name"] not in missing]
+  if stages:
+    lines += ["", f"Finished stages without closed-loop evaluation (restored by later cells): {', '.join(stages)}."]
   if missing:
     lines += ["", f"Cells with no finished run yet: {', '.join(missing)}."]
   return "\n".join(lines) + "\n"

@@ -60,18 +60,25 @@ class Cell:
     overrides: {dotted config field: value}, e.g. {"model.head.name": "flow"}.
     method: the line a cell belongs to in plots (e.g. "vla_l1").
     n_demos: labeled demos per task (the x axis of the data-efficiency plot); None if n/a.
+    init_from: another cell of the sweep, listed earlier: a stage this one continues. Its run of
+      the same seed is restored by parameter path (``--config.train.init_from``), and this cell
+      starts only once that run is DONE. A cell whose config does not evaluate
+      (``eval.at_end`` False, e.g. video pretraining) is a stage only: the report leaves it out.
   """
   name: str
   config: str
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   method: str = ""
   n_demos: Optional[int] = None
+  init_from: str = ""
 
   def spec(self) -> dict:
     """JSON-normalized (tuples as lists), as stored in sweep.json and run.json."""
-    return json.loads(json.dumps({
-        "name": self.name, "config": self.config, "overrides": dict(self.overrides),
-        "method": self.method or self.name, "n_demos": self.n_demos}))
+    spec = {"name": self.name, "config": self.config, "overrides": dict(self.overrides),
+            "method": self.method or self.name, "n_demos": self.n_demos}
+    if self.init_from:  # only when set: sweep.json files written before the field stay valid
+      spec["init_from"] = self.init_from
+    return json.loads(json.dumps(spec))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +97,13 @@ class Sweep:
     for c in self.cells:
       if not c.name or not all(ch.isalnum() or ch in "_.-" for ch in c.name):
         raise ValueError(f"sweep {self.name!r}: cell name {c.name!r} must be [A-Za-z0-9_.-]+")
+    for i, c in enumerate(self.cells):
+      if c.init_from and c.init_from not in names[:i]:
+        raise ValueError(f"sweep {self.name!r}: cell {c.name!r} has init_from={c.init_from!r}, which is "
+                         f"not a cell listed before it ({names[:i]})")
+      if c.init_from and "train.init_from" in c.overrides:
+        raise ValueError(f"sweep {self.name!r}: cell {c.name!r} sets both init_from and the "
+                         "train.init_from override")
 
 
 def load_sweep(name_or_path: str) -> Sweep:
@@ -168,9 +182,12 @@ def flag_value(value) -> str:
 def command(cell: Cell, seed: int, run_dir: pathlib.Path) -> list[str]:
   path, preset = config_path_and_preset(cell)
   config = f"{path}:{preset}" if preset else str(path)
+  overrides = dict(cell.overrides)
+  if cell.init_from:  # the earlier stage's run of the same seed
+    overrides["train.init_from"] = str(pathlib.Path(run_dir).parent.parent / cell.init_from / f"seed_{seed}")
   return ([sys.executable, str(TRAIN_PY), f"--config={config}", f"--workdir={run_dir}",
            f"--config.seed={seed}"]
-          + [f"--config.{k}={flag_value(v)}" for k, v in cell.overrides.items()])
+          + [f"--config.{k}={flag_value(v)}" for k, v in overrides.items()])
 
 
 # ----------------------------------------------------------------------------
@@ -409,6 +426,27 @@ def _finish(r: _Running, log, *, stopped: bool = False) -> bool:
   return False
 
 
+def _next_ready(queue: list, running: list, workdir: pathlib.Path, summary: dict, log) -> Optional[Job]:
+  """Pops the first queued job whose ``init_from`` stage is DONE (or that has none). A job
+  whose stage failed, or is not queued, running or done, is dropped as failed with the reason."""
+  label = lambda j: f"{j.cell.name}/seed_{j.seed}"
+  for job in list(queue):
+    if not job.cell.init_from:
+      queue.remove(job)
+      return job
+    dep = run_dir(workdir, Cell(job.cell.init_from, ""), job.seed)
+    if is_done(dep):
+      queue.remove(job)
+      return job
+    waiting = any(j.cell.name == job.cell.init_from and j.seed == job.seed for j in queue) or any(
+        r.job.cell.name == job.cell.init_from and r.job.seed == job.seed for r in running)
+    if not waiting:
+      queue.remove(job)
+      log(f"[sweep] FAILED {label(job)}: its stage {job.cell.init_from}/seed_{job.seed} did not finish")
+      summary["failed"].append(label(job))
+  return None
+
+
 def _tail(path: pathlib.Path, n: int = 30) -> list[str]:
   try:
     return path.read_text(errors="replace").splitlines()[-n:]
@@ -478,8 +516,13 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
   last_tick = time.time()
   try:
     while (queue or running) and stop["signal"] is None:
-      while queue and len(running) < max_parallel:
-        running.append(_start(queue.pop(0), env, log))
+      while len(running) < max_parallel:
+        job = _next_ready(queue, running, workdir, summary, log)
+        if job is None:
+          break
+        running.append(_start(job, env, log))
+      if not queue and not running:
+        break
       time.sleep(poll_seconds)
       for r in [r for r in running if r.proc.poll() is not None]:
         running.remove(r)
