@@ -31,7 +31,9 @@ the chunk's end (only the final step when K = k). An episode shorter than k+1
 steps has no valid window at all: its window at 0 uses o_L-1 as the future
 frame (marked valid). Actions are de-normalized with the IDM's normalizer and
 cut to the dataset's action width. Sampling keys fold in (split, episode,
-batch), so a stochastic head labels identically after a restart.
+batch), so a stochastic head labels identically after a restart. Rerun with the
+same ``batch_size``: XLA's float results can differ in the last bit between
+batch shapes.
 
 Streaming and resumption. One source episode is in memory at a time (the
 source must be ArrayRecord: ``scripts/convert_rlds.py`` converts TFRecord).
