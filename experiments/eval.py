@@ -4,6 +4,8 @@ r"""Closed-loop MetaWorld evaluation of a policy.
   python experiments/eval.py --policy=checkpoint --workdir=runs/x --out=runs/x/eval
   python experiments/eval.py --policy=exported --export_dir=exports/x --out=/tmp/ev   # scripts/export.py
   python experiments/eval.py --policy=remote --address=ws://127.0.0.1:8000 --out=/tmp/ev  # scripts/serve.py
+  # plan with video, act with an IDM (wam_jax/plan_idm.py); --out defaults to <idm_workdir>/eval_plan
+  python experiments/eval.py --policy=plan_idm --video_workdir=runs/video_pretrain_tiny --idm_workdir=runs/idm_tiny
 
 Writes results.json, results.md, videos/*.gif and contact_sheet.png to --out.
 """
@@ -25,9 +27,14 @@ from wam_jax.sim import metaworld as mw  # noqa: E402
 
 _DEFAULT_TASKS = ["drawer-close-v3", "button-press-topdown-v3", "drawer-open-v3", "door-open-v3"]
 
-_POLICY = flags.DEFINE_enum("policy", "expert", ["expert", "random", "checkpoint", "exported", "remote"],
+_POLICY = flags.DEFINE_enum("policy", "expert", ["expert", "random", "checkpoint", "exported", "remote", "plan_idm"],
                             "Policy to run.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Training run directory (--policy=checkpoint).")
+_VIDEO_WORKDIR = flags.DEFINE_string("video_workdir", "", "Video world-model run (--policy=plan_idm): plans o_t+k.")
+_IDM_WORKDIR = flags.DEFINE_string("idm_workdir", "", "Inverse-dynamics run (--policy=plan_idm): acts to reach it.")
+_FRAMES_FROM = flags.DEFINE_enum(
+    "frames_from", "video", ["video", "copy_last"], "--policy=plan_idm: the IDM's future frame from the video "
+    "model, or o_t itself (the zero-information lower bound; the true-frame upper bound: scripts/eval_plan_idm.py).")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "", "Exported policy directory (--policy=exported).")
 _ADDRESS = flags.DEFINE_string("address", "ws://127.0.0.1:8000", "Policy server (--policy=remote).")
 _TASKS = flags.DEFINE_list("tasks", _DEFAULT_TASKS, "MetaWorld v3 task names.")
@@ -62,6 +69,16 @@ def policy_factory():
     if _POLICY.value == "exported":
       return functools.partial(loader.load, _EXPORT_DIR.value or _usage("--policy=exported needs --export_dir"))
     return functools.partial(client.RemotePolicy, _ADDRESS.value)
+  if _POLICY.value == "plan_idm":
+    from wam_jax import plan_idm  # pylint: disable=g-import-not-at-top
+    if not (_VIDEO_WORKDIR.value and _IDM_WORKDIR.value):
+      raise app.UsageError("--policy=plan_idm needs --video_workdir and --idm_workdir")
+    try:  # a one-line error now rather than one per worker later
+      plan_idm.check_runs(_VIDEO_WORKDIR.value, _IDM_WORKDIR.value)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
+    return functools.partial(plan_idm.PlanWithVideoPolicy, _VIDEO_WORKDIR.value, _IDM_WORKDIR.value,
+                             frames_from=_FRAMES_FROM.value)
   if not _WORKDIR.value:
     raise app.UsageError("--policy=checkpoint needs --workdir")
   from wam_jax.inference import load_policy  # pylint: disable=g-import-not-at-top
@@ -80,8 +97,8 @@ def policy_factory():
 def _camera_settings() -> dict:
   """--resolution/--camera, defaulting to what a checkpoint was trained on."""
   settings = dict(resolution=_RESOLUTION.value, camera=_CAMERA.value)
-  config_path = os.path.join(_WORKDIR.value, "config.json")
-  if _POLICY.value == "checkpoint" and os.path.exists(config_path):
+  config_path = os.path.join(_IDM_WORKDIR.value if _POLICY.value == "plan_idm" else _WORKDIR.value, "config.json")
+  if _POLICY.value in ("checkpoint", "plan_idm") and os.path.exists(config_path):  # plan_idm: both runs agree
     with open(config_path) as f:
       trained = evaluate_lib.render_settings(ml_collections.ConfigDict(json.load(f)["data"]))
   elif _POLICY.value in ("exported", "remote"):  # the recipe's render, recorded in the manifest
@@ -105,7 +122,11 @@ def main(argv):
     tasks = mw.parse_tasks(_TASKS.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  out = _OUT.value or (os.path.join(_WORKDIR.value, "eval") if _WORKDIR.value else "eval_out")
+  if _POLICY.value == "plan_idm":
+    out = _OUT.value or os.path.join(_IDM_WORKDIR.value or _usage("--policy=plan_idm needs --idm_workdir"),
+                                     "eval_plan" if _FRAMES_FROM.value == "video" else "eval_plan_copy_last")
+  else:
+    out = _OUT.value or (os.path.join(_WORKDIR.value, "eval") if _WORKDIR.value else "eval_out")
   evaluate_lib.evaluate(
       policy_factory(), tasks, _EPISODES.value, seed_offset=_SEED_OFFSET.value,
       max_steps=_MAX_STEPS.value, execute_steps=_EXECUTE.value, temporal_ensemble=_ENSEMBLE.value,
@@ -114,6 +135,8 @@ def main(argv):
 
 
 def _source() -> str:
+  if _POLICY.value == "plan_idm":
+    return f"{_VIDEO_WORKDIR.value} -> {_IDM_WORKDIR.value} (frames_from={_FRAMES_FROM.value})"
   return {"exported": _EXPORT_DIR.value, "remote": _ADDRESS.value}.get(_POLICY.value, _WORKDIR.value)
 
 

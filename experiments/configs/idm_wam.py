@@ -10,6 +10,13 @@
   experiments/train.py --config=experiments/configs/vla_baseline.py:tiny --workdir=runs/vla_pseudo \
       --config.data.mixture='(("metaworld_demos", 1.0), ("metaworld_video_labeled", 1.0))'
 
+(b) Plan with video, act with the IDM (``wam_jax/plan_idm.py``): the video world model generates o_t+k,
+the IDM returns the chunk that reaches it. Any video_wam/joint_wam run whose predicted offsets include the
+IDM's k, at the same image size, cameras and history (video_wam.py:pretrain_tiny and idm_tiny agree):
+  experiments/eval.py --policy=plan_idm --video_workdir=runs/video_pretrain_tiny --idm_workdir=runs/idm_tiny
+  # Offline on held-out episodes: the IDM's action error given the true o_t+k, the plan, and o_t.
+  scripts/eval_plan_idm.py --video_workdir=runs/video_pretrain_tiny --idm_workdir=runs/idm_tiny
+
 (c) Latent actions, three stages chained by ``train.init_from`` (restore by parameter path):
   experiments/train.py --config=experiments/configs/idm_wam.py:latent_tiny --workdir=runs/latent_tiny
   experiments/train.py --config=experiments/configs/idm_wam.py:latent_policy_tiny --workdir=runs/latent_policy_tiny
