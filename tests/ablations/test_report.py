@@ -69,7 +69,7 @@ def sweep_dir(tmp_path):
   _fake_run(tmp_path / "a_n20" / "seed_0", {"reach-v3": (4, 4), "push-v3": (2, 4)})
   _fake_run(tmp_path / "a_n20" / "seed_1", {"reach-v3": (4, 4), "push-v3": (3, 4)})
   _fake_run(tmp_path / "b_n2" / "seed_0", {"reach-v3": (2, 4), "push-v3": (1, 4)},
-            frames={"frame_psnr": 25.0, "frame_ssim": 0.8, "copy_last_psnr": 22.0, "copy_last_ssim": 0.7})
+            frames={"video_psnr": 25.0, "video_ssim": 0.8, "copy_last_psnr": 22.0, "copy_last_ssim": 0.7})
   _fake_run(tmp_path / "b_n2" / "seed_1", {"reach-v3": (4, 4), "push-v3": (4, 4)}, done=False)  # unfinished
   return tmp_path
 
@@ -89,11 +89,11 @@ def test_report_numbers(sweep_dir):
   assert float(a["latency_ms"]) == 3.0 and float(a["wall_seconds_per_run"]) == 600.0
   assert float(a["flops_per_step"]) == 2e9 and float(a["train_flops"]) == 2e11
   assert float(a["examples_per_s"]) == 210.0  # median of the logged rates
-  assert a["frame_psnr"] == "nan"
+  assert a["video_psnr"] == "nan"
   assert float(rows["a_n20"]["success_rate"]) == 13 / 16
   b = rows["b_n2"]  # seed 1 is unfinished: left out
   assert b["seeds"] == "0" and (int(b["successes"]), int(b["episodes"])) == (3, 8)
-  assert float(b["frame_psnr"]) == 25.0 and float(b["copy_last_ssim"]) == 0.7
+  assert float(b["video_psnr"]) == 25.0 and float(b["copy_last_ssim"]) == 0.7
   md = (sweep_dir / "report" / "results.md").read_text()
   assert "| a_n2 | a | 2 | **25%** | 10%-49% | 38% 12% | 2/2 | 16 |" in md
   assert "| b_n2 | b | 2 | **38%** |" in md and "1/2 |" in md

@@ -3,7 +3,7 @@
 Per run (``<workdir>/<cell>/seed_<s>/`` with a ``DONE`` marker, see sweep.py) it reads:
   config.json          train.steps, train.batch_size
   metrics.jsonl        run/flops_per_step (compiled step), train/examples_per_s, and, for models
-                       that predict frames, the last val/frame_psnr, val/frame_ssim and the
+                       that predict frames, the last val/video_psnr, val/video_ssim and the
                        copy-the-last-frame baseline val/copy_last_psnr, val/copy_last_ssim
                        (held-out episodes: the val split); absent keys show as "-"
   eval/results.json    every evaluation episode (task, seed, success), latency per policy call
@@ -26,7 +26,7 @@ import numpy as np
 from wam_jax.ablations import sweep as sweep_lib
 from wam_jax.evaluation import metrics
 
-FRAME_KEYS = ("frame_psnr", "frame_ssim", "copy_last_psnr", "copy_last_ssim")
+FRAME_KEYS = ("video_psnr", "video_ssim", "copy_last_psnr", "copy_last_ssim")
 
 
 @dataclasses.dataclass
@@ -212,8 +212,8 @@ def markdown(meta: dict, rows: Sequence[dict], runs: Sequence[Run], workdir) -> 
         f"{' '.join(_pct(m) for m in row['seed_means'])} | {seeds} | {p['episodes']} | "
         f"{_one(row['steps'])} | {_num(row['flops_per_step'] / 1e9, '{:.3g}')} | "
         f"{_num(row['wall_seconds'] / 60, '{:.1f} min')} | {_num(row['latency_ms'], '{:.1f} ms')} | "
-        f"{_num(fr['frame_psnr'])} ({_num(fr['copy_last_psnr'])}) | "
-        f"{_num(fr['frame_ssim'], '{:.3f}')} ({_num(fr['copy_last_ssim'], '{:.3f}')}) |")
+        f"{_num(fr['video_psnr'])} ({_num(fr['copy_last_psnr'])}) | "
+        f"{_num(fr['video_ssim'], '{:.3f}')} ({_num(fr['copy_last_ssim'], '{:.3f}')}) |")
   tasks = list(dict.fromkeys(t for row in rows for t in row["per_task"]))
   if tasks:
     lines += ["", "Per-task success (pooled over seeds; episodes per cell and task in brackets):", "",
