@@ -37,6 +37,11 @@ from experiments.configs import common
 from wam_jax.models import heads
 
 PRESETS = ("idm_tiny", "latent_tiny", "latent_policy_tiny", "finetune_tiny")
+# The protocol (shared/PROTOCOL.md) at the tiny size: <stage>_mt10_n{N}; latent actions learn from
+# the action-free video pool, the latent policy from the N-demo set's frames + the pool, the
+# fine-tune and the IDM from the N labeled demos (evaluated as the protocol says).
+PROTOCOL_PRESETS = tuple(f"{stage}_mt10_n{n}" for stage in ("idm", "latent", "latent_policy", "finetune")
+                         for n in (2, 5, 20))
 
 
 def _sizes(**extra) -> dict:
@@ -83,8 +88,10 @@ def vla_config() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "idm_tiny") -> ml_collections.ConfigDict:
+  if arg in PROTOCOL_PRESETS:
+    return _protocol_config(arg)
   if arg not in PRESETS:
-    raise ValueError(f"unknown preset {arg!r} for idm_wam; known: {', '.join(PRESETS)}")
+    raise ValueError(f"unknown preset {arg!r} for idm_wam; known: {', '.join(PRESETS + PROTOCOL_PRESETS)}")
   config = common.base_config()
   config.data.max_text_len = 32
   config.train.update(compute_dtype="bfloat16", log_every=50, val_every=250, ckpt_every=250, summary_every=0)
@@ -106,4 +113,22 @@ def get_config(arg: str = "idm_tiny") -> ml_collections.ConfigDict:
     config.data.mixture = (("metaworld_demos", 1.0),)  # the labelled demos only
     config.train.update(steps=1000, init_from="runs/latent_policy_tiny")
     config.eval.at_end = True
+  return config
+
+
+def _protocol_config(arg: str) -> ml_collections.ConfigDict:
+  from experiments.configs import protocol as protocol_cfg  # pylint: disable=g-import-not-at-top
+  from wam_jax.ablations import protocol  # pylint: disable=g-import-not-at-top
+  stage = arg[:arg.index("_mt10")]
+  n = protocol_cfg.n_demos_of(arg[arg.index("mt10"):])
+  config = get_config(f"{stage}_tiny")
+  protocol_cfg.apply(config, n)
+  demos, pool = protocol.demos_name(n), protocol.VIDEO_NAME
+  config.data.mixture = {"idm": ((demos, 1.0),), "latent": ((pool, 1.0),),
+                         "latent_policy": ((demos, 1.0), (pool, 1.0)), "finetune": ((demos, 1.0),)}[stage]
+  config.eval.at_end = stage == "finetune"  # the others are not policies
+  config.train.init_from = {"latent_policy": f"runs/latent_mt10_n{n}",
+                            "finetune": f"runs/latent_policy_mt10_n{n}"}.get(stage, "")
+  if stage == "finetune":
+    config.train.steps = 2000  # as the VLA's mt10 presets
   return config

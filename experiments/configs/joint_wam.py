@@ -16,6 +16,8 @@ from experiments.configs import frame_autoencoder
 from wam_jax.models import heads
 
 PRESETS = ("tiny", "base", "uwm_tiny", "uwm_base")
+# The protocol (shared/PROTOCOL.md) at the tiny size: N demos per MT10 task + the action-free pool.
+PROTOCOL_PRESETS = tuple(f"{kind}mt10_n{n}" for kind in ("", "uwm_") for n in (2, 5, 20))
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -47,8 +49,13 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-  if arg not in PRESETS:
-    raise ValueError(f"unknown preset {arg!r} for joint_wam; known: {', '.join(PRESETS)}")
+  if arg not in PRESETS + PROTOCOL_PRESETS:
+    raise ValueError(f"unknown preset {arg!r} for joint_wam; known: {', '.join(PRESETS + PROTOCOL_PRESETS)}")
+  mt10 = "mt10" in arg
+  if mt10:
+    from experiments.configs import protocol  # pylint: disable=g-import-not-at-top
+    n = protocol.n_demos_of(arg[arg.index("mt10"):])
+    arg = arg[:arg.index("mt10")] + "tiny"
   config = common.base_config()
   config.model = model_config()
   config.data.max_text_len = 32
@@ -65,4 +72,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.image_size = 128
     config.train.update(batch_size=256, steps=20000)
   config.eval.at_end = True
+  if mt10:
+    protocol.apply(config, n, video_weight=0.3)
+    config.train.steps = 2000  # as the VLA's mt10 presets
   return config

@@ -20,6 +20,9 @@ from wam_jax.models import heads
 
 PRESETS = ("pretrain_tiny", "policy_tiny", "pretrain_latent_tiny", "policy_latent_tiny",
            "pretrain_base", "policy_base")
+# The protocol (shared/PROTOCOL.md) at the tiny size: stage 1 on the N-demo set's frames + the
+# action-free video pool, stage 2 on the same datasets (less video), 2000 steps as the VLA's mt10.
+PROTOCOL_PRESETS = tuple(f"{stage}_mt10_n{n}" for stage in ("pretrain", "policy") for n in (2, 5, 20))
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -55,11 +58,12 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "pretrain_tiny") -> ml_collections.ConfigDict:
-  if arg not in PRESETS:
-    raise ValueError(f"unknown preset {arg!r} for video_wam; known: {', '.join(PRESETS)}")
+  if arg not in PRESETS + PROTOCOL_PRESETS:
+    raise ValueError(f"unknown preset {arg!r} for video_wam; known: {', '.join(PRESETS + PROTOCOL_PRESETS)}")
   config = common.base_config()
   config.model = model_config()
-  stage, size = arg.split("_")[0], arg.split("_")[-1]
+  mt10 = "_mt10_" in arg
+  stage, size = arg.split("_")[0], "tiny" if mt10 else arg.split("_")[-1]
   latent = "latent" in arg
   # Both stages see the same datasets (the dataset-id table transfers); stage 2 samples less video.
   config.data.max_text_len = 32
@@ -81,4 +85,11 @@ def get_config(arg: str = "pretrain_tiny") -> ml_collections.ConfigDict:
   if stage == "policy":
     config.model.policy.enabled = True
     config.eval.at_end = True
+  if mt10:
+    from experiments.configs import protocol  # pylint: disable=g-import-not-at-top
+    n = protocol.n_demos_of(arg[arg.index("mt10"):])
+    protocol.apply(config, n, video_weight=1.0 if stage == "pretrain" else 0.3)
+    config.eval.at_end = stage == "policy"
+    config.train.update(steps=1500 if stage == "pretrain" else 2000,
+                        init_from="" if stage == "pretrain" else f"runs/video_pretrain_mt10_n{n}")
   return config

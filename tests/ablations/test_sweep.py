@@ -244,3 +244,17 @@ def test_a_stage_cell_starts_after_its_init_from_run_and_is_restored_from_it(tmp
   with pytest.raises(ValueError, match="init_from='nope'"):
     sweep_lib.Sweep(name="bad", version=1, cells=(
         sweep_lib.Cell("policy", "experiments/configs/video_wam.py:policy_tiny", init_from="nope"),))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in sweep_lib.SWEEPS_DIR.glob("*.py")))
+def test_every_shipped_sweep_plans_with_valid_cells(name, tmp_path):
+  """Each cell of each sweep in experiments/sweeps/ resolves to a config the trainer accepts (the
+  check ablations.py runs before any work), and staged cells name an earlier cell."""
+  from wam_jax.training import trainer
+  sweep = sweep_lib.load_sweep(name)
+  jobs = sweep_lib.plan(sweep, tmp_path, seeds=(0,), check=lambda c: trainer.check_config(c, 1))
+  assert [j.state for j in jobs] == ["pending"] * len(sweep.cells), [(j.cell.name, j.error) for j in jobs]
+  for job in jobs:
+    if job.cell.init_from:
+      argv = sweep_lib.command(job.cell, 0, job.dir)
+      assert f"--config.train.init_from={tmp_path.absolute() / job.cell.init_from / 'seed_0'}" in argv

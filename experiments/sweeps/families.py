@@ -1,0 +1,32 @@
+"""The families side by side (issue 15): the VLA baseline and each world-action family at equal
+labeled data (N=20 demos per MT10 task) and the same action-free video pool, L1 heads, 2000 policy
+steps, 3 seeds. Family 1: video pretraining then adaptation; family 3: joint prediction (joint
+readout) and its video_weight=0 ablation; family 2: latent actions learned from the video pool,
+a policy pretrained to predict them, then fine-tuned on the demos. Family 4 (hybrid) joins when it
+lands (issue 13)."""
+
+from wam_jax.ablations.sweep import Cell, Sweep
+
+N = 20
+
+SWEEP = Sweep(
+    name="families",
+    version=1,
+    description=__doc__,
+    cells=(
+        Cell(name="vla", config=f"experiments/configs/vla_baseline.py:mt10_n{N}", method="vla", n_demos=N),
+        Cell(name="video_pretrain", config=f"experiments/configs/video_wam.py:pretrain_mt10_n{N}",
+             method="video_pretrain", n_demos=N),
+        Cell(name="video_wam", config=f"experiments/configs/video_wam.py:policy_mt10_n{N}",
+             init_from="video_pretrain", method="video_wam", n_demos=N),
+        Cell(name="joint_wam", config=f"experiments/configs/joint_wam.py:mt10_n{N}", method="joint_wam", n_demos=N),
+        Cell(name="joint_wam_no_video", config=f"experiments/configs/joint_wam.py:mt10_n{N}",
+             overrides={"model.video_weight": 0.0}, method="joint_wam_no_video", n_demos=N),
+        Cell(name="latent_action", config=f"experiments/configs/idm_wam.py:latent_mt10_n{N}",
+             method="latent_action"),
+        Cell(name="latent_policy", config=f"experiments/configs/idm_wam.py:latent_policy_mt10_n{N}",
+             init_from="latent_action", method="latent_policy"),
+        Cell(name="latent_finetune", config=f"experiments/configs/idm_wam.py:finetune_mt10_n{N}",
+             init_from="latent_policy", method="latent_actions", n_demos=N),
+    ),
+)
