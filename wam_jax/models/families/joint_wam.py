@@ -47,11 +47,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wam_jax.models import encoders, frame_metrics
+from wam_jax.models import frame_metrics
 from wam_jax.models import video_predictor as vp
-from wam_jax.models.families.video_wam import VideoWAM, token_geometry
-from wam_jax.models.frame_autoencoder import FrameAutoencoder
-from wam_jax.models.heads import build_head
+from wam_jax.models.families.video_wam import VideoWAM
 from wam_jax.models.heads.regression import action_errors, masked_mean
 
 MODES = ("policy", "forward_dynamics", "inverse_dynamics", "video")
@@ -80,26 +78,10 @@ class JointWAM(VideoWAM):
                        "levels); the joint readout has only the policy mode")
 
   def setup(self):
-    cfg, data = self.config, self.data_config
+    cfg = self.config
     self.check_config(cfg)
-    n, p = token_geometry(cfg, data.image_size)
-    if cfg.frames == "latents":
-      self.autoencoder = FrameAutoencoder(tuple(cfg.autoencoder.channels), cfg.autoencoder.latent_channels)
-    self.encoder = encoders.ObservationEncoder(
-        width=cfg.width, patch_size=cfg.patch_size, cameras=(), vocab_size=self.vocab_size,
-        num_datasets=self.num_datasets, dot_general=self.dot_general)
-    self.predictor = vp.VideoPredictor(
-        width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, token_dim=p,
-        tokens_per_frame=n, num_cameras=len(data.cameras), history=data.history, num_future=data.num_future,
-        objective=cfg.video.objective, action_conditioned=cfg.decoupled, actions_see_future=cfg.decoupled,
-        action_horizon=data.action_horizon, action_dim=data.action_dim, dropout=cfg.dropout,
-        dot_general=self.dot_general)
-    if not cfg.decoupled:
-      self.action_queries = self.param(
-          "action_queries", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("length", "embed")),
-          (data.action_horizon, cfg.width))
-    self.head = build_head(cfg.head, horizon=data.action_horizon, action_dim=data.action_dim,
-                           dot_general=self.dot_general)
+    self._setup_world_model(action_conditioned=cfg.decoupled, actions_see_future=cfg.decoupled)
+    self._setup_policy(action_queries=not cfg.decoupled)  # decoupled: the chunk is its own token segment
 
   # -- one predictor pass ---------------------------------------------------------
   def _predict(self, batch, hist, context, *, future=None, tau=None, see_future=None, queries=False,

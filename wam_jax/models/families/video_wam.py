@@ -77,8 +77,16 @@ class VideoWAM(nn.Module):
       raise ValueError(f"config.model.policy.see_future_prob={pol.see_future_prob} must be in [0, 1]")
 
   def setup(self):
-    cfg, data = self.config, self.data_config
+    cfg = self.config
     self.check_config(cfg)
+    self._setup_world_model(action_conditioned=cfg.video.action_conditioned)
+    if cfg.policy.enabled:
+      self._setup_policy(action_queries=True)
+
+  def _setup_world_model(self, *, action_conditioned: bool, actions_see_future: bool = False):
+    """The frame representation, context encoder and video predictor (called from ``setup``;
+    ``families/joint_wam.py`` builds the same world model with its own action segment)."""
+    cfg, data = self.config, self.data_config
     n, p = token_geometry(cfg, data.image_size)
     if cfg.frames == "latents":
       self.autoencoder = FrameAutoencoder(tuple(cfg.autoencoder.channels), cfg.autoencoder.latent_channels)
@@ -89,15 +97,19 @@ class VideoWAM(nn.Module):
     self.predictor = vp.VideoPredictor(
         width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, token_dim=p,
         tokens_per_frame=n, num_cameras=len(data.cameras), history=data.history, num_future=data.num_future,
-        objective=cfg.video.objective, action_conditioned=cfg.video.action_conditioned,
-        action_horizon=data.action_horizon, action_dim=data.action_dim, dropout=cfg.dropout,
-        dot_general=self.dot_general)
-    if cfg.policy.enabled:
+        objective=cfg.video.objective, action_conditioned=action_conditioned,
+        actions_see_future=actions_see_future, action_horizon=data.action_horizon, action_dim=data.action_dim,
+        dropout=cfg.dropout, dot_general=self.dot_general)
+
+  def _setup_policy(self, *, action_queries: bool):
+    """The action head named by config.model.head, and K learned action queries if asked."""
+    cfg, data = self.config, self.data_config
+    if action_queries:
       self.action_queries = self.param(
           "action_queries", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("length", "embed")),
           (data.action_horizon, cfg.width))
-      self.head = build_head(cfg.head, horizon=data.action_horizon, action_dim=data.action_dim,
-                             dot_general=self.dot_general)
+    self.head = build_head(cfg.head, horizon=data.action_horizon, action_dim=data.action_dim,
+                           dot_general=self.dot_general)
 
   # -- frames <-> tokens ----------------------------------------------------------
   def _tokens(self, batch, prefix: str):
