@@ -51,27 +51,14 @@ def num_datasets(config) -> int:
 
 class TrainCase:
   def __init__(self, spec):
-    import jax
-    from wam_jax.data.fake_batch import make_batch
-    from wam_jax.training import metrics, sharding, trainer
+    from wam_jax.training import profile
     self.name = spec
-    config = get_config(spec)
-    config.train.batch_size = _BATCH.value
-    spec_b = trainer.abstract_batch(config.data, _BATCH.value)
-    self.run = trainer.setup_training(config, sharding.make_mesh((1, 1, 1), jax.devices()[:1]), spec_b,
-                                      num_datasets=num_datasets(config))
-    self.step = self.run.train_step.lower(self.run.abstract_state, spec_b).compile()
-    self.flops = metrics.compiled_flops(self.step, 1)
-    self.state = self.run.init_state(jax.random.key(0))
-    batch = make_batch(config, _BATCH.value, num_datasets=num_datasets(config))
-    self.batch = trainer._device_batch(batch, self.run.batch_shardings)
-    for _ in range(2):
-      self.once()
+    self._step = profile.compile_step(get_config(spec), _BATCH.value)
+    self.flops = self._step.flops
+    self._step.run(2)
 
   def once(self):
-    import jax
-    self.state, m = self.step(self.state, self.batch)
-    jax.block_until_ready(m["loss"])
+    self._step.run(1)
 
   def time_round(self) -> float:
     times = []
