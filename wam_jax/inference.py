@@ -77,6 +77,17 @@ class CheckpointPolicy:
     self._frames = collections.deque(maxlen=self.history)
     self.latencies_ms = []
 
+  def predict_normalized(self, batch: dict, rng) -> np.ndarray:
+    """The model's chunk for a batch of its inputs, normalized: float32 [B, K, A_pad]."""
+    return np.asarray(self._predict(self.params, batch, rng))
+
+  def generate_frames(self, batch: dict, rng) -> dict:
+    """Future frames for a batch of its inputs (+ actions for forward dynamics):
+    {camera: uint8 [B, F, S, S, 3]}; ValueError for a family that does not predict frames."""
+    if self._predict_frames is None:
+      raise ValueError(f"config.model.name={self.config.model.name!r} does not predict frames")
+    return {cam: np.asarray(f) for cam, f in self._predict_frames(self.params, batch, rng).items()}
+
   def reset(self) -> None:
     self._frames.clear()
 
@@ -91,7 +102,7 @@ class CheckpointPolicy:
                                     self.dataset_name)  # Padded, resized, zero-filled as in training.
     batch = {k: np.asarray(v)[None] for k, v in inputs.items()}
     self._rng, rng = jax.random.split(self._rng)
-    pred_BKA = np.asarray(self._predict(self.params, batch, rng))
+    pred_BKA = self.predict_normalized(batch, rng)
     # predicted_frame() reads this: a forward-dynamics model predicts the outcome of this chunk.
     self._batch = dict(batch, actions=pred_BKA, action_mask=np.ones(pred_BKA.shape[:2], bool))
     actions = self.normalizer.denormalize_actions(pred_BKA[0], self.dataset_name)
@@ -105,8 +116,7 @@ class CheckpointPolicy:
     if self._predict_frames is None or self._batch is None:
       return None
     self._frame_rng, rng = jax.random.split(self._frame_rng)
-    frames = self._predict_frames(self.params, self._batch, rng)
-    return np.asarray(frames[self.data_cfg.cameras[0]])[0, 0]
+    return self.generate_frames(self._batch, rng)[self.data_cfg.cameras[0]][0, 0]
 
 
 def load_policy(workdir, step: Optional[int] = None, **kwargs) -> CheckpointPolicy:

@@ -178,7 +178,7 @@ class PlanWithVideoPolicy:
   def generate(self, video_batch: dict, rng) -> dict:
     """The video model's o_t+k for a batch of its inputs: {camera: uint8 [B, S, S, 3]}; zeros for a camera
     the dataset lacks (as training windows hold, future frames included)."""
-    frames = self.video._predict_frames(self.video.params, video_batch, rng)  # pylint: disable=protected-access
+    frames = self.video.generate_frames(video_batch, rng)
     out = {}
     for cam in self.cameras:
       f = np.asarray(frames[cam])[:, self._frame_index]
@@ -187,7 +187,7 @@ class PlanWithVideoPolicy:
 
   def act(self, idm_batch: dict, rng) -> np.ndarray:
     """The IDM's normalized chunk [B, K, A_pad] for a batch of its inputs with future frames."""
-    return np.asarray(self.idm._predict(self.idm.params, idm_batch, rng))  # pylint: disable=protected-access
+    return self.idm.predict_normalized(idm_batch, rng)
 
   def __call__(self, obs: dict, instruction: str) -> np.ndarray:
     start = time.perf_counter()
