@@ -30,12 +30,14 @@ RULES = {
         ("length", None),
         ("time", None),
         ("action", None),
+        ("layers", None),  # the stacked axis of scanned layers (layers.Transformer(scan=True))
     ),
     # Pure data parallelism: parameters replicated.
     "data_parallel": (
         ("batch", ("data", "fsdp")),
         ("embed", None), ("mlp", None), ("heads", None), ("kv", None),
         ("vocab", None), ("patch", None), ("length", None), ("time", None), ("action", None),
+        ("layers", None),
     ),
 }
 
