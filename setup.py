@@ -39,5 +39,7 @@ setuptools.setup(
         "test": ["pytest>=8", "matplotlib>=3.7"], "report": ["matplotlib>=3.7"],  # ablation plots
         "torch": ["torch==2.13.0"],  # the CPU yardstick in scripts/bench_*.py only.
         "beam": ["apache-beam>=2.60"],  # scripts/convert_rlds.py --runner (conversion at scale).
+        # The language model's trained subword tokenizer (wam_jax/data/text.py); known-good: 0.23.3.
+        "lm": ["tokenizers>=0.21,<1"],
     },
 )
