@@ -54,8 +54,8 @@ class ArraySpec:
 @dataclasses.dataclass
 class Pipeline:
   iterator: grain.DatasetIterator  # dict[str, np.ndarray] batches per batch.py.
-  normalizer: normalization.Normalizer
-  tokenizer: tokenizer_lib.ByteTokenizer
+  normalizer: Optional[normalization.Normalizer]  # None for text
+  tokenizer: tokenizer_lib.ByteTokenizer  # or text.TextTokenizer
   dataset_names: tuple[str, ...]
   element_spec: dict  # key -> ArraySpec of one batch.
 
@@ -128,6 +128,18 @@ def _check_widths(reader: rlds.RldsReader, wspec: windows.WindowSpec) -> None:
                        f"data.{what}_dim={room}; raise data.{what}_dim")
 
 
+DATA_KINDS = ("windows", "text")
+
+
+def data_kind(data_cfg) -> str:
+  """config.data.kind: "windows" (robot episodes, this module; the default) or "text"
+  (packed token sequences for the language model: ``wam_jax.data.text``)."""
+  kind = data_cfg.get("kind", "windows")
+  if kind not in DATA_KINDS:
+    raise ValueError(f"config.data.kind={kind!r}; known: {DATA_KINDS}")
+  return kind
+
+
 def derive_seeds(seed: int, offset: int, num_datasets: int,
                  process_index: int) -> tuple[np.ndarray, int]:
   """(shuffle seed per dataset [num_datasets], this process's augmentation seed).
@@ -157,7 +169,14 @@ def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bo
     process_index, process_count: this host's disjoint shard of windows.
     normalizer: None computes/loads train-split stats; pass the train
       pipeline's normalizer to val pipelines.
+
+  With ``data.kind == "text"`` the batches are packed token rows instead
+  (``wam_jax.data.text.make_pipeline``, same arguments).
   """
+  if data_kind(data_cfg) == "text":
+    from wam_jax.data import text
+    return text.make_pipeline(data_cfg, split=split, batch_size=batch_size, seed=seed, train=train,
+                              process_index=process_index, process_count=process_count)
   mixture = resolve_mixture(data_cfg)
   names = tuple(item.name for item in mixture)
   wspec = windows.WindowSpec.from_config(data_cfg)

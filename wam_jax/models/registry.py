@@ -14,12 +14,13 @@ from wam_jax.models.families.frame_autoencoder import FrameAutoencoderModel
 from wam_jax.models.families.idm import IDM
 from wam_jax.models.families.latent_action import LatentActionFamily
 from wam_jax.models.families.latent_policy import LatentPolicy
+from wam_jax.models.families.lm import LanguageModel
 from wam_jax.models.families.joint_wam import JointWAM
 from wam_jax.models.families.video_wam import VideoWAM
 from wam_jax.models.families.vla import VLA
 
 FAMILIES = {"vla": VLA, "video_wam": VideoWAM, "joint_wam": JointWAM, "frame_autoencoder": FrameAutoencoderModel,
-            "idm": IDM, "latent_action": LatentActionFamily, "latent_policy": LatentPolicy}
+            "idm": IDM, "latent_action": LatentActionFamily, "latent_policy": LatentPolicy, "lm": LanguageModel}
 
 
 def check_model_config(model_cfg) -> None:

@@ -97,7 +97,8 @@ def check_config(config, num_devices: int):
   """Everything checkable from the config alone; raises ValueError naming config.<field>."""
   tc = config.train
   registry.check_model_config(config.model)
-  data_pipeline.parse_mixture(config.data)
+  if data_pipeline.data_kind(config.data) == "windows":
+    data_pipeline.parse_mixture(config.data)
   if tc.compute_dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.train.compute_dtype={tc.compute_dtype!r}; expected float32 or bfloat16")
   if tc.steps <= 0:
@@ -169,8 +170,12 @@ def save_config(config, workdir: pathlib.Path):
 
 
 def prepare_data(data_cfg):
-  """The embedded default: with no data_dir, generate (once) the MetaWorld sample."""
-  if not data_cfg.data_dir:
+  """The embedded default: with no data_dir, generate (once) the MetaWorld sample.
+  Text is prepared beforehand (scripts/prepare_text.py): only checked here."""
+  if data_pipeline.data_kind(data_cfg) == "text":
+    from wam_jax.data import text
+    text.load_meta(data_cfg)
+  elif not data_cfg.data_dir:
     from wam_jax.sim import metaworld_data  # MuJoCo is only needed for the embedded sample.
     metaworld_data.ensure_embedded_dataset(data_cfg)
 
@@ -203,8 +208,12 @@ class TrainingSetup:
 
 def abstract_batch(data_cfg, batch_size: int) -> dict:
   """Global batch shapes {key: ShapeDtypeStruct [B, ...]} for ``data_cfg`` (no data read)."""
-  from wam_jax.data import windows  # the window geometry is the data path's to define
-  spec = windows.WindowSpec.from_config(data_cfg).element_spec(batch_size)
+  if data_pipeline.data_kind(data_cfg) == "text":
+    from wam_jax.data import text
+    spec = text.abstract_batch_shapes(data_cfg, batch_size)
+  else:
+    from wam_jax.data import windows  # the window geometry is the data path's to define
+    spec = windows.WindowSpec.from_config(data_cfg).element_spec(batch_size)
   return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
 
 
@@ -325,8 +334,11 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
       config.data, split=config.data.train_split, batch_size=tc.batch_size // jax.process_count(),
       seed=config.seed, train=True, process_index=jax.process_index(), process_count=jax.process_count())
   batch_spec = abstract_batch(config.data, tc.batch_size)  # global shapes; each process loads its share
-  assets = {"config": json.loads(config.to_json_best_effort()), "normalizer": data.normalizer.to_dict(),
+  assets = {"config": json.loads(config.to_json_best_effort()),
+            "normalizer": data.normalizer.to_dict() if data.normalizer is not None else None,
             "tokenizer": data.tokenizer.to_dict(), "dataset_names": list(data.dataset_names)}
+  if hasattr(data.tokenizer, "save"):  # a trained (text) tokenizer: also beside config.json
+    data.tokenizer.save(workdir / "tokenizer.json")
 
   # --- Model, optimizer, state (created directly sharded), step ---------------
   run = setup_training(config, mesh, batch_spec, num_datasets=len(data.dataset_names))
@@ -449,6 +461,8 @@ def input_summaries(batch, cameras, n: int = 4) -> dict:
   """What the model saw: per camera, history | future frames side by side, uint8 [n, H, (T+F)*W, 3]."""
   out = {}
   for cam in cameras:
+    if f"image_{cam}" not in batch:  # text batches have no frames
+      continue
     frames = [batch[f"image_{cam}"][:n], batch[f"future_image_{cam}"][:n]]
     strip = np.concatenate([f for f in frames if f.size], axis=1)  # [n, T+F, H, W, 3]
     out[f"inputs/{cam}"] = np.concatenate(list(strip.transpose(1, 0, 2, 3, 4)), axis=2)
