@@ -10,6 +10,7 @@ import pytest
 from experiments.configs import joint_wam
 from wam_jax.data.fake_batch import make_batch
 from wam_jax.models import registry
+from tests import sharded_steps
 from wam_jax.training import sharding, trainer
 
 
@@ -213,18 +214,4 @@ def test_sharded_step_matches_single_device():
   batches = [make_batch(cfg, 8, seed=i, num_datasets=2) for i in range(2)]
   for b in batches:
     b["action_mask"][5] = False
-
-  def run_steps(shape, devices):
-    cfg.mesh.shape = shape
-    run = setup(cfg, devices)
-    state = run.init_state(jax.random.key(0))
-    losses = []
-    for b in batches:
-      state, m = run.train_step(state, trainer._device_batch(b, run.batch_shardings))
-      losses.append(float(m["loss"]))
-    return jax.device_get(state.params), losses
-
-  p1, l1 = run_steps((1, 1, 1), jax.devices()[:1])
-  p8, l8 = run_steps((2, 2, 2), jax.devices()[:8])
-  np.testing.assert_allclose(l1, l8, rtol=1e-5, atol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), p1, p8)
+  sharded_steps.assert_sharded_matches_single_device(cfg, batches, num_datasets=2)

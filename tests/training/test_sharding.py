@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import vla_baseline
+from tests import sharded_steps
 from wam_jax.data.fake_batch import make_batch
 from wam_jax.training import sharding, trainer
 
@@ -17,19 +18,6 @@ def small_config():
   return cfg
 
 
-def run_steps(cfg, devices, batches):
-  mesh = sharding.make_mesh(cfg.mesh.shape, devices)
-  spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batches[0].items()}
-  run = trainer.setup_training(cfg, mesh, spec, num_datasets=1)
-  state = run.init_state(jax.random.key(0))
-  losses, metrics = [], []
-  for b in batches:
-    state, m = run.train_step(state, trainer._device_batch(b, run.batch_shardings))
-    losses.append(float(m["loss"]))
-    metrics.append(jax.device_get(m))
-  return jax.device_get(state.params), losses, state, metrics
-
-
 @pytest.mark.parametrize("shape,rules", [((2, 2, 2), "fsdp"),
                                          ((4, 1, 2), "data_parallel")])
 def test_sharded_step_matches_single_device(shape, rules):
@@ -37,12 +25,7 @@ def test_sharded_step_matches_single_device(shape, rules):
     pytest.skip("needs 8 host devices (tests/conftest.py sets XLA_FLAGS)")
   cfg = small_config()
   batches = [make_batch(cfg, 8, seed=i) for i in range(2)]
-  cfg.mesh.shape = (1, 1, 1)
-  p1, l1, _, _ = run_steps(cfg, jax.devices()[:1], batches)
-  cfg.mesh.shape, cfg.mesh.rules_name = shape, rules
-  p8, l8, state8, _ = run_steps(cfg, jax.devices()[:8], batches)
-  np.testing.assert_allclose(l1, l8, rtol=1e-5, atol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), p1, p8)
+  state8 = sharded_steps.assert_sharded_matches_single_device(cfg, batches, shape=shape, rules=rules)
   # Parameters really are split when the rules say so.
   kernel = state8.params["backbone"]["block_0"]["mlp"]["wi"]["kernel"]
   if rules == "fsdp" and shape[1] * shape[2] > 1:
@@ -58,9 +41,9 @@ def test_grad_accumulation_matches_full_batch():
   # where Adam's normalization would hide it in the params.
   cfg.train.update(warmup_steps=3, weight_decay=0.1)
   batches = [make_batch(cfg, 8, seed=i) for i in range(3)]
-  p1, l1, _, m1 = run_steps(cfg, jax.devices()[:1], batches)
+  p1, l1, _, m1 = sharded_steps.train_steps(cfg, jax.devices()[:1], batches)
   cfg.train.grad_accum_steps = 2
-  p2, l2, _, m2 = run_steps(cfg, jax.devices()[:1], batches)
+  p2, l2, _, m2 = sharded_steps.train_steps(cfg, jax.devices()[:1], batches)
   np.testing.assert_allclose(l1, l2, rtol=1e-4)
   for a, b in zip(m1, m2):
     np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
@@ -107,7 +90,7 @@ def test_ema_follows_training_from_the_first_steps():
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
   run = trainer.setup_training(cfg, mesh, trainer.abstract_batch(cfg.data, 8), num_datasets=1)
   init = jax.device_get(run.init_state(jax.random.key(0)).params)
-  _, _, state, _ = run_steps(cfg, jax.devices()[:1], [make_batch(cfg, 8, seed=i) for i in range(3)])
+  _, _, state, _ = sharded_steps.train_steps(cfg, jax.devices()[:1], [make_batch(cfg, 8, seed=i) for i in range(3)])
   params, ema = jax.device_get(state.params), jax.device_get(state.ema_params)
   dist = lambda a, b: np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
   assert dist(ema, params) < 0.5 * dist(init, params), (dist(ema, params), dist(init, params))
