@@ -223,3 +223,24 @@ def test_two_step_run_saves_the_tokenizer_with_the_checkpoint(corpus_dir, tmp_pa
   assert restored.to_json() == (corpus_dir / "tokenizer.json").read_text()
   assert (tmp_path / "tokenizer.json").read_text() == restored.to_json()
   assert restored.decode(restored.encode(DOCS[0][1])) == DOCS[0][1]
+
+
+def test_unknown_data_kind_fails_naming_the_field():
+  cfg = tiny_config()
+  cfg.data.kind = "audio"
+  with pytest.raises(ValueError, match="config.data.kind"):
+    trainer.check_config(cfg, 1)
+
+
+@pytest.mark.slow  # ~1 min: two short trainings
+def test_sharded_scanned_step_matches_single_device():
+  """FSDP x tensor over 8 devices with scan + remat: every parameter's logical names map to the mesh."""
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 host devices (tests/conftest.py sets XLA_FLAGS)")
+  from tests import sharded_steps
+  cfg = tiny_config(scan=True, remat="full", tie_embeddings=False)
+  cfg.train.update(batch_size=8, warmup_steps=1, compute_dtype="float32")
+  batches = [jax.device_get(random_batch(b=8, n=32, seed=i)) for i in range(2)]
+  state = sharded_steps.assert_sharded_matches_single_device(cfg, batches, shape=(2, 2, 2))
+  wi = state.params["backbone"]["blocks"]["block"]["mlp"]["wi"]["kernel"]
+  assert wi.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None, "tensor")
