@@ -244,3 +244,18 @@ def test_sharded_scanned_step_matches_single_device():
   state = sharded_steps.assert_sharded_matches_single_device(cfg, batches, shape=(2, 2, 2))
   wi = state.params["backbone"]["blocks"]["block"]["mlp"]["wi"]["kernel"]
   assert wi.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None, "tensor")
+
+
+def test_flops_with_scanned_layers_count_every_layer():
+  """XLA's cost analysis counts a scan's body once; the trainer counts the unrolled step."""
+  from wam_jax.training import sharding
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+
+  def flops(scan):
+    cfg = tiny_config(scan=scan)
+    cfg.train.batch_size = 4
+    spec = trainer.abstract_batch(cfg.data, 4)
+    run = trainer.setup_training(cfg, mesh, spec, num_datasets=1)
+    return run.step_flops(run.train_step.lower(run.abstract_state, spec).compile(), spec)
+
+  np.testing.assert_allclose(flops(True), flops(False), rtol=0.05)

@@ -196,14 +196,17 @@ class TrainingSetup:
   train_step: Callable                      # jitted (state, batch) -> (state, metrics)
   eval_step: Callable                       # jitted (params, batch, rng) -> metrics
   unaccumulated_step: Callable = None       # the step without grad accumulation (FLOP counting only)
+  flops_state: state_lib.TrainState = None  # its abstract state, if not ``abstract_state`` (layers unrolled)
   predict_frames: Callable = None           # jitted (params, batch, rng) -> {camera: uint8 [B, F, H, W, 3]}
 
   def step_flops(self, compiled_step, batch_spec) -> float:
-    """FLOPs of one train step (all devices). XLA counts a scanned microbatch once, so under
-    grad accumulation the count comes from the same step lowered without the scan."""
+    """FLOPs of one train step (all devices). XLA counts a scan's body once, so under grad
+    accumulation or with scanned layers (``config.model.scan``) the count comes from the same
+    step lowered with microbatches and layers unrolled."""
     if self.unaccumulated_step is None:
       return metrics_lib.compiled_flops(compiled_step, self.mesh.size)
-    return metrics_lib.lowered_flops(self.unaccumulated_step.lower(self.abstract_state, batch_spec))
+    state = self.abstract_state if self.flops_state is None else self.flops_state
+    return metrics_lib.lowered_flops(self.unaccumulated_step.lower(state, batch_spec))
 
 
 def abstract_batch(data_cfg, batch_size: int) -> dict:
@@ -253,6 +256,14 @@ def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup
                    out_shardings=(state_sh, None), donate_argnums=0)
   step = jit_step()
   evaluate = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, batch_sh, None))
+  count_step = count_state = None  # FLOP counting: the step with nothing scanned
+  if config.model.get("scan", False):
+    unrolled = config.copy_and_resolve_references()
+    unrolled.model.scan, unrolled.train.grad_accum_steps = False, 1
+    counter = setup_training(unrolled, mesh, batch_spec, num_datasets)
+    count_step, count_state = counter.train_step, counter.abstract_state
+  elif tc.grad_accum_steps > 1:
+    count_step = _RulesJit(jit_step(1), mesh, rules)
   predict_frames = None
   if hasattr(model, "predict_frames"):  # families that generate frames get them summarized
     predict_frames = _RulesJit(jax.jit(functools.partial(registry.predict_frames, model)), mesh, rules)
@@ -262,7 +273,7 @@ def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup
       state_shardings=state_sh, batch_shardings=batch_sh,
       init_state=with_rules(init), train_step=_RulesJit(step, mesh, rules),
       eval_step=_RulesJit(evaluate, mesh, rules),
-      unaccumulated_step=_RulesJit(jit_step(1), mesh, rules) if tc.grad_accum_steps > 1 else None,
+      unaccumulated_step=count_step, flops_state=count_state,
       predict_frames=predict_frames)
 
 
