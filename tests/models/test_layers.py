@@ -1,5 +1,6 @@
 """The flattened Dense matches linen's DenseGeneral (values, grads, init scale, axis names)."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -39,3 +40,18 @@ def test_dense_init_uses_flat_fan_in_and_out():
 def test_dense_rejects_non_trailing_axes():
   with pytest.raises(ValueError, match="trailing"):
     layers.logical_dense(4, ("embed", "mlp"), axis=0)
+
+
+@pytest.mark.parametrize("size,stride,hw", [(3, 1, 16), (4, 2, 16), (1, 1, 8), (3, 2, 15)])
+def test_conv_matches_linen_conv_values_and_gradients(size, stride, hw):
+  """layers.Conv (kernel gradient as per-tap matmuls) == nn.Conv: same params, outputs, gradients."""
+  x = jax.random.normal(jax.random.key(0), (3, hw, hw, 5))
+  ref = nn.Conv(7, (size, size), strides=(stride, stride), padding="SAME")
+  mine = layers.Conv(7, (size, size), strides=stride)
+  params = jax.tree.map(lambda p: p + 0.1, ref.init(jax.random.key(1), x))  # a nonzero bias too
+  assert jax.tree.map(jnp.shape, nn.unbox(mine.init(jax.random.key(1), x))) == jax.tree.map(jnp.shape, params)
+  chex.assert_trees_all_close(mine.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
+  g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+  g_mine = jax.jit(jax.grad(loss(mine), argnums=(0, 1)))(params, x)
+  chex.assert_trees_all_close(g_mine, g_ref, rtol=1e-4, atol=1e-5)

@@ -25,14 +25,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wam_jax.models import frame_metrics
+from wam_jax.models import frame_metrics, layers
 
 
 def _conv(features: int, size: int, names, stride: int = 1, name=None):
-  return nn.Conv(
-      features, (size, size), strides=(stride, stride), padding="SAME", name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[-1:]))
+  return layers.Conv(features, (size, size), strides=stride, names=names, name=name)
 
 
 HIDDEN = (None, None, None, "embed")     # [kh, kw, in, out]: output channels shardable

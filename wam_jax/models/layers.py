@@ -11,6 +11,7 @@ config switch (``wam_jax.models.matmul``) while parameters stay float32.
 have a leading ``layers`` axis), ``remat`` none|full|dots_saveable.
 """
 
+import functools
 import math
 from typing import Any, Callable, Optional
 
@@ -58,6 +59,71 @@ class Dense(nn.Module):
                                                              self.names[len(contracted):]), feats)
       y = y + bias.reshape(-1)
     return y.reshape(lead + feats)
+
+
+def _same_padding(h: int, w: int, kh: int, kw: int, s: int):
+  """(Ho, Wo, ((top, bottom), (left, right))) of a SAME-padded conv, as XLA/linen pad."""
+  ho, wo = -(-h // s), -(-w // s)
+  ph, pw = max((ho - 1) * s + kh - h, 0), max((wo - 1) * s + kw - w, 0)
+  return ho, wo, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
+
+
+def _conv_nhwc(x_NHWC, kernel_HWIO, stride: int):
+  _, _, pads = _same_padding(x_NHWC.shape[1], x_NHWC.shape[2], kernel_HWIO.shape[0], kernel_HWIO.shape[1], stride)
+  return jax.lax.conv_general_dilated(x_NHWC, kernel_HWIO, (stride, stride), pads,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(x_NHWC, kernel_HWIO, stride):
+  return _conv_nhwc(x_NHWC, kernel_HWIO, stride)
+
+
+def _conv_fwd(x_NHWC, kernel_HWIO, stride):
+  return _conv_nhwc(x_NHWC, kernel_HWIO, stride), (x_NHWC, kernel_HWIO)
+
+
+def _conv_bwd(stride, res, dy_NHWF):
+  x, kernel = res
+  kh, kw, c, f = kernel.shape
+  _, dx_fn = jax.vjp(lambda x_: _conv_nhwc(x_, kernel, stride), x)  # XLA's input-gradient conv: fast
+  (dx,) = dx_fn(dy_NHWF)
+  ho, wo, pads = _same_padding(x.shape[1], x.shape[2], kh, kw, stride)
+  xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
+  dy = dy_NHWF.reshape(-1, f)
+  taps = [jax.lax.dot_general(xp[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride, :]
+                              .reshape(-1, c), dy, (((0,), (0,)), ((), ())))  # [C, F] per kernel tap
+          for i in range(kh) for j in range(kw)]
+  return dx, jnp.stack(taps).reshape(kh, kw, c, f)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+class Conv(nn.Module):
+  """A 2D convolution, SAME padding, square stride; linen ``nn.Conv``'s parameters
+  (``kernel`` [kh, kw, in, out], ``bias`` [out]), so its checkpoints restore by path.
+
+  Forward and input gradient are XLA's convolutions; the kernel gradient is one
+  matmul per kernel tap (the tap's shifted, strided input view, contracted with
+  the output gradient over N*Ho*Wo). XLA:CPU computes the kernel gradient as a
+  convolution whose window is the whole image, which took most of the frame
+  autoencoder's step (BUILD_NOTES, "Convolutions: the kernel gradient as matmuls").
+  """
+  features: int
+  kernel_size: tuple[int, int]
+  strides: int = 1
+  names: tuple = (None, None, None, None)  # logical names of [kh, kw, in, out]
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x_NHWC):
+    kh, kw = self.kernel_size
+    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.names),
+                        (kh, kw, x_NHWC.shape[-1], self.features))
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.names[-1:]),
+                      (self.features,))
+    return _conv(x_NHWC, kernel, self.strides) + bias
 
 
 def logical_dense(features, names, *, dot_general=None, use_bias=True, axis=-1, name=None,

@@ -44,6 +44,7 @@ class Instruction:
 def parse_hlo(hlo_text: str) -> dict[str, Instruction]:
   """Instruction name -> what it is, from ``compiled.as_text()``."""
   ops_in = collections.defaultdict(set)  # computation -> opcodes it contains (fusions' bodies)
+  op_name_in = {}  # computation -> an op_name inside it (a fusion may carry none itself)
   raw = {}
   computation = None
   for line in hlo_text.splitlines():
@@ -59,9 +60,12 @@ def parse_hlo(hlo_text: str) -> dict[str, Instruction]:
     calls = _CALLS.search(line)
     op_name = _OP_NAME.search(line)
     raw[name] = (opcode, calls.group(1) if calls else None, op_name.group(1) if op_name else "")
+    if op_name and "jvp(" in op_name.group(1) or computation not in op_name_in and op_name:
+      op_name_in[computation] = op_name.group(1)
   out = {}
   for name, (opcode, calls, op_name) in raw.items():
     contents = ops_in.get(calls, set()) | {opcode} if calls else {opcode}
+    op_name = op_name or op_name_in.get(calls, "")
     out[name] = Instruction(opcode, _kind(opcode, contents), _part(op_name), _direction(op_name))
   return out
 
@@ -88,14 +92,14 @@ def _part(op_name: str) -> str:
   if "jvp(" not in op_name:
     return "optimizer/other"
   path = op_name.split("/")
-  for segment in path:  # the first recognizable flax module on the path names the part
+  for segment in reversed(path):  # the innermost recognizable flax module names the part
     if segment.startswith(("ln_", "norm")) or segment in ("ln_final", "norm"):
       return "norm"
     if segment in ("attn", "attention", "cross_attn"):
       return "attention"
     if segment in ("mlp",):
       return "mlp"
-    if segment.startswith(("encoder", "patch_embed", "frame_encoder", "autoencoder", "decoder", "conv")):
+    if segment.startswith(("encoder", "patch_embed", "frame_encoder", "autoencoder", "decoder")):
       return "encoder/decoder"
     if segment.startswith(("head", "video_head", "frame_head")):
       return "head"
@@ -104,7 +108,9 @@ def _part(op_name: str) -> str:
 
 def trace_thunks(run_steps: Callable[[], None], log_dir: str | None = None) -> dict[str, float]:
   """Runs ``run_steps`` under the profiler; total microseconds per thunk name."""
-  log_dir = log_dir or tempfile.mkdtemp(prefix="wam_profile_")
+  if log_dir is None:
+    with tempfile.TemporaryDirectory(prefix="wam_profile_") as tmp:
+      return trace_thunks(run_steps, tmp)
   import jax  # pylint: disable=g-import-not-at-top
   jax.profiler.start_trace(log_dir, create_perfetto_trace=True)
   try:
