@@ -7,6 +7,11 @@
   ``cost_analysis`` and MFU against the cached fp32 matmul peak (the trainer's
   definition). Cases run in ``--rounds`` interleaved rounds; the best round's
   median is kept (the machine is shared: read ratios).
+* PyTorch (``--torch``, default on when torch imports): the replica of
+  ``video_wam.py:pretrain_tiny`` in scripts/torch_video_wam.py (same parameters,
+  loss and optimizer), eager fp32, timed in the same interleaved rounds as the
+  JAX step of that preset; the JAX/PyTorch ms ratio is printed (below 1: JAX
+  is faster). Threads and denormal flushing as scripts/bench_train.py.
 * Inference: jitted ``registry.predict_actions`` at batch 1 with numpy in/out (as
   ``CheckpointPolicy``), median / p95 over ``--infer_calls``: the VLA tiny,
   video_wam ``skip_video=True`` (one pass), ``skip_video=False`` with the
@@ -33,6 +38,11 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the best median
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Train batch size.")
 _CALLS = flags.DEFINE_integer("infer_calls", 100, "Timed batch-1 predict_actions calls per case.")
 _SAMPLING = flags.DEFINE_list("sampling_steps", ["1", "2", "4"], "Flow predictor generation steps to time.")
+_TORCH = flags.DEFINE_boolean("torch", True, "Also time the PyTorch replica of video_wam.py:pretrain_tiny "
+                               "(scripts/torch_video_wam.py; needs the torch extra, skipped with a note without it).")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads; 0: the number of cores.")
+_TORCH_FTZ = flags.DEFINE_boolean("torch_flush_denormal", True,
+                                  "Flush denormals to zero in PyTorch, as XLA:CPU does.")
 _TRAIN = flags.DEFINE_list("train_cases", ["vla_baseline.py:tiny", "video_wam.py:pretrain_tiny",
                                            "video_wam.py:policy_tiny"], "Presets whose train step is timed.")
 
@@ -69,6 +79,60 @@ class TrainCase:
     return statistics.median(times)
 
 
+class TorchTrainCase(TrainCase):
+  """The PyTorch replica's eager fp32 step (forward, backward, clipping, AdamW) on the JAX case's batch."""
+
+  def __init__(self, jax_case):
+    import jax
+    import torch
+    import torch_video_wam
+    import torch_vla
+    from wam_jax.data.fake_batch import make_batch
+    config = get_config(torch_video_wam.PRESET)
+    torch.manual_seed(0)
+    self.name, self.jax_name = f"torch eager fp32 ({jax_case.name})", jax_case.name
+    self.model = torch_video_wam.TorchVideoWAM(config, num_datasets(config))
+    self.params = torch_vla.num_params(self.model)
+    jax_params = sum(x.size for x in jax.tree.leaves(jax_case._step.state.params))
+    if self.params != jax_params:
+      raise SystemExit(f"parameter counts differ: jax {jax_params:,} torch {self.params:,}")
+    self.batch = torch_vla.to_torch(make_batch(config, _BATCH.value, num_datasets=num_datasets(config)))
+    self.matmul_flops = torch_vla.train_step_flops(
+        torch_video_wam.TorchVideoWAM(config, num_datasets(config), sdpa=False), self.batch)
+    self.flops = jax_case.flops  # MFU on the JAX count of the same model, as bench_train.py
+    self.threads = torch.get_num_threads()
+    self._torch_step = torch_vla.make_train_step(self.model, torch_vla.make_optimizer(self.model, config.train),
+                                                 config.train.grad_clip_norm)
+    for _ in range(2):
+      self.once()
+
+  def once(self):
+    self._torch_step(self.batch).item()
+
+
+def torch_cases(cases) -> list:
+  """[TorchTrainCase] beside the JAX case of its preset, or [] with a printed reason."""
+  if not _TORCH.value:
+    return []
+  try:
+    import torch
+  except ImportError:
+    print("torch not installed (pip install -e '.[torch]'): skipping the PyTorch replica")
+    return []
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import torch_video_wam
+  jax_case = next((c for c in cases if c.name == torch_video_wam.PRESET), None)
+  if jax_case is None:
+    print(f"{torch_video_wam.PRESET} is not in --train_cases: skipping the PyTorch replica")
+    return []
+  torch.set_num_threads(_TORCH_THREADS.value or os.cpu_count())
+  torch.set_flush_denormal(_TORCH_FTZ.value)
+  case = TorchTrainCase(jax_case)
+  print(f"torch {torch.__version__}, {case.threads} threads: {case.params:,} params (= jax), "
+        f"{case.matmul_flops / 1e9:.2f} matmul GFLOPs/step (FlopCounterMode) vs jax "
+        f"{jax_case.flops / 1e9:.2f} (cost_analysis)", flush=True)
+  return [case]
+
 def latency(spec, calls, **model_overrides):
   """Median and p95 ms of a batch-1 chunk (numpy in, numpy out)."""
   import jax
@@ -104,6 +168,7 @@ def main(argv):
   result = {"argv": sys.argv[1:], "load_start": [round(x, 2) for x in os.getloadavg()]}
   peak_flops = 1e9 * peak.matmul_peak_gflops("float32")
   cases = [TrainCase(spec) for spec in _TRAIN.value]
+  cases += torch_cases(cases)  # timed in the same rounds
   best = {c.name: float("inf") for c in cases}
   for _ in range(_ROUNDS.value):
     for c in cases:
@@ -112,6 +177,11 @@ def main(argv):
                               "examples_per_s": round(_BATCH.value / best[c.name], 1),
                               "gflops_per_step": round(c.flops / 1e9, 2),
                               "mfu": round(c.flops / best[c.name] / peak_flops, 4)} for c in cases}
+  for c in cases:
+    if isinstance(c, TorchTrainCase):
+      result["torch"] = {"case": c.name, "threads": c.threads, "params": c.params,
+                         "matmul_gflops_per_step": round(c.matmul_flops / 1e9, 2),
+                         "jax_over_torch_ms": round(best[c.jax_name] / best[c.name], 3)}
   infer = {"vla tiny": latency("vla_baseline.py:tiny", _CALLS.value),
            "video_wam skip_video": latency("video_wam.py:policy_tiny", _CALLS.value),
            "video_wam generate (regression)": latency("video_wam.py:policy_tiny", _CALLS.value,
@@ -127,6 +197,10 @@ def main(argv):
   print("\n| train case (batch %d) | ms/step | ex/s | GFLOP/step | MFU |\n|---|---|---|---|---|" % _BATCH.value)
   for name, r in result["train"].items():
     print(f"| {name} | {r['ms_per_step']} | {r['examples_per_s']} | {r['gflops_per_step']} | {100 * r['mfu']:.1f}% |")
+  if "torch" in result:
+    r = result["torch"]["jax_over_torch_ms"]
+    print(f"\nJAX / PyTorch ms per step, {result['torch']['case']}: {r:.2f} "
+          f"(PyTorch / JAX {1 / r:.2f}: JAX {'faster' if r < 1 else 'slower'})")
   vla = result["inference_ms"]["vla tiny"]["median"]
   print("\n| inference, batch 1 | median ms | p95 ms | / VLA |\n|---|---|---|---|")
   for name, r in result["inference_ms"].items():
