@@ -1,4 +1,4 @@
-"""Video WAM throughput: stage-1/stage-2 train steps beside the VLA, and chunk latency per inference path.
+"""World-model throughput: video WAM and joint WAM train steps beside the VLA, chunk latency per inference path.
 
   JAX_PLATFORMS=cpu .venv/bin/python scripts/bench_video_wam.py --steps=10 --rounds=3
 
@@ -16,7 +16,9 @@
   ``CheckpointPolicy``), median / p95 over ``--infer_calls``: the VLA tiny,
   video_wam ``skip_video=True`` (one pass), ``skip_video=False`` with the
   regression predictor (one pass, queries see the future), and with the flow
-  predictor at each of ``--sampling_steps`` (S generation passes + one readout).
+  predictor at each of ``--sampling_steps`` (S generation passes + one readout);
+  joint_wam ``tiny`` (joint readout) and ``uwm_tiny`` (decoupled flow) with
+  ``skip_video`` True (frame queries left out / fully noised) and False.
   All at the tiny presets' width (128) and random init (latency does not depend
   on training).
 Prints one JSON line and a Markdown table.
@@ -44,7 +46,10 @@ _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads
 _TORCH_FTZ = flags.DEFINE_boolean("torch_flush_denormal", True,
                                   "Flush denormals to zero in PyTorch, as XLA:CPU does.")
 _TRAIN = flags.DEFINE_list("train_cases", ["vla_baseline.py:tiny", "video_wam.py:pretrain_tiny",
-                                           "video_wam.py:policy_tiny"], "Presets whose train step is timed.")
+                                           "video_wam.py:policy_tiny", "joint_wam.py:tiny"],
+                            "Presets whose train step is timed.")
+_FAMILIES = flags.DEFINE_list("families", ["video_wam", "joint_wam"], "World-model families whose batch-1 "
+                              "latency is timed beside the VLA's (with and without decoding frames).")
 
 
 def get_config(spec: str):
@@ -141,9 +146,12 @@ def latency(spec, calls, **model_overrides):
   from wam_jax.models import registry
   from wam_jax.training import sharding, trainer
   config = get_config(spec)
-  for key, value in model_overrides.items():
-    section, field = key.split(".")
-    config.model[section][field] = value
+  for key, value in model_overrides.items():  # dotted paths under config.model
+    *path, field = key.split(".")
+    node = config.model
+    for part in path:
+      node = node[part]
+    node[field] = value
   run = trainer.setup_training(config, sharding.make_mesh((1, 1, 1), jax.devices()[:1]),
                                trainer.abstract_batch(config.data, 1), num_datasets=num_datasets(config))
   params = run.init_state(jax.random.key(0)).params
@@ -182,14 +190,20 @@ def main(argv):
       result["torch"] = {"case": c.name, "threads": c.threads, "params": c.params,
                          "matmul_gflops_per_step": round(c.matmul_flops / 1e9, 2),
                          "jax_over_torch_ms": round(best[c.jax_name] / best[c.name], 3)}
-  infer = {"vla tiny": latency("vla_baseline.py:tiny", _CALLS.value),
-           "video_wam skip_video": latency("video_wam.py:policy_tiny", _CALLS.value),
+  infer = {"vla tiny": latency("vla_baseline.py:tiny", _CALLS.value)}
+  if "video_wam" in _FAMILIES.value:
+    infer.update({"video_wam skip_video": latency("video_wam.py:policy_tiny", _CALLS.value),
            "video_wam generate (regression)": latency("video_wam.py:policy_tiny", _CALLS.value,
-                                                      **{"policy.skip_video": False})}
-  for s in _SAMPLING.value:
-    infer[f"video_wam generate (flow, {s} steps)"] = latency(
-        "video_wam.py:policy_tiny", _CALLS.value, **{"policy.skip_video": False, "video.objective": "flow",
-                                                     "video.num_sampling_steps": int(s)})
+                                                      **{"policy.skip_video": False})})
+    for s in _SAMPLING.value:
+      infer[f"video_wam generate (flow, {s} steps)"] = latency(
+          "video_wam.py:policy_tiny", _CALLS.value, **{"policy.skip_video": False, "video.objective": "flow",
+                                                       "video.num_sampling_steps": int(s)})
+  if "joint_wam" in _FAMILIES.value:  # one pass for both outputs: frame queries left out, or decoded too
+    for preset in ("tiny", "uwm_tiny"):
+      for skip in (True, False):
+        infer[f"joint_wam {preset} {'skip_video' if skip else 'generate'}"] = latency(
+            f"joint_wam.py:{preset}", _CALLS.value, skip_video=skip)
   result["inference_ms"] = {k: {"median": round(m, 2), "p95": round(p, 2)} for k, (m, p) in infer.items()}
   result["load_end"] = [round(x, 2) for x in os.getloadavg()]
   result["peak_gflops_fp32_cached"] = round(peak_flops / 1e9, 1)
