@@ -1,0 +1,30 @@
+"""Claim 2, latent-action part (shared/PROTOCOL.md): do latent actions learned from unlabeled video
+help when labels are scarce (N in {2, 5} demos per MT10 task)? Per seed: the latent-action model
+trained on the action-free video pool only (a stage shared by both N, as the protocol reuses
+pretraining across N), a policy pretrained to predict its latent actions from (o_t, l_t) on the
+N-demo frames + the pool, then fine-tuned to real actions on the N demos (2000 steps, as the VLA);
+beside the VLA baseline on the same labels (the reference row, as baseline_data_efficiency).
+
+The other two claim-2 methods (a VLA on labels + IDM pseudo-labels, and plan-with-video-act-with-
+IDM) run as scripts between trainings (scripts/label_video.py, eval.py --policy=plan_idm): the sweep
+harness has no cell kind for them yet (BUILD_NOTES, "Family 2")."""
+
+from wam_jax.ablations.sweep import Cell, Sweep
+
+N_DEMOS = (2, 5)
+
+SWEEP = Sweep(
+    name="latent_actions",
+    version=1,
+    description=__doc__,
+    cells=(Cell(name="latent_action", config="experiments/configs/idm_wam.py:latent_mt10_n2",
+                method="latent_action"),)  # trains on the pool only: the same stage for every N
+    + tuple(c for n in N_DEMOS for c in (
+        Cell(name=f"latent_policy_n{n}", config=f"experiments/configs/idm_wam.py:latent_policy_mt10_n{n}",
+             init_from="latent_action", method="latent_policy", n_demos=n),
+        Cell(name=f"latent_finetune_n{n}", config=f"experiments/configs/idm_wam.py:finetune_mt10_n{n}",
+             init_from=f"latent_policy_n{n}", method="latent_actions", n_demos=n),
+        Cell(name=f"vla_l1_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
+             method="vla_l1", n_demos=n),
+    )),
+)
