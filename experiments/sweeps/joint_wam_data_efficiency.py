@@ -1,0 +1,25 @@
+"""Claims 1 and 3 for family 3 (shared/PROTOCOL.md): at N in {2, 5, 20} labeled demos per MT10 task
+plus the action-free video pool (its rows add only the video loss), the joint WAM (joint readout,
+regression frames, L1 head), the same network with video_weight = 0 (actions only: isolates the
+video objective), and the VLA baseline at equal steps and labels (the reference row, as
+baseline_data_efficiency). Evaluation reports the rollout consistency of the joint model's
+predicted t+k frames beside success; per-task success on pick-place, push and peg-insert-side is
+the long-horizon part of claim 3."""
+
+from wam_jax.ablations.sweep import Cell, Sweep
+
+N_DEMOS = (2, 5, 20)
+
+SWEEP = Sweep(
+    name="joint_wam_data_efficiency",
+    version=1,
+    description=__doc__,
+    cells=tuple(c for n in N_DEMOS for c in (
+        Cell(name=f"joint_wam_n{n}", config=f"experiments/configs/joint_wam.py:mt10_n{n}",
+             method="joint_wam", n_demos=n),
+        Cell(name=f"joint_wam_no_video_n{n}", config=f"experiments/configs/joint_wam.py:mt10_n{n}",
+             overrides={"model.video_weight": 0.0}, method="joint_wam_no_video", n_demos=n),
+        Cell(name=f"vla_l1_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
+             method="vla_l1", n_demos=n),
+    )),
+)
