@@ -68,7 +68,7 @@ class CheckpointPolicy:
     model = run.model
     self._predict = jax.jit(lambda p, b, r: registry.predict_actions(model, p, b, r))
     self._predict_frames = None  # families that generate frames (predicted_frame)
-    if hasattr(model, "predict_frames"):
+    if registry.predicts_frames(model):
       self._predict_frames = jax.jit(lambda p, b, r: registry.predict_frames(model, p, b, r))
     self.future_offset = int(self.data_cfg.future_offset)
     self._frame_rng = jax.random.fold_in(jax.random.key(seed), 1)  # never touches the action keys

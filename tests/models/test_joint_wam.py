@@ -149,6 +149,30 @@ def test_joint_readout_skip_video_gives_the_same_chunk():
   np.testing.assert_allclose(chunks[0], chunks[1], atol=1e-5)
 
 
+def test_video_weight_zero_is_the_actions_only_network_without_a_frame_generator():
+  """The ablation has no frame tokens: it trains, acts on either inference path with the same chunk
+  as the full model's action pathway, and tells the trainer and evaluator it predicts no frames."""
+  cfg = small_config("tiny", video_weight=0.0)
+  batch = make_batch(cfg, 4, num_datasets=2)
+  model, params = init(cfg, batch)
+  assert not registry.predicts_frames(model)
+  assert not any("future_query" in "/".join(map(str, k)) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+  run = setup(cfg, batch_size=4)
+  assert run.predict_frames is None  # no frame summaries, no rollout consistency
+  state = run.init_state(jax.random.key(0))
+  state, m = run.train_step(state, trainer._device_batch(batch, run.batch_shardings))
+  assert np.isfinite(float(m["loss"])) and "video_loss" not in m
+  chunks = []
+  for skip in (True, False):
+    cfg.model.skip_video = skip
+    model = registry.build_model(cfg, num_datasets=2)
+    chunks.append(np.asarray(jax.jit(lambda p, b, r: registry.predict_actions(model, p, b, r))(
+        params, observation(batch), jax.random.key(0))))
+  np.testing.assert_allclose(chunks[0], chunks[1], atol=1e-5)
+  full = small_config("tiny")
+  assert registry.predicts_frames(registry.build_model(full, num_datasets=2))
+
+
 def test_config_errors_name_the_field():
   for overrides, field in [(dict(mode="dreaming"), "config.model.mode"),
                            (dict(mode="video"), "config.model.mode"),

@@ -61,6 +61,13 @@ def predict_actions(model, params, batch, rng):
   return model.apply({"params": params}, batch, rngs=_rngs(rng), method="predict_actions")
 
 
+def predicts_frames(model) -> bool:
+  """Whether the model generates future frames: a family with ``predict_frames`` whose config
+  trains a video objective (a family may set ``predicts_frames`` False, e.g. the joint WAM at
+  video_weight = 0, which has no frame tokens at all)."""
+  return hasattr(model, "predict_frames") and bool(getattr(model, "predicts_frames", True))
+
+
 def predict_frames(model, params, batch, rng):
   """Frames a family generates for the batch's future frames: {camera: uint8 [B, F, H, W, 3]}."""
   return model.apply({"params": params}, batch, rngs=_rngs(rng), method="predict_frames")

@@ -265,7 +265,7 @@ def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup
   elif tc.grad_accum_steps > 1:
     count_step = _RulesJit(jit_step(1), mesh, rules)
   predict_frames = None
-  if hasattr(model, "predict_frames"):  # families that generate frames get them summarized
+  if registry.predicts_frames(model):  # families that generate frames get them summarized
     predict_frames = _RulesJit(jax.jit(functools.partial(registry.predict_frames, model)), mesh, rules)
   return TrainingSetup(
       model=model, mesh=mesh, rules=rules,

@@ -123,7 +123,7 @@ class JointWAM(VideoWAM):
     b, c, f = fut.shape[:3]
     delta = (fut - hist[:, :, -1:]) * video.delta_scale
     mask_BKA = batch["action_mask"][:, :, None] & batch["action_dim_mask"][:, None, :]
-    with_future = cfg.decoupled or cfg.video_weight > 0
+    with_future = self.predicts_frames
     future_in = tau = None
     if video.objective == "flow":
       t_rng, eps_rng, end_rng = jax.random.split(self.make_rng("noise"), 3)
@@ -215,7 +215,7 @@ class JointWAM(VideoWAM):
     cfg = self.config
     hist, context = self._tokens(batch, "image_"), self.encoder(batch)
     if not cfg.decoupled:  # regression + skip_video=False: frames come out of the same pass
-      with_future = not cfg.skip_video and cfg.video.objective == "regression"
+      with_future = self.predicts_frames and not cfg.skip_video and cfg.video.objective == "regression"
       _, readout = self._predict(batch, hist, context, queries=True, with_future=with_future)
       return self.head.sample(readout)
     if cfg.mode == "inverse_dynamics":
@@ -229,6 +229,12 @@ class JointWAM(VideoWAM):
                        "actions come from mode='policy' or 'inverse_dynamics'")
     return self._sample(batch, hist, context, actions=(GENERATE, None),
                         video=(MARGINAL if cfg.skip_video else GENERATE, None))[0]
+
+  @property
+  def predicts_frames(self) -> bool:
+    """False at video_weight = 0 without decoupling: the future-frame tokens are left out of the
+    pass (the action queries never read them), so there is no video head to generate with."""
+    return bool(self.config.decoupled or self.config.video_weight > 0)
 
   def predict_frames(self, batch):
     """Generated future frames {camera: uint8 [B, F, H, W, 3]}: given ``batch["actions"]`` when
