@@ -127,7 +127,8 @@ class PlanWithVideoPolicy:
   the training render resolution, "proprio": float [P_raw]}; returns float32 [K, A_dataset] in env units,
   K = the IDM's ``data.action_horizon``. ``predicted_frame()`` is the planned o_t+k of the last query (first
   camera, uint8 [S, S, 3]), so recorded rollouts and the consistency metric score the plan.
-  ``latencies_ms`` / ``frame_ms`` / ``idm_ms``: per query, the whole call and its two parts.
+  ``latencies_ms`` / ``frame_ms`` / ``idm_ms``: per query, the whole call and its two parts
+  (``latency_parts`` names the parts for the evaluator's report).
   """
 
   def __init__(self, video_workdir, idm_workdir, *, frames_from: str = "video", video_step: Optional[int] = None,
@@ -154,6 +155,10 @@ class PlanWithVideoPolicy:
     self._frames = collections.deque(maxlen=self.history)
     self._planned = None
     self.latencies_ms, self.frame_ms, self.idm_ms = [], [], []
+
+  def latency_parts(self) -> dict:
+    """{part: [ms per query so far]}: the evaluator reports each beside the whole call's latency."""
+    return {"frame generation": self.frame_ms, "IDM": self.idm_ms}
 
   def reset(self) -> None:
     self._frames.clear()

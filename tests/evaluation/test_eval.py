@@ -200,3 +200,32 @@ def test_rollout_consistency_scores_the_frame_predicted_for_query_plus_offset():
   summary = evaluate_lib.consistency_summary([ep], ["drawer-close-v3"], bin_steps=8)
   assert summary["mean"]["frames"] == 3 and list(summary["along_episode"]) == ["0-7", "8-15"]
   assert summary["along_episode"]["8-15"]["frames"] == 2
+
+
+class _TwoPartPolicy(policy_lib.RandomPolicy):
+  """A random chunk whose call reports two parts, as plan_idm's frame generation and IDM."""
+
+  def __init__(self):
+    super().__init__(0, 4)
+    self.plan_ms, self.act_ms = [], []
+
+  def latency_parts(self):
+    return {"plan": self.plan_ms, "act": self.act_ms}
+
+  def __call__(self, obs, instruction):
+    self.plan_ms.append(1.0)
+    self.act_ms.append(2.0)
+    return super().__call__(obs, instruction)
+
+
+def test_latency_parts_are_summarized_per_part_and_reported(tmp_path):
+  res = evaluate_lib.evaluate(_TwoPartPolicy, ["drawer-close-v3"], 2, max_steps=8, execute_steps=4,
+                              out_dir=tmp_path, num_videos=0, resolution=32, log=lambda s: None)
+  calls = res["latency"]["calls"]
+  assert calls == 4  # 2 episodes x 8 steps / 4 per chunk: each episode's parts, not the policy's running lists
+  assert {p: (v["calls"], v["p50_ms"]) for p, v in res["latency_parts"].items()} == {
+      "plan": (calls, 1.0), "act": (calls, 2.0)}
+  assert "plan p50 1.00 ms; act p50 2.00 ms" in (tmp_path / "results.md").read_text()
+  plain = evaluate_lib.evaluate(functools.partial(policy_lib.RandomPolicy, 0, 4), ["drawer-close-v3"], 1,
+                                max_steps=4, num_videos=0, resolution=32, log=lambda s: None)
+  assert plain["latency_parts"] == {}

@@ -183,6 +183,9 @@ def test_one_closed_loop_episode_scores_the_plan(runs, policies):
   assert ep["frames"].shape == (9, r, 2 * r, 3)   # [real | planned] side by side
   assert [e[0] for e in ep["consistency"]] == [2, 4, 6, 8]
   assert all(np.isfinite(e[1:]).all() for e in ep["consistency"])
+  parts = ep["latency_parts_ms"]  # this episode's queries only, split into the plan and the act
+  assert set(parts) == {"frame generation", "IDM"} and all(len(v) == 4 for v in parts.values())
+  assert all(f + i <= total for f, i, total in zip(parts["frame generation"], parts["IDM"], ep["latencies_ms"]))
 
 
 @pytest.mark.slow

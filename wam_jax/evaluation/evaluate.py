@@ -111,6 +111,9 @@ def _summarize(episodes, tasks, name, seconds, settings) -> dict:
           "mean_length": float(np.mean([e["length"] for e in episodes])),
       },
       "latency": metrics.latency_stats(latencies),
+      "latency_parts": {  # a policy's own split of each call (plan_idm: frame generation, IDM)
+          part: metrics.latency_stats([x for e in episodes for x in e.get("latency_parts_ms", {}).get(part, [])])
+          for part in ((episodes[0].get("latency_parts_ms") or {}) if episodes else {})},
       "seconds": seconds,
       "episodes_per_minute": 60 * len(episodes) / max(seconds, 1e-9),
       "settings": settings,

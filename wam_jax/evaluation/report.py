@@ -39,7 +39,9 @@ def markdown_table(results: dict) -> str:
   lat = results["latency"]
   s = results["settings"]
   lines += ["", f"Policy latency per call: mean {lat['mean_ms']:.2f} ms, p50 {lat['p50_ms']:.2f} ms, "
-            f"p95 {lat['p95_ms']:.2f} ms over {lat['calls']} calls.",
+            f"p95 {lat['p95_ms']:.2f} ms over {lat['calls']} calls"
+            + "".join(f"; {part} p50 {v['p50_ms']:.2f} ms" for part, v in results.get("latency_parts", {}).items())
+            + ".",
             f"Wall time {results['seconds']:.1f} s ({results['episodes_per_minute']:.1f} episodes/min, "
             f"{s['num_workers']} worker(s)). Seeds from {s['seed_offset']}, max {s['max_steps']} steps, "
             f"execute {s['execute_steps']} per chunk, temporal ensemble {s['temporal_ensemble']}, "

@@ -62,7 +62,9 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   """Runs one seeded episode until success or ``max_steps``.
 
   Returns {"task", "seed", "success", "length", "latencies_ms", "frozen_fraction",
-  "frames" (uint8 [T+1, H, W, 3] if keep_frames else None), "consistency"}. Raises
+  "latency_parts_ms" ({part: [ms per query]} of a policy with ``latency_parts()``, e.g. plan_idm's
+  frame generation and IDM; else {}), "frames" (uint8 [T+1, H, W, 3] if keep_frames else None),
+  "consistency"}. Raises
   FrozenFramesError if the frames stop changing while the scene moves.
 
   With ``keep_frames`` and a policy that predicts frames (``predicted_frame()``
@@ -78,6 +80,8 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   instruction = mw.instruction(task)
   executor = ChunkExecutor(execute_steps, temporal_ensemble, ensemble_decay)
   policy.reset()
+  parts = policy.latency_parts() if hasattr(policy, "latency_parts") else {}
+  parts_before = {name: len(ms) for name, ms in parts.items()}
   raw_obs = mw.reset(env, seed)
   frames, states, latencies, predictions = [], [], [], {}
   success, length = False, 0
@@ -109,6 +113,7 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
     frames = beside_predictions(np.stack(frames), predictions)
   return {"task": task, "seed": int(seed), "success": bool(success), "length": length,
           "latencies_ms": latencies, "frozen_fraction": frozen,
+          "latency_parts_ms": {name: list(ms[parts_before[name]:]) for name, ms in parts.items()},
           "frames": np.stack(frames) if keep_frames else None, "consistency": errors}
 
 
