@@ -135,23 +135,28 @@ def test_decoupled_modes_shapes_and_determinism():
     registry.predict_actions(registry.build_model(cfg, num_datasets=2), params, obs, jax.random.key(0))
 
 
-def test_joint_readout_skip_video_gives_the_same_chunk():
-  """The action queries never attend to the frame tokens: leaving them out changes nothing."""
-  cfg = small_config("tiny")
-  batch = make_batch(cfg, 2, num_datasets=2)
-  _, params = init(cfg, batch)
+def chunks_on_both_paths(cfg, params, batch):
+  """The chunk predicted with skip_video True, then False (same params and key): two [B, K, A]."""
   chunks = []
   for skip in (True, False):
     cfg.model.skip_video = skip
     model = registry.build_model(cfg, num_datasets=2)
     chunks.append(np.asarray(jax.jit(lambda p, b, r: registry.predict_actions(model, p, b, r))(
         params, observation(batch), jax.random.key(0))))
-  np.testing.assert_allclose(chunks[0], chunks[1], atol=1e-5)
+  return chunks
+
+
+def test_joint_readout_skip_video_gives_the_same_chunk():
+  """The action queries never attend to the frame tokens: leaving them out changes nothing."""
+  cfg = small_config("tiny")
+  batch = make_batch(cfg, 2, num_datasets=2)
+  _, params = init(cfg, batch)
+  np.testing.assert_allclose(*chunks_on_both_paths(cfg, params, batch), atol=1e-5)
 
 
 def test_video_weight_zero_is_the_actions_only_network_without_a_frame_generator():
-  """The ablation has no frame tokens: it trains, acts on either inference path with the same chunk
-  as the full model's action pathway, and tells the trainer and evaluator it predicts no frames."""
+  """The ablation has no frame tokens: it trains, gives the same chunk on either inference path, and
+  tells the trainer and evaluator it predicts no frames."""
   cfg = small_config("tiny", video_weight=0.0)
   batch = make_batch(cfg, 4, num_datasets=2)
   model, params = init(cfg, batch)
@@ -162,13 +167,7 @@ def test_video_weight_zero_is_the_actions_only_network_without_a_frame_generator
   state = run.init_state(jax.random.key(0))
   state, m = run.train_step(state, trainer._device_batch(batch, run.batch_shardings))
   assert np.isfinite(float(m["loss"])) and "video_loss" not in m
-  chunks = []
-  for skip in (True, False):
-    cfg.model.skip_video = skip
-    model = registry.build_model(cfg, num_datasets=2)
-    chunks.append(np.asarray(jax.jit(lambda p, b, r: registry.predict_actions(model, p, b, r))(
-        params, observation(batch), jax.random.key(0))))
-  np.testing.assert_allclose(chunks[0], chunks[1], atol=1e-5)
+  np.testing.assert_allclose(*chunks_on_both_paths(cfg, params, batch), atol=1e-5)
   full = small_config("tiny")
   assert registry.predicts_frames(registry.build_model(full, num_datasets=2))
 

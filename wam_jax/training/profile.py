@@ -60,7 +60,7 @@ def parse_hlo(hlo_text: str) -> dict[str, Instruction]:
     calls = _CALLS.search(line)
     op_name = _OP_NAME.search(line)
     raw[name] = (opcode, calls.group(1) if calls else None, op_name.group(1) if op_name else "")
-    if op_name and "jvp(" in op_name.group(1) or computation not in op_name_in and op_name:
+    if op_name and (computation not in op_name_in or "jvp(" in op_name.group(1)):  # prefer a model op's
       op_name_in[computation] = op_name.group(1)
   out = {}
   for name, (opcode, calls, op_name) in raw.items():
@@ -93,7 +93,7 @@ def _part(op_name: str) -> str:
     return "optimizer/other"
   path = op_name.split("/")
   for segment in reversed(path):  # the innermost recognizable flax module names the part
-    if segment.startswith(("ln_", "norm")) or segment in ("ln_final", "norm"):
+    if segment.startswith(("ln_", "norm")):
       return "norm"
     if segment in ("attn", "attention", "cross_attn"):
       return "attention"
