@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
       keep_every=0,           # also keep every Nth step forever (0: off).
       summary_every=500,      # image summaries: input frames (and predicted frames, for families that make them).
       init_from="",           # params of another run to start from (fine-tuning).
+      init_from_map="",       # 'src_prefix=dst_prefix,...': rename its param paths first ('=vlm/': all under vlm/)
       # Rerunning in a workdir that holds checkpoints compares the config with theirs: a change
       # to a field that changes the run (model, data, optimizer, steps, seed) is an error unless
       # listed here, comma-separated ("train.steps,train.learning_rate"; "*": any field).

@@ -128,16 +128,30 @@ def _check_widths(reader: rlds.RldsReader, wspec: windows.WindowSpec) -> None:
                        f"data.{what}_dim={room}; raise data.{what}_dim")
 
 
-DATA_KINDS = ("windows", "text")
+DATA_KINDS = ("windows", "text", "image_text")
 
 
 def data_kind(data_cfg) -> str:
-  """config.data.kind: "windows" (robot episodes, this module; the default) or "text"
-  (packed token sequences for the language model: ``wam_jax.data.text``)."""
+  """config.data.kind: "windows" (robot episodes, this module; the default), "text"
+  (packed token sequences for the language model: ``wam_jax.data.text``) or "image_text"
+  (image + question/answer tokens for the VLM: ``wam_jax.data.image_text``)."""
   kind = data_cfg.get("kind", "windows")
   if kind not in DATA_KINDS:
     raise ValueError(f"config.data.kind={kind!r}; known: {DATA_KINDS}")
   return kind
+
+
+def prepared_data_module(data_cfg):
+  """The module that reads a prepared (non-robot) data kind: ``load_meta``, ``make_pipeline``,
+  ``abstract_batch_shapes``. None for robot windows."""
+  kind = data_kind(data_cfg)
+  if kind == "text":
+    from wam_jax.data import text
+    return text
+  if kind == "image_text":
+    from wam_jax.data import image_text
+    return image_text
+  return None
 
 
 def derive_seeds(seed: int, offset: int, num_datasets: int,
@@ -170,12 +184,12 @@ def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bo
     normalizer: None computes/loads train-split stats; pass the train
       pipeline's normalizer to val pipelines.
 
-  With ``data.kind == "text"`` the batches are packed token rows instead
-  (``wam_jax.data.text.make_pipeline``, same arguments).
+  With ``data.kind`` "text" or "image_text" the batches come from that prepared
+  data's module instead (``prepared_data_module``, same arguments).
   """
-  if data_kind(data_cfg) == "text":
-    from wam_jax.data import text
-    return text.make_pipeline(data_cfg, split=split, batch_size=batch_size, seed=seed, train=train,
+  prepared = prepared_data_module(data_cfg)
+  if prepared is not None:
+    return prepared.make_pipeline(data_cfg, split=split, batch_size=batch_size, seed=seed, train=train,
                               process_index=process_index, process_count=process_count)
   mixture = resolve_mixture(data_cfg)
   names = tuple(item.name for item in mixture)

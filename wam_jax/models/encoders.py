@@ -101,3 +101,32 @@ class ObservationEncoder(nn.Module):
     tokens.append(dataset_tok[:, None])
     masks.append(jnp.ones_like(batch["dataset_id"], bool)[:, None])
     return jnp.concatenate(tokens, axis=1), jnp.concatenate(masks, axis=1)
+
+
+class VisionEncoder(nn.Module):
+  """A small ViT and a two-layer MLP projector: frames [B, T, S, S, 3] -> tokens [B, T*N, out_width].
+
+  The VLM's image side (``families/vlm.py``) and the hybrid's (``families/hybrid.py``):
+  patch embedding with spatial/temporal positions, ``depth`` bidirectional blocks of
+  ``width``, then ``out_width`` (the language model's width) through GELU.
+  """
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  patch_size: int
+  out_width: int
+  dot_general: layers.DotGeneral = None
+
+  @nn.compact
+  def __call__(self, frames_BTHWC, mask_BT=None, *, train: bool = False):
+    if mask_BT is None:
+      mask_BT = jnp.ones(frames_BTHWC.shape[:2], bool)
+    tok_BND, mask_BN = ImageTokenizer(self.width, self.patch_size, self.dot_general, name="patches")(
+        frames_BTHWC, mask_BT)
+    tok_BND = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, 0.0, self.dot_general, name="vit")(
+        tok_BND, mask_BN, train=train)
+    h = nn.gelu(layers.logical_dense(self.out_width, ("embed", "mlp"), dot_general=self.dot_general,
+                                     name="proj_in")(tok_BND))
+    return layers.logical_dense(self.out_width, ("mlp", "embed"), dot_general=self.dot_general,
+                                name="proj_out")(h), mask_BN

@@ -18,9 +18,11 @@ from wam_jax.models.families.lm import LanguageModel
 from wam_jax.models.families.joint_wam import JointWAM
 from wam_jax.models.families.video_wam import VideoWAM
 from wam_jax.models.families.vla import VLA
+from wam_jax.models.families.vlm import VisionLanguageModel
 
 FAMILIES = {"vla": VLA, "video_wam": VideoWAM, "joint_wam": JointWAM, "frame_autoencoder": FrameAutoencoderModel,
-            "idm": IDM, "latent_action": LatentActionFamily, "latent_policy": LatentPolicy, "lm": LanguageModel}
+            "idm": IDM, "latent_action": LatentActionFamily, "latent_policy": LatentPolicy, "lm": LanguageModel,
+            "vlm": VisionLanguageModel}
 
 
 def check_model_config(model_cfg) -> None:

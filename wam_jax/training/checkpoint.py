@@ -164,12 +164,39 @@ def abstract_with_shardings(tree: Any, shardings: Any):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def load_params_into(run_dir, params, step: Optional[int] = None):
+def parse_path_map(spec: str) -> tuple[tuple[str, str], ...]:
+  """``"src=dst,src2=dst2"`` -> ((src, dst), ...): parameter-path prefixes, '/'-separated.
+
+  ``"=vlm/"`` puts every saved leaf under ``vlm/``; ``"backbone/=world/backbone/"``
+  moves one subtree. Prefixes are tried in order; the first that matches wins.
+  """
+  pairs = []
+  for item in (p.strip() for p in spec.split(",") if p.strip()):
+    if item.count("=") != 1:
+      raise ValueError(f"config.train.init_from_map entry {item!r} is not 'src_prefix=dst_prefix'")
+    src, dst = (x.strip() for x in item.split("="))
+    pairs.append((src, dst))
+  return tuple(pairs)
+
+
+def param_path(key_path) -> str:
+  """A pytree key path -> 'a/b/c' (the form of init_from_map and the logs)."""
+  def name(k):
+    for attr in ("key", "idx", "name"):  # DictKey, SequenceKey, GetAttrKey
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  return "/".join(name(k) for k in key_path)
+
+
+def load_params_into(run_dir, params, step: Optional[int] = None, path_map: str = ""):
   """Partial restore by parameter path (fine-tuning, stage-to-stage transfer).
 
   Copies each leaf of ``run_dir``'s saved params (its EMA params if it kept
-  them) whose path and shape match a
-  leaf of ``params``; every other leaf keeps its fresh initialization. Logs
+  them) whose path and shape match a leaf of ``params``; every other leaf keeps
+  its fresh initialization. ``path_map`` (``parse_path_map``) renames the saved
+  paths first: a saved leaf whose path starts with no ``src`` of the map is
+  dropped when a map is given (a hand-off restores exactly what it names). Logs
   what was restored and what was not. Returns the new params (same shardings).
   """
   src = Checkpointer(pathlib.Path(run_dir) / "checkpoints", read_only=True)
@@ -182,11 +209,20 @@ def load_params_into(run_dir, params, step: Optional[int] = None):
   saved = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   # The EMA params when the source run kept them: they are what its policy used.
   source = saved.get("ema_params") or saved["params"]
-  saved = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(source)}
+  saved = {param_path(k): v for k, v in jax.tree_util.tree_leaves_with_path(source)}
+  rules = parse_path_map(path_map)
+  if rules:
+    renamed = {}
+    for key, value in saved.items():
+      for prefix, dst in rules:
+        if key.startswith(prefix):
+          renamed[dst + key[len(prefix):]] = value
+          break
+    saved = renamed
   copied, kept = [], []
 
   def take(key_path, leaf):
-    key = jax.tree_util.keystr(key_path)
+    key = param_path(key_path)
     if key in saved and saved[key].shape == leaf.shape:
       copied.append(key)
       return jax.device_put(saved[key].astype(leaf.dtype), leaf.sharding)
@@ -197,6 +233,7 @@ def load_params_into(run_dir, params, step: Optional[int] = None):
   logging.info("init_from %s step %d: restored %d leaves, kept fresh %d: %s",
                run_dir, steps[0], len(copied), len(kept), kept[:20])
   if not copied:
-    raise ValueError(f"config.train.init_from={run_dir!r}: no parameter path/shape matched this model")
+    raise ValueError(f"config.train.init_from={run_dir!r} (init_from_map={path_map!r}): no parameter "
+                     f"path/shape matched this model")
   src.close()
   return out

@@ -122,7 +122,7 @@ class ConfigChangedError(ValueError):
 # steps, seed, new fields by default) is part of the run's identity.
 RESUME_FREE_FIELDS = (
     "train.log_every", "train.val_every", "train.val_batches", "train.ckpt_every", "train.keep_last",
-    "train.keep_every", "train.summary_every", "train.matmul_peak_gflops", "train.init_from",
+    "train.keep_every", "train.summary_every", "train.matmul_peak_gflops", "train.init_from", "train.init_from_map",
     "train.allow_changes", "data.data_dir", "data.cache_dir", "data.episode_cache_mb",
     "data.read_threads", "mesh.", "eval.")
 
@@ -171,10 +171,11 @@ def save_config(config, workdir: pathlib.Path):
 
 def prepare_data(data_cfg):
   """The embedded default: with no data_dir, generate (once) the MetaWorld sample.
-  Text is prepared beforehand (scripts/prepare_text.py): only checked here."""
-  if data_pipeline.data_kind(data_cfg) == "text":
-    from wam_jax.data import text
-    text.load_meta(data_cfg)
+  Text and image-text pairs are prepared beforehand (scripts/prepare_text.py,
+  scripts/prepare_image_text.py): only checked here."""
+  prepared = data_pipeline.prepared_data_module(data_cfg)
+  if prepared is not None:
+    prepared.load_meta(data_cfg)
   elif not data_cfg.data_dir:
     from wam_jax.sim import metaworld_data  # MuJoCo is only needed for the embedded sample.
     metaworld_data.ensure_embedded_dataset(data_cfg)
@@ -211,9 +212,9 @@ class TrainingSetup:
 
 def abstract_batch(data_cfg, batch_size: int) -> dict:
   """Global batch shapes {key: ShapeDtypeStruct [B, ...]} for ``data_cfg`` (no data read)."""
-  if data_pipeline.data_kind(data_cfg) == "text":
-    from wam_jax.data import text
-    spec = text.abstract_batch_shapes(data_cfg, batch_size)
+  prepared = data_pipeline.prepared_data_module(data_cfg)
+  if prepared is not None:
+    spec = prepared.abstract_batch_shapes(data_cfg, batch_size)
   else:
     from wam_jax.data import windows  # the window geometry is the data path's to define
     spec = windows.WindowSpec.from_config(data_cfg).element_spec(batch_size)
@@ -366,7 +367,8 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
   else:
     state = run.init_state(jax.random.key(config.seed))
     if tc.init_from:
-      state = state.replace(params=ckpt_lib.load_params_into(tc.init_from, state.params))
+      state = state.replace(params=ckpt_lib.load_params_into(
+          tc.init_from, state.params, path_map=tc.get("init_from_map", "")))
       if state.ema_params is not None:
         state = state.replace(ema_params=state.params)
     start = 0

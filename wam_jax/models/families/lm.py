@@ -47,14 +47,13 @@ class LanguageModel(nn.Module):
     if not cfg.tie_embeddings:
       self.unembed = layers.logical_dense(v, ("embed", "vocab"), dot_general=self.dot_general, use_bias=False)
 
-  def logits(self, tokens_BN, segment_ids_BN=None, train: bool = False):
-    """Next-token logits float32 [B, N, V] for tokens [B, N] (segments: attention stays within each)."""
+  def embed_tokens(self, tokens_BN):
+    """Token ids [B, N] -> embeddings [B, N, D] (the unit-variance table)."""
     x_BND = jnp.take(self.embed, tokens_BN, axis=0)
-    x_BND = nn.with_logical_constraint(x_BND, ("batch", "length", "embed"))
-    mask_BNN = None
-    if segment_ids_BN is not None:
-      mask_BNN = segment_ids_BN[:, :, None] == segment_ids_BN[:, None, :]
-    x_BND = self.backbone(x_BND, mask_BNN, train=train, causal=True)
+    return nn.with_logical_constraint(x_BND, ("batch", "length", "embed"))
+
+  def unembed_hidden(self, x_BND):
+    """Final hidden states [B, N, D] -> float32 logits [B, N, V]."""
     if self.config.tie_embeddings:  # scaled so tied logits start O(1) with the unit-variance table
       dot = self.dot_general or jax.lax.dot_general
       b, n, d = x_BND.shape
@@ -63,6 +62,14 @@ class LanguageModel(nn.Module):
     else:
       logits = self.unembed(x_BND)
     return logits.astype(jnp.float32)
+
+  def logits(self, tokens_BN, segment_ids_BN=None, train: bool = False):
+    """Next-token logits float32 [B, N, V] for tokens [B, N] (segments: attention stays within each)."""
+    mask_BNN = None
+    if segment_ids_BN is not None:
+      mask_BNN = segment_ids_BN[:, :, None] == segment_ids_BN[:, None, :]
+    x_BND = self.backbone(self.embed_tokens(tokens_BN), mask_BNN, train=train, causal=True)
+    return self.unembed_hidden(x_BND)
 
   def __call__(self, batch, train: bool = True):
     """Next-token cross-entropy over scored positions: (loss, metrics)."""
