@@ -2,7 +2,8 @@ r"""Compile the train step for a TPU slice on this CPU: per-chip HBM, FLOPs, roo
 
   JAX_PLATFORMS=cpu python scripts/aot_compile.py \
       --config=experiments/configs/vla_baseline.py:base --topology=v5e-16,v5p-128 \
-      [--config.train.batch_size=512] [--mesh_shape=1,-1,1] [--out=aot.json]
+      [--config.train.batch_size=512] [--mesh_shape=1,-1,1] [--out=aot.json] \
+      [--dump_hlo=/tmp/step] [--compiler_option=KEY=VALUE ...] [--unrolled_costs]
 
 ``--topology`` takes Cloud names (v5e-16, v5litepod-16, v6e-64; v4-32 and
 v5p-128 count TensorCores) or libtpu names (v5e:4x4, v5p:4x4x4), comma-separated
@@ -30,6 +31,13 @@ _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices connected over DCN (
 _MESH_SHAPE = flags.DEFINE_list("mesh_shape", None, "data,fsdp,tensor (one -1 fills); default config.mesh.shape.")
 _NUM_DATASETS = flags.DEFINE_integer("num_datasets", 1, "Datasets in the mixture (per-dataset embeddings).")
 _OUT = flags.DEFINE_string("out", None, "Write the reports as a JSON list here.")
+_DUMP_HLO = flags.DEFINE_string("dump_hlo", None, "Write each compiled step's HLO text to <this>_<topology>.hlo.")
+_COMPILER_OPTION = flags.DEFINE_multi_string(
+    "compiler_option", [], "XLA/libtpu compile option key=value (repeatable), e.g. "
+    "xla_tpu_enable_windowed_einsum_for_all_gather=false.")
+_UNROLLED_COSTS = flags.DEFINE_bool(
+    "unrolled_costs", False, "Scanned layers / grad accumulation: also compile the unrolled step and take "
+    "HBM bytes and collectives from it (XLA counts a loop body once; slower, may not fit).")
 
 
 def main(argv):
@@ -40,13 +48,19 @@ def main(argv):
     config.mesh.shape = tuple(int(s) for s in _MESH_SHAPE.value)
   if not aot.libtpu_available():
     sys.exit("error: libtpu is not installed: pip install -e '.[tpu]' (the optional tpu extra)")
+  options = {}
+  for item in _COMPILER_OPTION.value:
+    key, _, value = item.partition("=")
+    options[key] = {"true": True, "false": False}.get(value.lower(), value)
   reports = []
   for name in _TOPOLOGY.value:
     try:
       topo = aot.parse_topology(name, _NUM_SLICES.value)
       print(f"compiling {config.model.name} for {name} ({topo.topology_name}, {topo.num_chips} chips)...",
             flush=True)
-      reports.append(aot.compile_for_topology(config, topo, _NUM_DATASETS.value))
+      hlo_path = f"{_DUMP_HLO.value}_{name.replace(':', '_')}.hlo" if _DUMP_HLO.value else None
+      reports.append(aot.compile_for_topology(config, topo, _NUM_DATASETS.value, _UNROLLED_COSTS.value,
+                                              hlo_path, options))
     except ValueError as e:  # bad topology name, mesh or batch: one line, not a traceback.
       sys.exit(f"error: {e}")
   print(aot.format_table(reports))
