@@ -55,3 +55,26 @@ def test_conv_matches_linen_conv_values_and_gradients(size, stride, hw):
   g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
   g_mine = jax.jit(jax.grad(loss(mine), argnums=(0, 1)))(params, x)
   chex.assert_trees_all_close(g_mine, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_prefix_kv_attention_equals_one_pass_where_the_prefix_cannot_see_the_suffix():
+  """Block i of a stack attending to another stack's layer-i keys/values (pi0's action expert) is
+  the same computation as one pass over [prefix; suffix] in which prefix tokens never see the
+  suffix: with the same parameters, the suffix outputs agree."""
+  stack = layers.Transformer(2, 2, 32, norm="rms", activation="swiglu", rope_max_wavelength=100.0)
+  pre = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  suf = jax.random.normal(jax.random.key(1), (2, 3, 16))
+  key_mask = jnp.array([[True] * 5, [True] * 3 + [False] * 2])   # row 1: two padded prefix keys
+  params = stack.init(jax.random.key(2), pre, train=False)
+  prefix_mask = jnp.broadcast_to(key_mask[:, None, :], (2, 5, 5))
+  _, kvs = stack.apply(params, pre, prefix_mask, train=False, return_kvs=True)
+  assert len(kvs) == 2 and kvs[0][0].shape == (2, 2, 5, 8)
+  positions = jnp.broadcast_to(5 + jnp.arange(3), (2, 3))
+  split = stack.apply(params, suf, None, train=False, positions_BN=positions,
+                      prefix_kvs=[(k, v, key_mask) for k, v in kvs])
+  joint_keys = jnp.concatenate([key_mask, jnp.ones((2, 3), bool)], axis=1)
+  sees = jnp.concatenate([jnp.concatenate([jnp.ones((5, 5)), jnp.zeros((5, 3))], 1), jnp.ones((3, 8))], 0) > 0
+  joint = stack.apply(params, jnp.concatenate([pre, suf], 1), sees[None] & joint_keys[:, None, :], train=False)
+  chex.assert_trees_all_close(split, joint[:, 5:], atol=1e-5)
+  with pytest.raises(ValueError, match="scan=False"):
+    layers.Transformer(2, 2, 32, scan=True).init(jax.random.key(0), pre, train=False, return_kvs=True)

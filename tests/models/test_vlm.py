@@ -198,3 +198,29 @@ def test_path_map_moves_a_subtree_and_drops_the_rest(lm_run):
   moved = jax.device_get(ckpt_lib.load_params_into(lm_run[1], target, path_map="backbone/=vlm/backbone/"))
   chex.assert_trees_all_close(moved["vlm"]["backbone"], saved["backbone"])
   assert not np.any(moved["vlm"]["embed"])  # not named by the map: left as it was
+
+
+def test_stage_2_to_stage_3_hand_off_puts_the_vlm_under_vlm(lm_run, pairs_dir, tmp_path):
+  """init_from=<stage-2 run>, init_from_map='=vlm/': the hybrid's vlm/ subtree is the VLM's
+  saved parameters; the world module and the action expert keep their fresh values."""
+  from experiments.configs import hybrid as hybrid_configs
+  from wam_jax.data import fake_batch
+  cfg, _, batch = one_batch(pairs_dir)
+  cfg.train.update(steps=1, batch_size=4, warmup_steps=1, log_every=1, val_every=0, ckpt_every=1,
+                   matmul_peak_gflops=100.0)
+  cfg.mesh.shape = (1, 1, 1)
+  trainer.train(cfg, tmp_path / "vlm", devices=jax.devices()[:1])
+  _, vlm_fresh = build_and_init(cfg, batch, seed=3)
+  vlm_saved = jax.device_get(ckpt_lib.load_params_into(tmp_path / "vlm", vlm_fresh))
+  hcfg = hybrid_configs.get_config("tiny")
+  hcfg.model.vlm = cfg.model.copy_and_resolve_references()
+  hcfg.model.vlm.update(vocab_size=cfg.data.vocab_size, scan=False)
+  hcfg.model.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+  hcfg.model.expert.update(width=16, mlp_dim=32)
+  hcfg.data.update(text_tokenizer="", image_size=S, max_text_len=8, action_horizon=4)
+  hbatch = {k: jnp.asarray(v) for k, v in fake_batch.make_batch(hcfg, 2).items()}
+  _, fresh = build_and_init(hcfg, hbatch, seed=4)
+  loaded = jax.device_get(ckpt_lib.load_params_into(tmp_path / "vlm", fresh, path_map="=vlm/"))
+  chex.assert_trees_all_close(loaded["vlm"], vlm_saved)
+  rest = lambda t: {k: v for k, v in t.items() if k != "vlm"}  # noqa: E731
+  chex.assert_trees_all_close(rest(loaded), rest(jax.device_get(fresh)))

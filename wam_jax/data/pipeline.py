@@ -233,5 +233,5 @@ def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bo
   element_spec = {k: ArraySpec(shape, dtype)
                   for k, (shape, dtype) in wspec.element_spec(batch_size).items()}
   return Pipeline(iterator=iter(ds), normalizer=normalizer,
-                  tokenizer=tokenizer_lib.ByteTokenizer(wspec.max_text_len),
+                  tokenizer=tokenizer_lib.for_spec(wspec),
                   dataset_names=names, element_spec=element_spec)

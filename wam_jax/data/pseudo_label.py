@@ -309,7 +309,7 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
   features = output_features(src_features, action_key, idm.action_dim)
   spec = source_spec(idm, src)
   wspec = windows.WindowSpec.from_config(idm.config.data)
-  tokenizer = tokenizer_lib.ByteTokenizer(wspec.max_text_len)
+  tokenizer = tokenizer_lib.for_spec(wspec)
   splits = [s["name"] for s in rlds.read_dataset_info(src)["splits"]]
   readers = {split: rlds.RldsReader(src, split, spec) for split in splits}
   for split, reader in readers.items():

@@ -48,6 +48,7 @@ class WindowSpec:
   action_dim: int      # A.
   proprio_dim: int     # P.
   max_text_len: int    # L.
+  text_tokenizer: str = ""  # '' = bytes; a tokenizer.json = the LM's BPE (data/tokenizer.py)
 
   @classmethod
   def from_config(cls, data_cfg) -> "WindowSpec":
@@ -55,7 +56,7 @@ class WindowSpec:
                history=int(data_cfg.history), future_offset=int(data_cfg.future_offset),
                num_future=int(data_cfg.num_future), action_horizon=int(data_cfg.action_horizon),
                action_dim=int(data_cfg.action_dim), proprio_dim=int(data_cfg.proprio_dim),
-               max_text_len=int(data_cfg.max_text_len))
+               max_text_len=int(data_cfg.max_text_len), text_tokenizer=str(data_cfg.get("text_tokenizer", "")))
 
   def element_spec(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Key -> (shape, dtype) of a batch of ``batch_size`` windows."""
@@ -175,7 +176,7 @@ class WindowSource:
     self.normalizer = normalizer
     self.dataset_id = dataset_id
     self.cache_bytes = cache_bytes
-    self.tokenizer = tokenizer_lib.ByteTokenizer(wspec.max_text_len)
+    self.tokenizer = tokenizer_lib.for_spec(wspec)
     lengths = reader.episode_lengths()
     # Window w is step w - starts[e] of episode e = searchsorted(ends, w, "right"): memory per
     # episode, not per step (a 27M-step dataset would otherwise hold 430 MB of indices per worker).
@@ -263,7 +264,7 @@ def make_inference_inputs(frames_by_camera: Mapping[str, np.ndarray], proprio: n
   episode = rlds.Episode(frames={c: np.asarray(frames_by_camera[c]) for c in cameras},
                          proprio=proprio, actions=None, instruction=instruction)
   ep = prepare_episode(episode, wspec, normalizer, dataset_name,
-                       tokenizer_lib.ByteTokenizer(wspec.max_text_len))
+                       tokenizer_lib.for_spec(wspec))
   out = {batch_lib.image_key(cam): ep.frames[cam] for cam in wspec.cameras}
   dim_mask = np.zeros((wspec.action_dim,), bool)
   dim_mask[:normalizer.action_dim(dataset_name)] = True

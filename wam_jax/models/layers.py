@@ -182,18 +182,26 @@ class Attention(nn.Module):
   ``mask`` is a key padding mask [B, N] (True = attend), or a per-query mask
   [B, N, N] (query n may attend key m) for block-structured attention.
   ``rope_max_wavelength`` > 0 rotates queries and keys by ``positions_BN``
-  (default 0..N-1) before their dot product.
+  (default 0..N-1) before their dot product. ``head_dim`` (0: D / heads) sets
+  the attention's inner size apart from D, so a narrower module can share
+  another's keys and values.
+
+  ``prefix_kv = (k_BHMK, v_BHMK, mask_BM)``: M more keys and values (another
+  module's, already rotated) that every query may attend where ``mask_BM``; the
+  pi0-style action expert attends to the VLM's this way. ``return_kv``: also
+  return this layer's own (rotated) keys and values [B, H, N, K].
   """
   num_heads: int
   dot_general: DotGeneral = None
   rope_max_wavelength: float = 0.0
+  head_dim: int = 0
 
   @nn.compact
-  def __call__(self, x_BND, mask_BN=None, causal=False, positions_BN=None):
+  def __call__(self, x_BND, mask_BN=None, causal=False, positions_BN=None, prefix_kv=None, return_kv=False):
     d = x_BND.shape[-1]
-    if d % self.num_heads:
+    if not self.head_dim and d % self.num_heads:
       raise ValueError(f"model.width={d} is not divisible by model.num_heads={self.num_heads}")
-    head_dim = d // self.num_heads
+    head_dim = self.head_dim or d // self.num_heads
     qkv = logical_dense((3, self.num_heads, head_dim), ("embed", None, "heads", "kv"),
                         dot_general=self.dot_general, name="qkv")(x_BND)
     # Heads-major [3, B, H, N, K]: batch dims lead in both attention dots (the
@@ -204,18 +212,28 @@ class Attention(nn.Module):
         positions_BN = jnp.broadcast_to(jnp.arange(x_BND.shape[1]), x_BND.shape[:2])
       q_BHNK = rope(q_BHNK, positions_BN, self.rope_max_wavelength)
       k_BHNK = rope(k_BHNK, positions_BN, self.rope_max_wavelength)
+    own_kv = (k_BHNK, v_BHNK)
     q_BHNK = q_BHNK / jnp.sqrt(head_dim).astype(q_BHNK.dtype)
-    logits_BHNM = jnp.einsum("bhnk,bhmk->bhnm", q_BHNK, k_BHNK)
-    allowed = jnp.ones(logits_BHNM.shape[-2:], bool)[None, None]
+    n = x_BND.shape[1]
+    allowed = jnp.ones((n, n), bool)[None, None]
     if causal:
       allowed = jnp.tril(allowed)
     if mask_BN is not None:  # [B, M] keys, or [B, N, M] queries x keys
       allowed = allowed & (mask_BN[:, None, None, :] if mask_BN.ndim == 2 else mask_BN[:, None])
+    if prefix_kv is not None:
+      pk_BHMK, pv_BHMK, pmask_BM = prefix_kv
+      k_BHNK = jnp.concatenate([pk_BHMK.astype(k_BHNK.dtype), k_BHNK], axis=2)
+      v_BHNK = jnp.concatenate([pv_BHMK.astype(v_BHNK.dtype), v_BHNK], axis=2)
+      b = x_BND.shape[0]
+      prefix_allowed = jnp.broadcast_to(pmask_BM[:, None, None, :], (b, 1, n, pmask_BM.shape[1]))
+      allowed = jnp.concatenate([prefix_allowed, jnp.broadcast_to(allowed, (b, 1, n, n))], axis=-1)
+    logits_BHNM = jnp.einsum("bhnk,bhmk->bhnm", q_BHNK, k_BHNK)
     logits_BHNM = jnp.where(allowed, logits_BHNM, jnp.finfo(logits_BHNM.dtype).min)
     probs = jax.nn.softmax(logits_BHNM, axis=-1)
     out_BNHK = jnp.einsum("bhnm,bhmk->bhnk", probs, v_BHNK).transpose(0, 2, 1, 3)
-    return logical_dense(d, ("heads", "kv", "embed"), axis=(-2, -1),
-                         dot_general=self.dot_general, name="out")(out_BNHK)
+    out = logical_dense(d, ("heads", "kv", "embed"), axis=(-2, -1),
+                        dot_general=self.dot_general, name="out")(out_BNHK)
+    return (out, own_kv) if return_kv else out
 
 
 class MlpBlock(nn.Module):
@@ -242,7 +260,7 @@ class MlpBlock(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-  """Pre-norm block: x + Attn(Norm(x)); x + MLP(Norm(x))."""
+  """Pre-norm block: x + Attn(Norm(x)); x + MLP(Norm(x)). ``prefix_kv``/``return_kv``: ``Attention``'s."""
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
@@ -250,16 +268,21 @@ class TransformerBlock(nn.Module):
   norm: str = "layer"
   activation: str = "gelu"
   rope_max_wavelength: float = 0.0
+  head_dim: int = 0
 
   @nn.compact
-  def __call__(self, x_BND, mask_BN, train: bool, causal: bool = False, positions_BN=None):
+  def __call__(self, x_BND, mask_BN, train: bool, causal: bool = False, positions_BN=None, prefix_kv=None,
+               return_kv: bool = False):
     x_BND = nn.with_logical_constraint(x_BND, ("batch", "length", "embed"))
-    y = Attention(self.num_heads, self.dot_general, self.rope_max_wavelength, name="attn")(
-        norm_layer(self.norm, "ln_attn")(x_BND), mask_BN, causal, positions_BN)
+    y = Attention(self.num_heads, self.dot_general, self.rope_max_wavelength, self.head_dim, name="attn")(
+        norm_layer(self.norm, "ln_attn")(x_BND), mask_BN, causal, positions_BN, prefix_kv, return_kv)
+    if return_kv:
+      y, kv = y
     x_BND = x_BND + nn.Dropout(self.dropout, deterministic=not train)(y)
     y = MlpBlock(self.mlp_dim, self.dropout, self.dot_general, self.activation, name="mlp")(
         norm_layer(self.norm, "ln_mlp")(x_BND), train)
-    return x_BND + nn.Dropout(self.dropout, deterministic=not train)(y)
+    x_BND = x_BND + nn.Dropout(self.dropout, deterministic=not train)(y)
+    return (x_BND, kv) if return_kv else x_BND
 
 
 class _ScanStep(nn.Module):
@@ -283,6 +306,10 @@ class Transformer(nn.Module):
   depth (``stack_blocks`` converts unrolled parameters). ``remat`` recomputes
   each block's activations in the backward pass: ``full`` saves nothing,
   ``dots_saveable`` keeps the matmul outputs.
+
+  Layer-wise attention sharing (unrolled only): ``return_kvs`` also returns each
+  block's keys and values [(k, v) per layer]; ``prefix_kvs`` [(k, v, mask) per
+  layer] lets block i attend to another stack's layer-i keys and values.
   """
   depth: int
   num_heads: int
@@ -294,22 +321,38 @@ class Transformer(nn.Module):
   rope_max_wavelength: float = 0.0
   scan: bool = False
   remat: str = "none"
+  head_dim: int = 0
 
   @nn.compact
-  def __call__(self, x_BND, mask_BN=None, *, train: bool, causal: bool = False, positions_BN=None):
+  def __call__(self, x_BND, mask_BN=None, *, train: bool, causal: bool = False, positions_BN=None,
+               prefix_kvs=None, return_kvs: bool = False):
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r} is not a remat policy; known: {sorted(REMAT_POLICIES)}")
+    sharing = prefix_kvs is not None or return_kvs
+    if sharing and self.scan:
+      raise ValueError("layer-wise key/value sharing (prefix_kvs / return_kvs) needs an unrolled "
+                       "Transformer: set scan=False")
+    if prefix_kvs is not None and len(prefix_kvs) != self.depth:
+      raise ValueError(f"prefix_kvs has {len(prefix_kvs)} layers, the Transformer {self.depth}")
     block = TransformerBlock
-    if self.remat != "none":  # argnums count self: 3 = train, 4 = causal
-      block = nn.remat(TransformerBlock, policy=REMAT_POLICIES[self.remat], static_argnums=(3, 4),
-                       prevent_cse=not self.scan)
+    if self.remat != "none":  # argnums count self: 3 = train, 4 = causal, 7 = return_kv
+      block = nn.remat(TransformerBlock, policy=REMAT_POLICIES[self.remat],
+                       static_argnums=(3, 4, 7) if sharing else (3, 4), prevent_cse=not self.scan)
     args = (self.num_heads, self.mlp_dim, self.dropout, self.dot_general, self.norm, self.activation,
-            self.rope_max_wavelength)
+            self.rope_max_wavelength, self.head_dim)
     if self.scan:
       stack = nn.scan(_ScanStep, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                       in_axes=(nn.broadcast, nn.broadcast), length=self.depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
       x_BND, _ = stack(block, args, train, causal, name="blocks")(x_BND, mask_BN, positions_BN)
+    elif sharing:
+      kvs = []
+      for i in range(self.depth):
+        prefix = None if prefix_kvs is None else prefix_kvs[i]
+        x_BND, kv = block(*args, name=f"block_{i}")(x_BND, mask_BN, train, causal, positions_BN, prefix, True)
+        kvs.append(kv)
+      x_BND = norm_layer(self.norm, "ln_final")(x_BND)
+      return (x_BND, kvs) if return_kvs else x_BND
     else:
       for i in range(self.depth):
         x_BND = block(*args, name=f"block_{i}")(x_BND, mask_BN, train, causal, positions_BN)

@@ -11,6 +11,7 @@ import jax
 from wam_jax.data.tokenizer import ByteTokenizer
 from wam_jax.models import heads, matmul
 from wam_jax.models.families.frame_autoencoder import FrameAutoencoderModel
+from wam_jax.models.families.hybrid import HybridWAM
 from wam_jax.models.families.idm import IDM
 from wam_jax.models.families.latent_action import LatentActionFamily
 from wam_jax.models.families.latent_policy import LatentPolicy
@@ -22,7 +23,7 @@ from wam_jax.models.families.vlm import VisionLanguageModel
 
 FAMILIES = {"vla": VLA, "video_wam": VideoWAM, "joint_wam": JointWAM, "frame_autoencoder": FrameAutoencoderModel,
             "idm": IDM, "latent_action": LatentActionFamily, "latent_policy": LatentPolicy, "lm": LanguageModel,
-            "vlm": VisionLanguageModel}
+            "vlm": VisionLanguageModel, "hybrid": HybridWAM}
 
 
 def check_model_config(model_cfg) -> None:

@@ -25,6 +25,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from wam_jax.training import state as state_lib
+
 
 class Checkpointer:
 
@@ -179,16 +181,6 @@ def parse_path_map(spec: str) -> tuple[tuple[str, str], ...]:
   return tuple(pairs)
 
 
-def param_path(key_path) -> str:
-  """A pytree key path -> 'a/b/c' (the form of init_from_map and the logs)."""
-  def name(k):
-    for attr in ("key", "idx", "name"):  # DictKey, SequenceKey, GetAttrKey
-      if hasattr(k, attr):
-        return str(getattr(k, attr))
-    return str(k)
-  return "/".join(name(k) for k in key_path)
-
-
 def load_params_into(run_dir, params, step: Optional[int] = None, path_map: str = ""):
   """Partial restore by parameter path (fine-tuning, stage-to-stage transfer).
 
@@ -209,7 +201,7 @@ def load_params_into(run_dir, params, step: Optional[int] = None, path_map: str 
   saved = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   # The EMA params when the source run kept them: they are what its policy used.
   source = saved.get("ema_params") or saved["params"]
-  saved = {param_path(k): v for k, v in jax.tree_util.tree_leaves_with_path(source)}
+  saved = {state_lib.param_path(k): v for k, v in jax.tree_util.tree_leaves_with_path(source)}
   rules = parse_path_map(path_map)
   if rules:
     renamed = {}
@@ -222,7 +214,7 @@ def load_params_into(run_dir, params, step: Optional[int] = None, path_map: str 
   copied, kept = [], []
 
   def take(key_path, leaf):
-    key = param_path(key_path)
+    key = state_lib.param_path(key_path)
     if key in saved and saved[key].shape == leaf.shape:
       copied.append(key)
       return jax.device_put(saved[key].astype(leaf.dtype), leaf.sharding)

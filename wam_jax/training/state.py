@@ -57,7 +57,7 @@ def _adamw(train_cfg):
 
 def param_path(key_path) -> str:
   """A parameter's path as the multiplier rules match it: 'predictor/transformer/block_0/attn/qkv/kernel'."""
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in key_path)
 
 
 def _is_param(x) -> bool:

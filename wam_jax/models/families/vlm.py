@@ -44,12 +44,17 @@ class VisionLanguageModel(LanguageModel):
     self.vision = encoders.VisionEncoder(v.width, v.depth, v.num_heads, v.mlp_dim, v.patch_size,
                                          self.config.width, self.dot_general)
 
-  def prefix_hidden(self, images_BTHWC, tokens_BL, text_length_B, train: bool):
-    """Backbone outputs over [image tokens; text]: (hidden [B, I + L, D], image tokens I)."""
+  def prefix_hidden(self, images_BTHWC, tokens_BL, text_length_B, train: bool, return_kvs: bool = False):
+    """Backbone outputs over [image tokens; text]: (hidden [B, I + L, D], image tokens I), and with
+    ``return_kvs`` each layer's keys and values [(k, v) [B, H, I + L, K]] third (the hybrid's
+    action expert attends to them)."""
     img_BID, _ = self.vision(images_BTHWC, train=train)
     i, l = img_BID.shape[1], tokens_BL.shape[1]
     x_BND = jnp.concatenate([img_BID, self.embed_tokens(tokens_BL)], axis=1)
     mask_BNN = prefix_lm_mask(i, l, text_length_B)
+    if return_kvs:
+      hidden, kvs = self.backbone(x_BND, mask_BNN, train=train, return_kvs=True)
+      return hidden, i, kvs
     return self.backbone(x_BND, mask_BNN, train=train), i
 
   def __call__(self, batch, train: bool = True):
