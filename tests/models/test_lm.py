@@ -94,11 +94,9 @@ def test_packed_documents_do_not_attend_across_boundaries():
   assert float(metrics["tokens"]) == 5 + 7  # within-segment targets only
 
 
-def test_loss_falls_on_a_tiny_batch():
-  model = build(tiny_config())
-  batch = random_batch(b=4, n=16)
-  params = init(model, batch)
-  tx = optax.adam(1e-2)
+def fit(model, params, batch, *, steps: int, learning_rate: float):
+  """``steps`` Adam steps on one fixed batch: (params, the loss before each step)."""
+  tx = optax.adam(learning_rate)
   opt = tx.init(params)
 
   @jax.jit
@@ -108,9 +106,16 @@ def test_loss_falls_on_a_tiny_batch():
     return optax.apply_updates(params, updates), opt, loss
 
   losses = []
-  for _ in range(40):
+  for _ in range(steps):
     params, opt, loss = step(params, opt)
     losses.append(float(loss))
+  return params, losses
+
+
+def test_loss_falls_on_a_tiny_batch():
+  model = build(tiny_config())
+  batch = random_batch(b=4, n=16)
+  _, losses = fit(model, init(model, batch), batch, steps=40, learning_rate=1e-2)
   assert losses[-1] < 0.3 * losses[0], losses
 
 

@@ -9,11 +9,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from experiments.configs import vlm as vlm_configs
-from tests.models.test_lm import DOCS, VOCAB, tiny_config as lm_tiny_config
+from tests.models.test_lm import DOCS, VOCAB, fit, tiny_config as lm_tiny_config
 from wam_jax.data import image_text, pipeline, rlds, text
 from wam_jax.models import registry
 from wam_jax.models.families import vlm
@@ -128,19 +127,7 @@ def test_learns_to_name_the_task_from_the_image(pairs_dir):
   cfg, _, batch = one_batch(pairs_dir, batch_size=24)
   _, _, val = one_batch(pairs_dir, split="val", batch_size=24)
   model, params = build_and_init(cfg, batch)
-  tx = optax.adam(3e-3)
-  opt = tx.init(params)
-
-  @jax.jit
-  def step(params, opt):
-    (loss, _), g = jax.value_and_grad(lambda p: model.apply({"params": p}, batch, train=True), has_aux=True)(params)
-    updates, opt = tx.update(g, opt)
-    return optax.apply_updates(params, updates), opt, loss
-
-  losses = []
-  for _ in range(40):
-    params, opt, loss = step(params, opt)
-    losses.append(float(loss))
+  params, losses = fit(model, params, batch, steps=40, learning_rate=3e-3)
   assert losses[-1] < 0.2 * losses[0], losses
   _, metrics = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False))(params, val)
   assert float(metrics["caption_count"]) == 12

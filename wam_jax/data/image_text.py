@@ -29,7 +29,6 @@ import dataclasses
 import json
 import pathlib
 import shutil
-import tempfile
 from typing import Callable, Sequence
 
 import grain
@@ -101,13 +100,8 @@ def prepare(readers: dict, tokenizer_path, out_dir, *, image_size: int, text_len
   ``image_size``. Returns meta.json's content.
   """
   from array_record.python.array_record_module import ArrayRecordWriter
-  out_dir = pathlib.Path(out_dir)
-  if out_dir.exists():
-    raise FileExistsError(f"{out_dir} exists; remove it to prepare again")
   tok = text.TextTokenizer.load(tokenizer_path)
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-  try:
+  with text.atomic_directory(out_dir) as tmp:
     splits = {}
     for split, sources in readers.items():
       writer = ArrayRecordWriter(str(tmp / f"{split}.array_record"), "group_size:1")
@@ -135,10 +129,6 @@ def prepare(readers: dict, tokenizer_path, out_dir, *, image_size: int, text_len
             "frames_per_episode": frames_per_episode, "kinds": list(KINDS), "prompts": PROMPTS,
             "splits": splits}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    tmp.rename(out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   log(f"wrote {out_dir}")
   return meta
 
@@ -155,16 +145,8 @@ def image_text_dir(data_cfg) -> pathlib.Path:
 
 def load_meta(data_cfg) -> dict:
   """meta.json of the prepared pairs, checked against data.image_size, text_len and vocab_size."""
-  directory = image_text_dir(data_cfg)
-  if not (directory / "meta.json").exists():
-    raise ValueError(f"data.kind='image_text': no prepared pairs in {directory}; run "
-                     f"python scripts/prepare_image_text.py --out_dir={directory}")
-  meta = json.loads((directory / "meta.json").read_text())
-  for field in ("image_size", "text_len", "vocab_size"):
-    if int(data_cfg[field]) != meta[field]:
-      raise ValueError(f"config.data.{field}={data_cfg[field]} but the pairs in {directory} were prepared "
-                       f"with {field}={meta[field]}; set --config.data.{field}={meta[field]} or prepare again")
-  return meta
+  return text.read_prepared_meta(image_text_dir(data_cfg), data_cfg, ("image_size", "text_len", "vocab_size"),
+                                 what="pairs", script="prepare_image_text.py")
 
 
 def abstract_batch_shapes(data_cfg, batch_size: int) -> dict:
@@ -187,23 +169,11 @@ def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bo
                   process_index: int = 0, process_count: int = 1, normalizer=None):
   """Batches of examples (module docstring). train: shuffled, repeated; eval: one pass in order."""
   del normalizer
-  from wam_jax.data import pipeline
   meta = load_meta(data_cfg)
-  directory = image_text_dir(data_cfg)
-  source = grain.sources.ArrayRecordDataSource([str(directory / f"{split}.array_record")])
-  ds = grain.MapDataset.source(source)[process_index::process_count]
-  if len(ds) < batch_size:
-    raise ValueError(f"split {split!r} of {directory}: {len(ds)} examples for process {process_index}, "
-                     f"fewer than one batch of {batch_size}")
-  if train:
-    ds = ds.shuffle(seed=int(np.random.SeedSequence([seed, 17]).generate_state(1)[0])).repeat()
-  ds = ds.map(_Decode(meta["image_size"], meta["text_len"]))
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=2 * batch_size))
-  ds = ds.batch(batch_size, drop_remainder=True)
-  spec = {k: pipeline.ArraySpec(shape, dtype) for k, (shape, dtype) in abstract_batch_shapes(data_cfg, batch_size).items()}
-  return pipeline.Pipeline(iterator=iter(ds), normalizer=None,
-                           tokenizer=text.TextTokenizer.load(directory / "tokenizer.json"),
-                           dataset_names=(directory.name,), element_spec=spec)
+  return text.record_pipeline(image_text_dir(data_cfg), split, _Decode(meta["image_size"], meta["text_len"]),
+                              abstract_batch_shapes(data_cfg, batch_size), batch_size=batch_size, seed=seed,
+                              seed_word=17, train=train, process_index=process_index,
+                              process_count=process_count, what="examples")
 
 
 def answer_vocabulary(meta: dict) -> Sequence[str]:

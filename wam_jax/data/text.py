@@ -20,6 +20,7 @@ by row (global shuffle, sharding by process, an iterator state that resumes
 exactly), and the prepared split is a single file per split whatever its size.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -188,6 +189,24 @@ def split_documents(docs, val_match: Sequence[str]):
   return train, val
 
 
+@contextlib.contextmanager
+def atomic_directory(out_dir):
+  """Yields a temporary sibling of ``out_dir`` to fill; renamed to ``out_dir`` only if the block
+  finishes, removed if it raises, so a half-written directory is never read. ``out_dir`` must not
+  exist yet."""
+  out_dir = pathlib.Path(out_dir)
+  if out_dir.exists():
+    raise FileExistsError(f"{out_dir} exists; remove it to prepare again")
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+  try:
+    yield tmp
+    tmp.rename(out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
 def prepare(docs: Sequence[tuple[str, str]], out_dir, *, vocab_size: int, seq_len: int,
             val_match: Sequence[str], source: str = "", log=print) -> dict:
   """Trains the tokenizer on the train documents and writes ``out_dir`` atomically
@@ -202,9 +221,7 @@ def prepare(docs: Sequence[tuple[str, str]], out_dir, *, vocab_size: int, seq_le
   tok = TextTokenizer.train((t for _, t in train_docs), vocab_size)
   log(f"tokenizer: byte-level BPE, {tok.vocab_size} tokens")
   dtype, row_len = record_dtype(tok.vocab_size), seq_len + 1
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-  try:
+  with atomic_directory(out_dir) as tmp:
     splits = {}
     for split, split_docs in (("train", train_docs), ("val", val_docs)):
       ids = tok.encode_batch([t for _, t in split_docs])
@@ -223,10 +240,6 @@ def prepare(docs: Sequence[tuple[str, str]], out_dir, *, vocab_size: int, seq_le
     meta = {"seq_len": seq_len, "row_len": row_len, "vocab_size": tok.vocab_size, "dtype": dtype.name,
             "pad_id": PAD_ID, "eos_id": EOS_ID, "source": source, "splits": splits}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    tmp.rename(out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   log(f"wrote {out_dir}")
   return meta
 
@@ -240,18 +253,25 @@ def text_dir(data_cfg) -> pathlib.Path:
   return pathlib.Path(data_cfg.text_dir) if data_cfg.get("text_dir") else pipeline.resolve_data_dir(data_cfg) / DEFAULT_DIRNAME
 
 
-def load_meta(data_cfg) -> dict:
-  """meta.json of the prepared corpus, checked against data.seq_len and data.vocab_size."""
-  directory = text_dir(data_cfg)
+def read_prepared_meta(directory, data_cfg, fields, *, what: str, script: str) -> dict:
+  """meta.json of a prepared directory, each of ``fields`` checked against config.data (the
+  error names the field and the fix)."""
+  directory = pathlib.Path(directory)
   if not (directory / "meta.json").exists():
-    raise ValueError(f"data.kind='text': no prepared corpus in {directory}; run "
-                     f"python scripts/prepare_text.py --out_dir={directory}")
+    raise ValueError(f"data.kind={data_cfg.get('kind')!r}: no prepared {what} in {directory}; run "
+                     f"python scripts/{script} --out_dir={directory}")
   meta = json.loads((directory / "meta.json").read_text())
-  for field in ("seq_len", "vocab_size"):
+  for field in fields:
     if int(data_cfg[field]) != meta[field]:
-      raise ValueError(f"config.data.{field}={data_cfg[field]} but the corpus in {directory} was prepared "
+      raise ValueError(f"config.data.{field}={data_cfg[field]} but the {what} in {directory} was prepared "
                        f"with {field}={meta[field]}; set --config.data.{field}={meta[field]} or prepare again")
   return meta
+
+
+def load_meta(data_cfg) -> dict:
+  """meta.json of the prepared corpus, checked against data.seq_len and data.vocab_size."""
+  return read_prepared_meta(text_dir(data_cfg), data_cfg, ("seq_len", "vocab_size"), what="corpus",
+                            script="prepare_text.py")
 
 
 def abstract_batch_shapes(data_cfg, batch_size: int) -> dict:
@@ -278,19 +298,31 @@ def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bo
   end or after train.val_batches).
   """
   del normalizer  # text is not normalized
-  from wam_jax.data import pipeline
   meta = load_meta(data_cfg)
   directory = text_dir(data_cfg)
+  return record_pipeline(directory, split, _Decode(meta["dtype"], meta["row_len"]),
+                         abstract_batch_shapes(data_cfg, batch_size), batch_size=batch_size, seed=seed,
+                         seed_word=13, train=train, process_index=process_index, process_count=process_count,
+                         what="rows")
+
+
+def record_pipeline(directory, split: str, decode: grain.transforms.Map, shapes: dict, *, batch_size: int,
+                    seed: int, seed_word: int, train: bool, process_index: int, process_count: int, what: str):
+  """The Grain pipeline over ``<directory>/<split>.array_record`` shared by the prepared data kinds:
+  this process's records, shuffled (seed from [seed, seed_word]) and repeated when ``train``, else
+  one pass in order; ``decode`` maps a record to a dict of ``shapes`` (one batch: {key: (shape, dtype)})."""
+  from wam_jax.data import pipeline
+  directory = pathlib.Path(directory)
   source = grain.sources.ArrayRecordDataSource([str(directory / f"{split}.array_record")])
   ds = grain.MapDataset.source(source)[process_index::process_count]
   if len(ds) < batch_size:
-    raise ValueError(f"split {split!r} of {directory}: {len(ds)} rows for process {process_index}, "
+    raise ValueError(f"split {split!r} of {directory}: {len(ds)} {what} for process {process_index}, "
                      f"fewer than one batch of {batch_size}")
   if train:
-    ds = ds.shuffle(seed=int(np.random.SeedSequence([seed, 13]).generate_state(1)[0])).repeat()
-  ds = ds.map(_Decode(meta["dtype"], meta["row_len"]))
+    ds = ds.shuffle(seed=int(np.random.SeedSequence([seed, seed_word]).generate_state(1)[0])).repeat()
+  ds = ds.map(decode)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=2 * batch_size))
   ds = ds.batch(batch_size, drop_remainder=True)
-  spec = {k: pipeline.ArraySpec(shape, dtype) for k, (shape, dtype) in abstract_batch_shapes(data_cfg, batch_size).items()}
+  spec = {k: pipeline.ArraySpec(shape, dtype) for k, (shape, dtype) in shapes.items()}
   return pipeline.Pipeline(iterator=iter(ds), normalizer=None, tokenizer=TextTokenizer.load(directory / "tokenizer.json"),
                            dataset_names=(directory.name,), element_spec=spec)
