@@ -263,7 +263,7 @@ def read_prepared_meta(directory, data_cfg, fields, *, what: str, script: str) -
   meta = json.loads((directory / "meta.json").read_text())
   for field in fields:
     if int(data_cfg[field]) != meta[field]:
-      raise ValueError(f"config.data.{field}={data_cfg[field]} but the {what} in {directory} was prepared "
+      raise ValueError(f"config.data.{field}={data_cfg[field]} but {directory} ({what}) was prepared "
                        f"with {field}={meta[field]}; set --config.data.{field}={meta[field]} or prepare again")
   return meta
 
