@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from wam_jax.models import layers
+from wam_jax.models import frame_metrics, layers
 from wam_jax.models import video_predictor as vp
 from wam_jax.models.families.video_wam import VideoWAM
 from wam_jax.models.families.vlm import VisionLanguageModel
@@ -183,7 +183,6 @@ class HybridWAM(VideoWAM):
     hist = self._tokens(batch, "image_")
     pred = self._frames(hist[:, :, -1:] + self._generate(batch, hist, (self.context_proj(hidden), key_mask))
                         / self.config.video.delta_scale)
-    from wam_jax.models import frame_metrics
     return {cam: frame_metrics.unit_to_uint8(pred[:, i]) for i, cam in enumerate(self.data_config.cameras)}
 
   @nn.nowrap
