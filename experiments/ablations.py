@@ -28,6 +28,9 @@ _SEEDS = flags.DEFINE_list("seeds", None, "Training seeds (default: the sweep's,
 _MAX_PARALLEL = flags.DEFINE_integer(
     "max_parallel", 1, "Runs at once. On 2 cores use 1: a train step already uses both cores.")
 _CELLS = flags.DEFINE_list("cells", None, "Only these cells of the sweep (default: all).")
+_REUSE = flags.DEFINE_bool(
+    "reuse", True, "Link runs that a sibling sweep (another directory with a sweep.json beside "
+    "--workdir) already finished with the same config and seed, instead of retraining them.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan with estimated times; run nothing.")
 
 
@@ -80,7 +83,7 @@ def main(argv):
     raise app.UsageError(f"--max_parallel={_MAX_PARALLEL.value} must be >= 1")
   if _DRY_RUN.value:
     try:
-      jobs = sweep_lib.plan(sweep, _WORKDIR.value, seeds, check, _CELLS.value)
+      jobs = sweep_lib.plan(sweep, _WORKDIR.value, seeds, check, _CELLS.value, reuse=_REUSE.value)
     except ValueError as e:
       raise app.UsageError(str(e)) from None
     print(sweep_lib.format_plan(sweep, jobs, _MAX_PARALLEL.value))
@@ -92,7 +95,8 @@ def main(argv):
     return
   try:
     summary = sweep_lib.run(sweep, _WORKDIR.value, seeds=seeds, max_parallel=_MAX_PARALLEL.value,
-                            cells=_CELLS.value, check=check, prepare=prepare)
+                            cells=_CELLS.value, check=check, prepare=prepare,
+                            reuse=_REUSE.value)
   except ValueError as e:  # unknown --cells, a workdir of another sweep/version, a changed cell
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

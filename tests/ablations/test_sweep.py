@@ -258,3 +258,61 @@ def test_every_shipped_sweep_plans_with_valid_cells(name, tmp_path):
     if job.cell.init_from:
       argv = sweep_lib.command(job.cell, 0, job.dir)
       assert f"--config.train.init_from={tmp_path.absolute() / job.cell.init_from / 'seed_0'}" in argv
+
+
+def test_a_run_finished_by_a_sibling_sweep_is_linked_not_retrained(tmp_path, monkeypatch):
+  """reuse=True: a cell whose config, seed and evaluation equal a finished run of another sweep
+  beside this one is linked to it (no subprocess); a changed evaluation or training field is run;
+  an unfinished run the link replaces is moved aside; the report reads the linked run."""
+  started = []
+
+  def fake_command(cell, seed, run_dir):
+    started.append((run_dir.parent.parent.name, cell.name, seed))
+    config = sweep_lib.load_config(cell, seed).to_json_best_effort()
+    code = ("import pathlib, json; d = pathlib.Path(%r); (d / 'checkpoints' / '100000').mkdir(parents=True); "
+            "(d / 'config.json').write_text(%r); (d / 'eval').mkdir(); "
+            "(d / 'eval' / 'results.json').write_text(json.dumps({'mean': {'success_rate': 0.5}, "
+            "'episodes': [{'task': 'reach-v3', 'seed': 0, 'success': True, 'length': 3}, "
+            "{'task': 'reach-v3', 'seed': 1, 'success': False, 'length': 9}], 'latency': {'mean_ms': 1.0}, "
+            "'seconds': 1.0, 'settings': {'execute_steps': 4}}))" % (str(run_dir), config))
+    return [sys.executable, "-c", code]
+
+  monkeypatch.setattr(sweep_lib, "command", fake_command)
+  vla = "experiments/configs/vla_baseline.py:tiny"
+  first = sweep_lib.Sweep(name="baseline", version=1, seeds=(0, 1), cells=(
+      sweep_lib.Cell("vla", vla, method="vla", n_demos=2),))
+  sweep_lib.run(first, tmp_path / "baseline", poll_seconds=0.05, log=lambda _: None)
+  assert len(started) == 2
+
+  second = sweep_lib.Sweep(name="family", version=1, seeds=(0, 1), cells=(
+      sweep_lib.Cell("reference", vla, method="vla", n_demos=2),
+      sweep_lib.Cell("more_eval", vla, overrides={"eval.episodes_per_task": 3}),
+      sweep_lib.Cell("longer", vla, overrides={"train.steps": 7})))
+  workdir = tmp_path / "family"
+  partial = workdir / "reference" / "seed_1"
+  (partial / "checkpoints" / "5").mkdir(parents=True)
+  jobs = sweep_lib.plan(second, workdir, reuse=True)
+  assert [(j.cell.name, j.seed, j.state) for j in jobs if j.state == "reusable"] == [
+      ("reference", 0, "reusable"), ("reference", 1, "reusable")]
+  assert sweep_lib.plan(second, workdir, reuse=False)[0].state == "pending"
+
+  started.clear()
+  lines = []
+  summary = sweep_lib.run(second, workdir, poll_seconds=0.05, log=lines.append, reuse=True)
+  assert sorted(started) == [("family", c, s) for c in ("longer", "more_eval") for s in (0, 1)]
+  assert summary["failed"] == [] and len(summary["done"]) == 6
+  for seed in (0, 1):
+    link = workdir / "reference" / f"seed_{seed}"
+    assert link.is_symlink() and link.resolve() == (tmp_path / "baseline" / "vla" / f"seed_{seed}").resolve()
+  aside = [p.name for p in (workdir / "reference").iterdir() if p.name.startswith(".seed_1.replaced-")]
+  assert len(aside) == 1 and (workdir / "reference" / aside[0] / "checkpoints" / "5").exists()
+  assert any("reuse reference seed 1" in line for line in lines), lines
+
+  rows = {r["cell"]: r for r in report.write_report(workdir, plots=False)["rows"]}
+  assert rows["reference"]["seeds"] == [0, 1]
+  assert (rows["reference"]["pooled"]["successes"], rows["reference"]["pooled"]["episodes"]) == (2, 4)
+
+  # A rerun changes nothing: the links are finished runs, not candidates for another link.
+  started.clear()
+  assert sweep_lib.run(second, workdir, poll_seconds=0.05, log=lambda _: None, reuse=True)["failed"] == []
+  assert started == []

@@ -19,6 +19,14 @@ which the trainer does by itself). Layout of ``<workdir>``::
   <cell>/seed_<s>/DONE              written last: the finished signal; finished runs are skipped
   <cell>/seed_<s>/FAILED            the last failure's return code and log tail (until it succeeds)
 
+Reuse: with ``reuse=True`` (``ablations.py --reuse``, the default there), a run that another sweep
+next to ``<workdir>`` (a sibling directory with a sweep.json) already finished with the same config
+and seed is linked (``<cell>/seed_<s>`` -> that run, a relative symlink) instead of retrained:
+the VLA baseline's runs, say, are the reference row of every family's sweep. "Same" is the
+trainer's resume identity (``trainer.config_changes``: model, data, optimizer, steps, seed...)
+plus equal evaluation settings and the same ``train.init_from`` stage (compared as real paths, so
+a linked stage counts as the same). A partial run the link replaces is moved aside, not deleted.
+
 A run is finished when its subprocess exits 0 *and* it reached its last step *and* (if the
 config evaluates at the end) ``eval/results.json`` exists: a SIGTERM'd trainer also exits 0,
 but has not finished. A failed run is reported and the others go on; the sweep exits 1 if any
@@ -252,17 +260,20 @@ class Job:
   dir: pathlib.Path
   config: Any = None
   error: str = ""           # a config error: the job cannot run
-  state: str = "pending"    # pending | done | partial | failed | running | invalid
+  state: str = "pending"    # pending | done | partial | failed | running | invalid | reusable
   detail: str = ""
   estimate_s: float = 0.0
+  reuse_from: Optional[pathlib.Path] = None  # a finished identical run of a sibling sweep
 
 
 def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
-         check: Optional[Callable] = None, cells: Optional[Sequence[str]] = None) -> list[Job]:
+         check: Optional[Callable] = None, cells: Optional[Sequence[str]] = None,
+         reuse: bool = False) -> list[Job]:
   """Jobs in run order (all cells at the first seed, then the next seed...), with their state.
 
   ``check(config)`` raises ValueError for a config that would fail at start-up (the trainer's
   semantic check); such jobs are 'invalid' and never started. ``cells``: only these cell names.
+  ``reuse``: unfinished jobs that a sibling sweep already ran are 'reusable' (``find_reusable``).
   """
   seeds = tuple(sweep.seeds if seeds is None else seeds)
   known = [c.name for c in sweep.cells]
@@ -284,9 +295,60 @@ def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
         jobs.append(job)
         continue
       job.state, job.detail = _state_of(job.dir)
+      if reuse and job.state in ("pending", "partial", "failed"):
+        job.reuse_from = find_reusable(job, workdir)
+        if job.reuse_from is not None:
+          job.state, job.detail = "reusable", f"same run finished in {job.reuse_from}"
       job.estimate_s = estimate_seconds(job, workdir)
       jobs.append(job)
   return jobs
+
+
+def same_run(saved: dict, current: dict) -> bool:
+  """Whether a run saved with config ``saved`` (its config.json) is the run ``current`` (both JSON
+  dicts, ``train.init_from`` filled in) would train and evaluate."""
+  from wam_jax.training import trainer  # pylint: disable=g-import-not-at-top  (jax: only when reusing)
+  if trainer.config_changes(saved, current) or saved.get("eval") != current.get("eval"):
+    return False
+  def stage(cfg):  # the run it was restored from, as a real path (a linked stage is the same)
+    train = cfg.get("train", {})
+    return (os.path.realpath(train["init_from"]) if train.get("init_from") else "",
+            train.get("init_from_map") or "")
+  return stage(saved) == stage(current)
+
+
+def find_reusable(job: Job, workdir) -> Optional[pathlib.Path]:
+  """A finished run (DONE, not itself a link) of the same config and seed as ``job`` in another
+  sweep's workdir beside ``workdir``, or None."""
+  workdir = pathlib.Path(workdir).absolute()
+  current = json.loads(job.config.to_json_best_effort())
+  if job.cell.init_from:
+    current["train"]["init_from"] = str(run_dir(workdir, Cell(job.cell.init_from, ""), job.seed))
+  if not workdir.parent.is_dir():
+    return None
+  for root in sorted(workdir.parent.iterdir()):
+    if root == workdir or not (root / "sweep.json").exists():
+      continue
+    for rdir in sorted(root.glob(f"*/seed_{job.seed}")):
+      if rdir.is_symlink() or not is_done(rdir):
+        continue
+      saved = read_json(rdir / "config.json")
+      if saved and same_run(saved, current):
+        return rdir
+  return None
+
+
+def link_reused(job: Job, log) -> None:
+  """Points ``job.dir`` at ``job.reuse_from`` (relative symlink); a partial run there is moved to
+  ``.seed_<s>.replaced-<time>`` beside it (hidden from the report's ``seed_*``)."""
+  if job.dir.is_symlink() or job.dir.exists():
+    aside = job.dir.with_name(f".{job.dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    job.dir.rename(aside)
+    log(f"[sweep] moved the unfinished {job.cell.name}/seed_{job.seed} aside to {aside}")
+  job.dir.parent.mkdir(parents=True, exist_ok=True)
+  job.dir.symlink_to(os.path.relpath(job.reuse_from, job.dir.parent), target_is_directory=True)
+  job.state = "done"
+  log(f"[sweep] reuse {job.cell.name} seed {job.seed}: the same run finished in {job.reuse_from}")
 
 
 def _state_of(rdir: pathlib.Path) -> tuple[str, str]:
@@ -305,7 +367,7 @@ def _state_of(rdir: pathlib.Path) -> tuple[str, str]:
 
 def estimate_seconds(job: Job, workdir) -> float:
   """Remaining wall time of a job: own rate if some seed of the cell finished, else defaults."""
-  if job.state == "done":
+  if job.state in ("done", "reusable"):
     return 0.0
   cfg = job.config
   per_step, per_episode = _measured_rates(pathlib.Path(workdir) / job.cell.name)
@@ -351,7 +413,7 @@ def format_plan(sweep: Sweep, jobs: Sequence[Job], max_parallel: int) -> str:
            f"{sorted({j.seed for j in jobs})} = {len(jobs)} runs"]
   for j in jobs:
     what = j.error or j.detail
-    est = f"~{_fmt(j.estimate_s)}" if j.state not in ("done", "invalid", "running") else ""
+    est = f"~{_fmt(j.estimate_s)}" if j.state not in ("done", "invalid", "running", "reusable") else ""
     lines.append(f"  {j.cell.name:28s} seed {j.seed}  {j.state:8s} {est:>10s}  {what}")
   todo = [j for j in jobs if j.state in ("pending", "partial", "failed")]
   total = sum(j.estimate_s for j in todo)
@@ -477,7 +539,7 @@ def write_sweep_json(sweep: Sweep, workdir: pathlib.Path) -> None:
 
 
 def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_parallel: int = 1,
-        cells: Optional[Sequence[str]] = None,
+        cells: Optional[Sequence[str]] = None, reuse: bool = False,
         check: Optional[Callable] = None, prepare: Optional[Callable] = None,
         env: Optional[Mapping[str, str]] = None, poll_seconds: float = 1.0,
         log: Callable[[str], None] = print) -> dict:
@@ -489,8 +551,11 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
   """
   workdir = pathlib.Path(workdir).absolute()
   write_sweep_json(sweep, workdir)
-  jobs = plan(sweep, workdir, seeds, check, cells)
+  jobs = plan(sweep, workdir, seeds, check, cells, reuse=reuse)
   label = lambda j: f"{j.cell.name}/seed_{j.seed}"
+  for j in jobs:
+    if j.state == "reusable":
+      link_reused(j, log)
   summary = {"done": [label(j) for j in jobs if j.state == "done"], "failed": [], "skipped": []}
   for j in jobs:
     if j.state == "invalid":
