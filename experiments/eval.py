@@ -2,6 +2,8 @@ r"""Closed-loop MetaWorld evaluation of a policy.
 
   python experiments/eval.py --policy=expert --tasks=drawer-open-v3 --episodes=10 --out=/tmp/ev
   python experiments/eval.py --policy=checkpoint --workdir=runs/x --out=runs/x/eval
+  # the run's own evaluation settings, with unseen paraphrased instructions (-> runs/x/eval_paraphrase)
+  python experiments/eval.py --policy=checkpoint --workdir=runs/x --as_trained --instructions=paraphrase
   python experiments/eval.py --policy=exported --export_dir=exports/x --out=/tmp/ev   # scripts/export.py
   python experiments/eval.py --policy=remote --address=ws://127.0.0.1:8000 --out=/tmp/ev  # scripts/serve.py
   # plan with video, act with an IDM (wam_jax/plan_idm.py); --out defaults to <idm_workdir>/eval_plan
@@ -54,6 +56,12 @@ _SAMPLING_STEPS = flags.DEFINE_integer(
 _SKIP_VIDEO = flags.DEFINE_enum(
     "skip_video", "", ["", "true", "false"], "video_wam/joint_wam (--policy=checkpoint): read actions in one pass "
     "(true) or generate the future frames first (false); '': the checkpoint's config.")
+_AS_TRAINED = flags.DEFINE_bool(
+    "as_trained", False, "--policy=checkpoint: tasks, episodes per task, seeds, step limit, chunk execution, "
+    "workers and videos from the run's config.eval (what its training evaluated); flags given explicitly win.")
+_INSTRUCTIONS = flags.DEFINE_enum(
+    "instructions", "train", ["train", "paraphrase"], "The tasks' training instructions, or unseen "
+    "paraphrases of them (the MT10 tasks; shared/PROTOCOL.md claim 4).")
 _CONSISTENCY = flags.DEFINE_bool(
     "consistency", True, "For a policy that predicts frames: PSNR/MSE of the predicted t+k frame of each "
     "executed chunk against the simulator's frame at t+k, per task and along the episode.")
@@ -116,8 +124,31 @@ def _usage(message):
   raise app.UsageError(message)
 
 
+# --as_trained: flag -> evaluate_lib.eval_kwargs_from_config key.
+_AS_TRAINED_FLAGS = {"tasks": "tasks", "episodes": "episodes_per_task", "seed_offset": "seed_offset",
+                     "max_steps": "max_steps", "execute_steps": "execute_steps",
+                     "temporal_ensemble": "temporal_ensemble", "num_workers": "num_workers",
+                     "num_videos": "num_videos"}
+
+
+def _apply_as_trained():
+  """Sets every --as_trained flag not given on the command line from the run's config."""
+  if _POLICY.value != "checkpoint" or not _WORKDIR.value:
+    raise app.UsageError("--as_trained needs --policy=checkpoint and --workdir")
+  path = os.path.join(_WORKDIR.value, "config.json")
+  if not os.path.exists(path):
+    raise app.UsageError(f"--as_trained: {path} does not exist (not a training run directory?)")
+  with open(path) as f:
+    trained = evaluate_lib.eval_kwargs_from_config(ml_collections.ConfigDict(json.load(f)))
+  for flag, key in _AS_TRAINED_FLAGS.items():
+    if not flags.FLAGS[flag].present:
+      flags.FLAGS[flag].value = list(trained[key]) if flag == "tasks" else trained[key]
+
+
 def main(argv):
   del argv
+  if _AS_TRAINED.value:
+    _apply_as_trained()
   try:
     tasks = mw.parse_tasks(_TASKS.value)
   except ValueError as e:
@@ -126,12 +157,19 @@ def main(argv):
     out = _OUT.value or os.path.join(_IDM_WORKDIR.value or _usage("--policy=plan_idm needs --idm_workdir"),
                                      "eval_plan" if _FRAMES_FROM.value == "video" else "eval_plan_copy_last")
   else:
-    out = _OUT.value or (os.path.join(_WORKDIR.value, "eval") if _WORKDIR.value else "eval_out")
+    out = _OUT.value or (os.path.join(_WORKDIR.value, "eval" if _INSTRUCTIONS.value == "train" else
+                                      f"eval_{_INSTRUCTIONS.value}") if _WORKDIR.value else "eval_out")
+  try:
+    for task in tasks:
+      mw.instruction(task, _INSTRUCTIONS.value)
+  except ValueError as e:
+    raise app.UsageError(f"--instructions={_INSTRUCTIONS.value}: {e}") from None
   evaluate_lib.evaluate(
       policy_factory(), tasks, _EPISODES.value, seed_offset=_SEED_OFFSET.value,
       max_steps=_MAX_STEPS.value, execute_steps=_EXECUTE.value, temporal_ensemble=_ENSEMBLE.value,
       num_workers=_WORKERS.value, out_dir=out, num_videos=_VIDEOS.value,
-      **_camera_settings(), policy_name=f"{_POLICY.value} {_source()}".strip(), consistency=_CONSISTENCY.value)
+      **_camera_settings(), policy_name=f"{_POLICY.value} {_source()}".strip(), consistency=_CONSISTENCY.value,
+      instructions=_INSTRUCTIONS.value)
 
 
 def _source() -> str:

@@ -9,6 +9,8 @@ The pretraining ladder at tiny size (each stage restores the previous one by par
 
 ``tiny`` trains on the embedded MetaWorld demos + video like the VLA's tiny
 preset (same steps, batch, eval) and restores ``runs/vlm_tiny`` under ``vlm/``.
+``mt10_n{2,5,20}``: the same on the protocol's data and evaluation, 2000 steps as the VLA's
+protocol presets; the stages before it are trained once and shared by every seed and N.
 Controls: ``--config.train.init_from=''`` (no stages 1-2), ``--config.model.video_weight=0``
 (no world module), ``--config.model.backbone_tuning=frozen|last_n_blocks``.
 ``1b``: the ``lm.py:1b`` backbone (unrolled: the expert shares its keys and values
@@ -23,9 +25,16 @@ from experiments.configs import video_wam
 from wam_jax.models import heads
 
 
+PROTOCOL_PRESETS = tuple(f"mt10_n{n}" for n in (2, 5, 20))
+
+
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-  if arg not in ("tiny", "1b"):
-    raise ValueError(f"unknown preset {arg!r} for hybrid; known: tiny, 1b")
+  if arg not in ("tiny", "1b") + PROTOCOL_PRESETS:
+    raise ValueError(f"unknown preset {arg!r} for hybrid; known: tiny, 1b, {', '.join(PROTOCOL_PRESETS)}")
+  n_demos = None
+  if arg.startswith("mt10"):  # the tiny hybrid on the protocol's data and evaluation
+    from experiments.configs import protocol  # pylint: disable=g-import-not-at-top
+    n_demos, arg = protocol.n_demos_of(arg), "tiny"
   config = common.base_config()
   stage2 = vlm.get_config(arg)
   backbone = stage2.model
@@ -60,4 +69,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.train.update(batch_size=512, steps=30_000, compute_dtype="bfloat16", init_from="",
                         init_from_map="")
     config.mesh.shape = (1, -1, 1)  # FSDP
+  if n_demos is not None:
+    protocol.apply(config, n_demos)
+    config.train.steps = 2000  # as the VLA's mt10 presets; the VLM stage (runs/vlm_tiny) is shared
   return config

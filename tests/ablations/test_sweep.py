@@ -253,7 +253,7 @@ def test_every_shipped_sweep_plans_with_valid_cells(name, tmp_path):
   from wam_jax.training import trainer
   sweep = sweep_lib.load_sweep(name)
   jobs = sweep_lib.plan(sweep, tmp_path, seeds=(0,), check=lambda c: trainer.check_config(c, 1))
-  assert [j.state for j in jobs] == ["pending"] * len(sweep.cells), [(j.cell.name, j.error) for j in jobs]
+  assert [j.state for j in jobs if not j.eval_name] == ["pending"] * len(sweep.cells), [(j.cell.name, j.error) for j in jobs]
   for job in jobs:
     if job.cell.init_from:
       argv = sweep_lib.command(job.cell, 0, job.dir)
@@ -316,3 +316,64 @@ def test_a_run_finished_by_a_sibling_sweep_is_linked_not_retrained(tmp_path, mon
   started.clear()
   assert sweep_lib.run(second, workdir, poll_seconds=0.05, log=lambda _: None, reuse=True)["failed"] == []
   assert started == []
+
+
+def test_extra_evaluations_run_after_each_finished_run_and_have_their_own_report(tmp_path, monkeypatch):
+  """Sweep.extra_evals: each finished run is evaluated again (eval.py --as_trained + the flags) into
+  eval_<name>/, after its training; a failed one is retried on rerun without retraining; the
+  report tabulates it with --eval=<name>."""
+  order = []
+  results = ("json.dumps({'mean': {'success_rate': %s}, 'episodes': [{'task': 'reach-v3', 'seed': 0, "
+             "'success': %s, 'length': 3}], 'latency': {'mean_ms': 1.0}, 'seconds': 1.0, "
+             "'settings': {'execute_steps': 4}})")
+
+  def fake_train(cell, seed, run_dir):
+    order.append(("train", seed))
+    return [sys.executable, "-c", (
+        "import pathlib, json; d = pathlib.Path(%r); (d / 'checkpoints' / '100000').mkdir(parents=True); "
+        "(d / 'config.json').write_text(json.dumps({'train': {'steps': 1000}, 'eval': {'at_end': True}})); "
+        "(d / 'eval').mkdir(); (d / 'eval' / 'results.json').write_text(%s)") % (str(run_dir), results % (1.0, True))]
+
+  fail_once = {1}
+
+  def fake_eval(run_dir, name, flags):
+    seed = int(pathlib.Path(run_dir).name[5:])
+    order.append((name, seed))
+    if seed in fail_once:
+      fail_once.clear()
+      return [sys.executable, "-c", "import sys; print('renderer died'); sys.exit(4)"]
+    return [sys.executable, "-c", "import pathlib, json; d = pathlib.Path(%r) / 'eval_%s'; d.mkdir(); "
+            "(d / 'results.json').write_text(%s)" % (str(run_dir), name, results % (0.0, False))]
+
+  real_eval_command = sweep_lib.eval_command
+  monkeypatch.setattr(sweep_lib, "command", fake_train)
+  monkeypatch.setattr(sweep_lib, "eval_command", fake_eval)
+  sweep = sweep_lib.Sweep(name="t", version=1, seeds=(0, 1), extra_evals={"paraphrase": {"instructions": "paraphrase"}},
+                          cells=(sweep_lib.Cell("vla", "experiments/configs/vla_baseline.py:tiny", n_demos=2),))
+  lines = []
+  summary = sweep_lib.run(sweep, tmp_path, poll_seconds=0.05, log=lines.append)
+  assert order == [("train", 0), ("paraphrase", 0), ("train", 1), ("paraphrase", 1)]
+  assert summary["done"] == ["vla/seed_0", "vla/seed_0/eval_paraphrase", "vla/seed_1"]
+  assert summary["failed"] == ["vla/seed_1/eval_paraphrase"]
+  assert any("FAILED vla/seed_1/eval_paraphrase: exit code 4" in line and "renderer died" in line for line in lines)
+  assert json.loads((tmp_path / "vla" / "seed_0" / "run.json").read_text())["attempts"][0]["returncode"] == 0
+  assert (tmp_path / "vla" / "seed_0" / "eval_paraphrase.run.json").exists()
+
+  plain = report.write_report(tmp_path, plots=False)
+  assert plain["rows"][0]["pooled"]["successes"] == 2
+  extra = report.write_report(tmp_path, plots=False, eval_name="paraphrase")  # seed 1's has not run yet
+  assert extra["rows"][0]["seeds"] == [0] and extra["rows"][0]["pooled"]["successes"] == 0
+  assert "extra evaluation `paraphrase`" in (tmp_path / "report_paraphrase" / "results.md").read_text()
+  with pytest.raises(ValueError, match="no such extra evaluation"):
+    report.write_report(tmp_path, plots=False, eval_name="nope")
+
+  order.clear()
+  summary = sweep_lib.run(sweep, tmp_path, poll_seconds=0.05, log=lines.append)
+  assert order == [("paraphrase", 1)] and summary["failed"] == []
+  assert report.write_report(tmp_path, plots=False, eval_name="paraphrase")["rows"][0]["seeds"] == [0, 1]
+
+  argv = real_eval_command(tmp_path / "vla" / "seed_0", "paraphrase", {"instructions": "paraphrase", "episodes": 3})
+  assert argv[1:] == [str(REPO / "experiments" / "eval.py"), "--policy=checkpoint",
+                      f"--workdir={tmp_path / 'vla' / 'seed_0'}", "--as_trained",
+                      f"--out={tmp_path / 'vla' / 'seed_0' / 'eval_paraphrase'}", "--instructions=paraphrase",
+                      "--episodes=3"]

@@ -121,6 +121,34 @@ def test_history_policies_see_every_step_inside_a_chunk():
   assert kinds == ["query", "observe", "observe", "observe"] * 2 + ["query", "observe"]
 
 
+class _InstructionPolicy:
+  """Holds still; records the instruction of every query."""
+
+  def __init__(self):
+    self.seen = []
+
+  def reset(self):
+    pass
+
+  def __call__(self, obs, instruction):
+    self.seen.append(instruction)
+    return np.zeros((1, 4), np.float32)
+
+
+def test_paraphrase_evaluation_gives_the_policy_unseen_instructions_and_records_them(tmp_path):
+  from wam_jax.sim import metaworld as mw
+  policy = _InstructionPolicy()
+  res = evaluate_lib.evaluate(lambda: policy, ("reach-v3",), 2, max_steps=3, execute_steps=1, num_videos=0,
+                              resolution=32, instructions="paraphrase", out_dir=tmp_path, log=lambda s: None)
+  assert sorted(set(policy.seen)) == sorted(mw.PARAPHRASES["reach-v3"])  # seeds 100000, 100001
+  assert [e["instruction"] for e in res["episodes"]] == [mw.instruction("reach-v3", "paraphrase", s)
+                                                         for s in (100_000, 100_001)]
+  assert res["settings"]["instructions"] == "paraphrase"
+  assert "unseen paraphrased instructions" in (tmp_path / "results.md").read_text()
+  with pytest.raises(ValueError, match="'assembly-v3' has no paraphrases"):
+    evaluate_lib.evaluate(lambda: policy, ("assembly-v3",), 1, instructions="paraphrase", log=lambda s: None)
+
+
 class _ModelInputsPolicy:
   """Holds still; keeps the model inputs a checkpoint policy would build from each query."""
 

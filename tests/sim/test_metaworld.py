@@ -29,6 +29,21 @@ def test_every_v3_task_has_a_distinct_instruction():
   assert mw.instruction("drawer-open-v3") == "open the drawer"
 
 
+def test_paraphrases_are_unseen_rewordings_of_every_mt10_task():
+  from wam_jax.ablations import protocol
+  assert set(mw.PARAPHRASES) == set(protocol.MT10)
+  seen = set(mw.TASK_INSTRUCTIONS.values())
+  for task, options in mw.PARAPHRASES.items():
+    assert len(set(options)) == len(options) >= 2
+    assert not seen & set(options), task  # never a training instruction of any task
+    assert {mw.instruction(task, "paraphrase", seed) for seed in range(len(options))} == set(options)
+  assert mw.instruction("reach-v3", "train", 7) == "reach the goal position"
+  with pytest.raises(ValueError, match="'assembly-v3' has no paraphrases"):
+    mw.instruction("assembly-v3", "paraphrase")
+  with pytest.raises(ValueError, match="instructions='typo'"):
+    mw.instruction("reach-v3", "typo")
+
+
 def test_observation_and_seeded_starts():
   env = mw.cached_env("drawer-close-v3", RES)
   obs = mw.observe(env, mw.reset(env, 3))

@@ -16,6 +16,7 @@ beside the per-seed means and per-task success (also pooled over seeds).
 
 import csv
 import dataclasses
+import json
 import math
 import pathlib
 import time
@@ -54,12 +55,14 @@ class Run:
     return self.successes / max(len(self.episodes), 1)
 
 
-def load_run(cell: str, seed: int, rdir: pathlib.Path) -> Run:
+def load_run(cell: str, seed: int, rdir: pathlib.Path, eval_name: str = "") -> Run:
+  """A finished run; ``eval_name``: read the sweep's extra evaluation eval_<name>/ instead of eval/."""
   config = sweep_lib.read_json(rdir / "config.json", {})
-  results = sweep_lib.read_json(rdir / "eval" / "results.json")
+  path = sweep_lib.eval_results(rdir, eval_name)
+  results = sweep_lib.read_json(path)
   if results is None:
-    raise ValueError(f"{rdir}: finished (DONE) but has no eval/results.json: the report needs "
-                     "closed-loop results")
+    raise ValueError(f"{rdir}: finished (DONE) but has no {path.parent.name}/results.json: the report "
+                     "needs closed-loop results")
   rows = sweep_lib.read_jsonl(rdir / "metrics.jsonl")
   flops = next((r["run/flops_per_step"] for r in rows if "run/flops_per_step" in r), float("nan"))
   rates = [r["train/examples_per_s"] for r in rows if "train/examples_per_s" in r]
@@ -76,19 +79,26 @@ def load_run(cell: str, seed: int, rdir: pathlib.Path) -> Run:
              frames=frames, execute_steps=int(results["settings"]["execute_steps"]))
 
 
-def load_runs(workdir) -> tuple[dict, list[Run]]:
-  """(sweep.json, finished runs in cell order then seed order)."""
+def load_runs(workdir, eval_name: str = "") -> tuple[dict, list[Run]]:
+  """(sweep.json, finished runs in cell order then seed order); with ``eval_name``, the runs whose
+  extra evaluation eval_<name>/ finished, with its results."""
   workdir = pathlib.Path(workdir)
   meta = sweep_lib.read_json(workdir / "sweep.json")
   if meta is None:
     raise ValueError(f"{workdir} is not a sweep directory (no sweep.json): pass the --workdir "
                      "of experiments/ablations.py")
+  if eval_name and eval_name not in meta.get("extra_evals", {}):
+    raise ValueError(f"--eval={eval_name}: sweep {meta['name']} has no such extra evaluation; it has "
+                     f"{sorted(meta.get('extra_evals', {})) or 'none'}")
   runs = []
   for cell in meta["cells"]:
     for rdir in sorted((workdir / cell["name"]).glob("seed_*"), key=lambda p: int(p.name[5:])):
       stage_only = not (sweep_lib.read_json(rdir / "config.json", {}) or {}).get("eval", {}).get("at_end", True)
-      if sweep_lib.is_done(rdir) and not stage_only:  # a stage without evaluation (e.g. pretraining)
-        runs.append(load_run(cell["name"], int(rdir.name[5:]), rdir))
+      if not sweep_lib.is_done(rdir) or stage_only:  # a stage without evaluation (e.g. pretraining)
+        continue
+      if eval_name and not sweep_lib.eval_results(rdir, eval_name).exists():
+        continue  # its extra evaluation has not run yet
+      runs.append(load_run(cell["name"], int(rdir.name[5:]), rdir, eval_name))
   return meta, runs
 
 
@@ -323,18 +333,24 @@ def plot_success_vs_latency(rows: Sequence[dict], path: pathlib.Path) -> bool:
   return True
 
 
-def write_report(workdir, out_dir: Optional[str] = None, *, plots: bool = True) -> dict:
-  """Writes the report of ``workdir``'s finished runs to ``out_dir`` (default <workdir>/report).
+def write_report(workdir, out_dir: Optional[str] = None, *, plots: bool = True, eval_name: str = "") -> dict:
+  """Writes the report of ``workdir``'s finished runs to ``out_dir`` (default <workdir>/report, or
+  report_<eval_name> for an extra evaluation of the sweep).
 
   Returns {"rows": [...], "runs": [...], "files": [paths written]}.
   """
   workdir = pathlib.Path(workdir)
-  meta, runs = load_runs(workdir)
+  meta, runs = load_runs(workdir, eval_name)
   rows = aggregate(meta, runs)
-  out = pathlib.Path(out_dir) if out_dir else workdir / "report"
+  out = pathlib.Path(out_dir) if out_dir else workdir / (f"report_{eval_name}" if eval_name else "report")
   out.mkdir(parents=True, exist_ok=True)
   write_csv(rows, runs, out, meta["name"])
-  (out / "results.md").write_text(markdown(meta, rows, runs, workdir))
+  text = markdown(meta, rows, runs, workdir)
+  if eval_name:  # say which evaluation this is, under the title
+    title, rest = text.split("\n", 1)
+    text = (f"{title}: extra evaluation `{eval_name}`\n\nEvery run re-evaluated as trained, with "
+            f"`experiments/eval.py` flags {json.dumps(meta['extra_evals'][eval_name])}.\n{rest}")
+  (out / "results.md").write_text(text)
   files = [out / "results.csv", out / "runs.csv", out / "results.md"]
   if plots:
     if plot_success_vs_demos(rows, out / "success_vs_demos.png"):

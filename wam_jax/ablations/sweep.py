@@ -19,6 +19,11 @@ which the trainer does by itself). Layout of ``<workdir>``::
   <cell>/seed_<s>/DONE              written last: the finished signal; finished runs are skipped
   <cell>/seed_<s>/FAILED            the last failure's return code and log tail (until it succeeds)
 
+Extra evaluations: ``Sweep(extra_evals={"paraphrase": {"instructions": "paraphrase"}})`` evaluates
+every finished run once more, as its training evaluated it but with these ``experiments/eval.py``
+flags (``--as_trained``), into ``<cell>/seed_<s>/eval_<name>/`` (finished when its results.json
+exists); ``experiments/report.py DIR --eval=<name>`` tabulates them.
+
 Reuse: with ``reuse=True`` (``ablations.py --reuse``, the default there), a run that another sweep
 next to ``<workdir>`` (a sibling directory with a sweep.json) already finished with the same config
 and seed is linked (``<cell>/seed_<s>`` -> that run, a relative symlink) instead of retrained:
@@ -48,6 +53,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SWEEPS_DIR = REPO / "experiments" / "sweeps"
 TRAIN_PY = REPO / "experiments" / "train.py"
+EVAL_PY = REPO / "experiments" / "eval.py"
 
 # Dry-run estimates when no finished run of a cell gives its own rate: the tiny VLA (bf16,
 # batch 64) on 2 idle cores, ~0.27 s/step; closed-loop eval ~1 s per 100-step episode, so ~1.5 s
@@ -96,8 +102,13 @@ class Sweep:
   cells: tuple[Cell, ...]
   seeds: tuple[int, ...] = (0, 1, 2)
   description: str = ""
+  # {name: {experiments/eval.py flag: value}}: more evaluations of every finished run (module doc).
+  extra_evals: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
+    for name in self.extra_evals:
+      if not name or not all(ch.isalnum() or ch == "_" for ch in name):
+        raise ValueError(f"sweep {self.name!r}: extra_evals name {name!r} must be [A-Za-z0-9_]+")
     names = [c.name for c in self.cells]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -198,6 +209,18 @@ def command(cell: Cell, seed: int, run_dir: pathlib.Path) -> list[str]:
           + [f"--config.{k}={flag_value(v)}" for k, v in overrides.items()])
 
 
+def eval_command(run_dir: pathlib.Path, name: str, flags: Mapping[str, Any]) -> list[str]:
+  """``experiments/eval.py`` re-evaluating a finished run as trained, with ``flags``, into eval_<name>."""
+  return ([sys.executable, str(EVAL_PY), "--policy=checkpoint", f"--workdir={run_dir}", "--as_trained",
+           f"--out={pathlib.Path(run_dir) / f'eval_{name}'}"]
+          + [f"--{k}={flag_value(v)}" for k, v in flags.items()])
+
+
+def eval_results(rdir: pathlib.Path, eval_name: str = "") -> pathlib.Path:
+  """The results.json of a run's evaluation at the end of training ('') or of an extra one."""
+  return pathlib.Path(rdir) / (f"eval_{eval_name}" if eval_name else "eval") / "results.json"
+
+
 # ----------------------------------------------------------------------------
 # Run state on disk.
 # ----------------------------------------------------------------------------
@@ -237,9 +260,10 @@ def _finished(rdir: pathlib.Path, config) -> tuple[bool, str]:
   return True, ""
 
 
-def _running_pid(rdir: pathlib.Path) -> Optional[int]:
-  """The pid of a live trainer already working in ``rdir`` (left by a killed sweep), if any."""
-  info = read_json(rdir / "run.json", {})
+def _running_pid(rdir: pathlib.Path, info_path: pathlib.Path) -> Optional[int]:
+  """The pid of a live trainer (or evaluation) already working in ``rdir`` (left by a killed
+  sweep), if any, from the attempts file ``info_path``."""
+  info = read_json(info_path, {})
   pid = info.get("pid")
   if not pid:
     return None
@@ -264,6 +288,15 @@ class Job:
   detail: str = ""
   estimate_s: float = 0.0
   reuse_from: Optional[pathlib.Path] = None  # a finished identical run of a sibling sweep
+  eval_name: str = ""       # an extra evaluation of the finished run (Sweep.extra_evals), not training
+
+  @property
+  def label(self) -> str:
+    return f"{self.cell.name}/seed_{self.seed}" + (f"/eval_{self.eval_name}" if self.eval_name else "")
+
+  @property
+  def info_path(self) -> pathlib.Path:  # attempts and wall time (training: run.json)
+    return self.dir / (f"eval_{self.eval_name}.run.json" if self.eval_name else "run.json")
 
 
 def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
@@ -301,6 +334,13 @@ def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
           job.state, job.detail = "reusable", f"same run finished in {job.reuse_from}"
       job.estimate_s = estimate_seconds(job, workdir)
       jobs.append(job)
+      if job.config.eval.get("at_end", False):
+        for name in sweep.extra_evals:
+          ev = Job(cell, seed, job.dir, job.config, eval_name=name)
+          ev.state = "done" if eval_results(ev.dir, name).exists() else (
+              "running" if _running_pid(ev.dir, ev.info_path) else "pending")
+          ev.estimate_s = 0.0 if ev.state == "done" else estimate_seconds(ev, workdir)
+          jobs.append(ev)
   return jobs
 
 
@@ -354,7 +394,7 @@ def link_reused(job: Job, log) -> None:
 def _state_of(rdir: pathlib.Path) -> tuple[str, str]:
   if is_done(rdir):
     return "done", ""
-  pid = _running_pid(rdir)
+  pid = _running_pid(rdir, rdir / "run.json")
   if pid:
     return "running", f"pid {pid}"
   if (rdir / "FAILED").exists():
@@ -374,7 +414,7 @@ def estimate_seconds(job: Job, workdir) -> float:
   per_step = per_step or DEFAULT_SECONDS_PER_EXAMPLE * cfg.train.batch_size
   per_episode = per_episode or DEFAULT_SECONDS_PER_EVAL_EPISODE
   steps_done = checkpoint_steps(job.dir)[-1:] or [0]
-  seconds = STARTUP_SECONDS + per_step * max(cfg.train.steps - steps_done[0], 0)
+  seconds = STARTUP_SECONDS + (0 if job.eval_name else per_step * max(cfg.train.steps - steps_done[0], 0))
   if cfg.eval.get("at_end", False):
     n_tasks = len(cfg.eval.tasks) or len(cfg.data.metaworld.tasks)
     seconds += per_episode * n_tasks * cfg.eval.episodes_per_task
@@ -409,12 +449,15 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
 
 
 def format_plan(sweep: Sweep, jobs: Sequence[Job], max_parallel: int) -> str:
+  evals = sum(bool(j.eval_name) for j in jobs)
   lines = [f"sweep {sweep.name} v{sweep.version}: {len(sweep.cells)} cells x seeds "
-           f"{sorted({j.seed for j in jobs})} = {len(jobs)} runs"]
+           f"{sorted({j.seed for j in jobs})} = {len(jobs) - evals} runs"
+           + (f" + {evals} extra evaluations ({', '.join(sweep.extra_evals)})" if evals else "")]
   for j in jobs:
     what = j.error or j.detail
     est = f"~{_fmt(j.estimate_s)}" if j.state not in ("done", "invalid", "running", "reusable") else ""
-    lines.append(f"  {j.cell.name:28s} seed {j.seed}  {j.state:8s} {est:>10s}  {what}")
+    name = j.cell.name + (f" +eval_{j.eval_name}" if j.eval_name else "")
+    lines.append(f"  {name:28s} seed {j.seed}  {j.state:8s} {est:>10s}  {what}")
   todo = [j for j in jobs if j.state in ("pending", "partial", "failed")]
   total = sum(j.estimate_s for j in todo)
   lines.append(f"{len(todo)} runs to do: ~{_fmt(total)} one after another"
@@ -437,19 +480,22 @@ class _Running:
     self.start = time.time()
 
 
-def _start(job: Job, env: Mapping[str, str], log) -> _Running:
+def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep) -> _Running:
   job.dir.mkdir(parents=True, exist_ok=True)
-  (job.dir / "FAILED").unlink(missing_ok=True)
-  cmd = command(job.cell, job.seed, job.dir)
-  (job.dir / "command.sh").write_text(" ".join(shlex.quote(c) for c in cmd) + "\n")
+  if job.eval_name:
+    cmd = eval_command(job.dir, job.eval_name, sweep.extra_evals[job.eval_name])
+  else:
+    (job.dir / "FAILED").unlink(missing_ok=True)
+    cmd = command(job.cell, job.seed, job.dir)
+    (job.dir / "command.sh").write_text(" ".join(shlex.quote(c) for c in cmd) + "\n")
   log_file = open(job.dir / "log.txt", "a", buffering=1)
   log_file.write(f"\n===== attempt at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
   proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=os.getcwd())
-  info = read_json(job.dir / "run.json", {}) or {}
+  info = read_json(job.info_path, {}) or {}
   info.update(cell=job.cell.spec(), seed=job.seed, command=cmd, pid=proc.pid)
   info.setdefault("attempts", []).append({"start": time.time(), "seconds": 0.0, "returncode": None})
-  _write_json(job.dir / "run.json", info)
-  log(f"[sweep] start {job.cell.name} seed {job.seed} (pid {proc.pid}; log {job.dir / 'log.txt'})")
+  _write_json(job.info_path, info)
+  log(f"[sweep] start {job.label} (pid {proc.pid}; log {job.dir / 'log.txt'})")
   return _Running(job, proc, log_file, info)
 
 
@@ -457,7 +503,7 @@ def _tick(r: _Running) -> None:
   """Records the wall time so far (a SIGKILL'd sweep still leaves the attempt's time)."""
   r.info["attempts"][-1]["seconds"] = time.time() - r.start
   r.info["wall_seconds"] = sum(a["seconds"] for a in r.info["attempts"])
-  _write_json(r.job.dir / "run.json", r.info)
+  _write_json(r.job.info_path, r.info)
 
 
 def _finish(r: _Running, log, *, stopped: bool = False) -> bool:
@@ -468,6 +514,18 @@ def _finish(r: _Running, log, *, stopped: bool = False) -> bool:
   r.info["pid"] = None
   _tick(r)
   job = r.job
+  if job.eval_name:
+    results = eval_results(job.dir, job.eval_name)
+    if rc == 0 and results.exists():
+      log(f"[sweep] done  {job.label}: success "
+          f"{100 * read_json(results)['mean']['success_rate']:.0f}%")
+      return True
+    if stopped:
+      log(f"[sweep] stopped {job.label} (exit code {rc}); it reruns on rerun")
+      return False
+    log(f"[sweep] FAILED {job.label}: exit code {rc}, no {results}: "
+        f"{next((l for l in reversed(_tail(job.dir / 'log.txt')) if l.strip()), '')[-200:]}")
+    return False
   if stopped and not (rc == 0 and _finished(job.dir, job.config)[0]):
     log(f"[sweep] stopped {job.cell.name} seed {job.seed} (exit code {rc}); it resumes on rerun")
     return False
@@ -491,21 +549,21 @@ def _finish(r: _Running, log, *, stopped: bool = False) -> bool:
 def _next_ready(queue: list, running: list, workdir: pathlib.Path, summary: dict, log) -> Optional[Job]:
   """Pops the first queued job whose ``init_from`` stage is DONE (or that has none). A job
   whose stage failed, or is not queued, running or done, is dropped as failed with the reason."""
-  label = lambda j: f"{j.cell.name}/seed_{j.seed}"
   for job in list(queue):
-    if not job.cell.init_from:
+    # What it waits for: an extra evaluation for its own run, a later stage for its init_from run.
+    dep_name = job.cell.name if job.eval_name else job.cell.init_from
+    if not dep_name:
       queue.remove(job)
       return job
-    dep = run_dir(workdir, Cell(job.cell.init_from, ""), job.seed)
-    if is_done(dep):
+    if is_done(run_dir(workdir, Cell(dep_name, ""), job.seed)):
       queue.remove(job)
       return job
-    waiting = any(j.cell.name == job.cell.init_from and j.seed == job.seed for j in queue) or any(
-        r.job.cell.name == job.cell.init_from and r.job.seed == job.seed for r in running)
-    if not waiting:
+    is_dep = lambda j: j.cell.name == dep_name and j.seed == job.seed and not j.eval_name
+    if not (any(is_dep(j) for j in queue) or any(is_dep(r.job) for r in running)):
       queue.remove(job)
-      log(f"[sweep] FAILED {label(job)}: its stage {job.cell.init_from}/seed_{job.seed} did not finish")
-      summary["failed"].append(label(job))
+      what = "its run" if job.eval_name else "its stage"
+      log(f"[sweep] FAILED {job.label}: {what} {dep_name}/seed_{job.seed} did not finish")
+      summary["failed"].append(job.label)
   return None
 
 
@@ -534,8 +592,11 @@ def write_sweep_json(sweep: Sweep, workdir: pathlib.Path) -> None:
   else:
     cells = [c.spec() for c in sweep.cells]
   workdir.mkdir(parents=True, exist_ok=True)
-  _write_json(path, {"name": sweep.name, "version": sweep.version, "description": sweep.description,
-                     "seeds": list(sweep.seeds), "cells": cells})
+  record = {"name": sweep.name, "version": sweep.version, "description": sweep.description,
+            "seeds": list(sweep.seeds), "cells": cells}
+  if sweep.extra_evals or (saved or {}).get("extra_evals"):  # added evaluations accumulate, as cells
+    record["extra_evals"] = {**(saved or {}).get("extra_evals", {}), **json.loads(json.dumps(sweep.extra_evals))}
+  _write_json(path, record)
 
 
 def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_parallel: int = 1,
@@ -552,7 +613,7 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
   workdir = pathlib.Path(workdir).absolute()
   write_sweep_json(sweep, workdir)
   jobs = plan(sweep, workdir, seeds, check, cells, reuse=reuse)
-  label = lambda j: f"{j.cell.name}/seed_{j.seed}"
+  label = lambda j: j.label
   for j in jobs:
     if j.state == "reusable":
       link_reused(j, log)
@@ -585,7 +646,7 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
         job = _next_ready(queue, running, workdir, summary, log)
         if job is None:
           break
-        running.append(_start(job, env, log))
+        running.append(_start(job, env, log, sweep))
       if not queue and not running:
         break
       time.sleep(poll_seconds)

@@ -40,7 +40,7 @@ def evaluate(policy_factory: Callable[[], object], tasks, episodes_per_task: int
              temporal_ensemble: bool = False, ensemble_decay: float = 0.01, num_workers: int = 1,
              out_dir=None, num_videos: int = 2, resolution: int = 64,
              camera: str = mw.DEFAULT_CAMERA, policy_name: Optional[str] = None,
-             consistency: bool = True,
+             consistency: bool = True, instructions: str = "train",
              log: Callable[[str], None] = print) -> dict:
   """Evaluates a policy closed-loop; returns the results dict (also written to out_dir).
 
@@ -56,13 +56,17 @@ def evaluate(policy_factory: Callable[[], object], tasks, episodes_per_task: int
     consistency: for a policy that predicts frames (``predicted_frame``), compare the
       frame predicted for t+k at each query with the simulator's frame at t+k
       (``rollout.prediction_errors``): PSNR/MSE per task and along the episode.
+    instructions: "train" or "paraphrase": unseen rewordings of the MT10 instructions
+      (``metaworld.PARAPHRASES``; shared/PROTOCOL.md claim 4).
   """
   tasks = mw.parse_tasks(tasks)
+  for task in tasks:  # an unknown set or a task without paraphrases fails before any episode
+    mw.instruction(task, instructions)
   if max_steps > mw.MAX_ENV_STEPS:
     raise ValueError(f"max_steps {max_steps} > MetaWorld's limit {mw.MAX_ENV_STEPS}")
   rollout_kwargs = dict(max_steps=max_steps, execute_steps=execute_steps,
                         temporal_ensemble=temporal_ensemble, ensemble_decay=ensemble_decay,
-                        consistency=consistency)
+                        consistency=consistency, instructions=instructions)
   name = policy_name or _describe(policy_factory)
   log(f"[eval] {name}: {len(tasks)} tasks x {episodes_per_task} episodes, {num_workers} worker(s)")
   start = last_log = time.time()
@@ -117,7 +121,7 @@ def _summarize(episodes, tasks, name, seconds, settings) -> dict:
       "seconds": seconds,
       "episodes_per_minute": 60 * len(episodes) / max(seconds, 1e-9),
       "settings": settings,
-      "episodes": [{k: e[k] for k in ("task", "seed", "success", "length", "frozen_fraction")}
+      "episodes": [{k: e[k] for k in ("task", "seed", "instruction", "success", "length", "frozen_fraction")}
                    for e in episodes],
   }
   if any(e.get("consistency") for e in episodes):

@@ -45,7 +45,8 @@ def markdown_table(results: dict) -> str:
             f"Wall time {results['seconds']:.1f} s ({results['episodes_per_minute']:.1f} episodes/min, "
             f"{s['num_workers']} worker(s)). Seeds from {s['seed_offset']}, max {s['max_steps']} steps, "
             f"execute {s['execute_steps']} per chunk, temporal ensemble {s['temporal_ensemble']}, "
-            f"{s['resolution']}px {s['camera']}.", ""]
+            f"{s['resolution']}px {s['camera']}"
+            + (", **unseen paraphrased instructions**" if s.get("instructions") == "paraphrase" else "") + ".", ""]
   if "consistency" in results:
     c = results["consistency"]
     lines += ["## Rollout consistency: the predicted t+k frame of each chunk vs the simulator's frame at t+k", "",

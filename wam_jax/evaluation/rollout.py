@@ -58,8 +58,11 @@ class ChunkExecutor:
 
 def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, execute_steps: int = 1,
                 temporal_ensemble: bool = False, ensemble_decay: float = 0.01,
-                keep_frames: bool = False, consistency: bool = False) -> dict:
+                keep_frames: bool = False, consistency: bool = False, instructions: str = "train") -> dict:
   """Runs one seeded episode until success or ``max_steps``.
+
+  ``instructions``: "train" (the task's training instruction) or "paraphrase" (an unseen
+  rewording, ``metaworld.instruction``); the text used is returned as "instruction".
 
   Returns {"task", "seed", "success", "length", "latencies_ms", "frozen_fraction",
   "latency_parts_ms" ({part: [ms per query]} of a policy with ``latency_parts()``, e.g. plan_idm's
@@ -77,7 +80,7 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   future_offset against the frame the simulator shows at that step, beside copying the query's
   frame (``prediction_errors``); else [].
   """
-  instruction = mw.instruction(task)
+  instruction = mw.instruction(task, instructions, seed)
   executor = ChunkExecutor(execute_steps, temporal_ensemble, ensemble_decay)
   policy.reset()
   parts = policy.latency_parts() if hasattr(policy, "latency_parts") else {}
@@ -111,7 +114,7 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   errors = prediction_errors(np.stack(frames), predictions, policy.future_offset) if predictions else []
   if predictions and keep_frames:
     frames = beside_predictions(np.stack(frames), predictions)
-  return {"task": task, "seed": int(seed), "success": bool(success), "length": length,
+  return {"task": task, "seed": int(seed), "instruction": instruction, "success": bool(success), "length": length,
           "latencies_ms": latencies, "frozen_fraction": frozen,
           "latency_parts_ms": {name: list(ms[parts_before[name]:]) for name, ms in parts.items()},
           "frames": np.stack(frames) if keep_frames else None, "consistency": errors}

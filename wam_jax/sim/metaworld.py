@@ -99,6 +99,23 @@ TASK_INSTRUCTIONS = {
 }
 INSTRUCTION_TO_TASK = {text: task for task, text in TASK_INSTRUCTIONS.items()}
 
+# Unseen paraphrases of the MT10 instructions (shared/PROTOCOL.md, claim 4): evaluation only, never in
+# any dataset the project generates. Each keeps the task's object and goal but changes the verbs and
+# wording; episode ``seed`` picks one (``instruction(task, "paraphrase", seed)``).
+PARAPHRASES = {
+    "reach-v3": ("move the gripper to the target position", "bring the hand over to the goal spot"),
+    "push-v3": ("slide the puck over to the target", "shove the puck until it reaches the goal"),
+    "pick-place-v3": ("grab the puck and put it down at the target", "lift the puck and set it on the goal spot"),
+    "door-open-v3": ("swing the door open", "pull the door so that it opens"),
+    "drawer-open-v3": ("pull the drawer out", "draw the drawer outwards"),
+    "drawer-close-v3": ("push the drawer shut", "shove the drawer back in"),
+    "button-press-topdown-v3": ("push the button down from above", "press down on the button from overhead"),
+    "peg-insert-side-v3": ("slide the peg sideways into the hole", "put the peg in the hole from the side"),
+    "window-open-v3": ("open the window by sliding it", "push the window open"),
+    "window-close-v3": ("close the window by sliding it", "push the window shut"),
+}
+INSTRUCTION_SETS = ("train", "paraphrase")
+
 
 def valid_tasks() -> list[str]:
   return list(ALL_V3_ENVIRONMENTS)
@@ -125,8 +142,19 @@ def parse_tasks(tasks) -> tuple[str, ...]:
   return names
 
 
-def instruction(task: str) -> str:
-  return TASK_INSTRUCTIONS[check_task(task)]
+def instruction(task: str, instructions: str = "train", seed: int = 0) -> str:
+  """The instruction of ``task``: its training one, or (``instructions="paraphrase"``) one of its
+  unseen ``PARAPHRASES``, chosen by the episode ``seed``."""
+  check_task(task)
+  if instructions == "train":
+    return TASK_INSTRUCTIONS[task]
+  if instructions != "paraphrase":
+    raise ValueError(f"instructions={instructions!r}: expected one of {INSTRUCTION_SETS}")
+  if task not in PARAPHRASES:
+    raise ValueError(f"instructions='paraphrase': task {task!r} has no paraphrases (the MT10 tasks do: "
+                     f"{', '.join(PARAPHRASES)})")
+  options = PARAPHRASES[task]
+  return options[seed % len(options)]
 
 
 def make_env(task: str, seed: int = 0, resolution: int = 64, camera: str = DEFAULT_CAMERA):
