@@ -219,6 +219,9 @@ def test_a_stage_cell_starts_after_its_init_from_run_and_is_restored_from_it(tmp
         "(d / 'eval').mkdir(); (d / 'eval' / 'results.json').write_text(json.dumps({'mean': {'success_rate': 1.0}, "
         "'episodes': [{'task': 'reach-v3', 'seed': 0, 'success': True, 'length': 3}], 'latency': {'mean_ms': 1.0}, "
         "'seconds': 1.0, 'settings': {'execute_steps': 4}}))")
+    if cell.name == "pretrain":  # held-out metrics at two validations: the report shows the last
+      ev = ("(d / 'metrics.jsonl').write_text(json.dumps({'step': 5, 'val/video_psnr': 20.0, 'val/loss_weight': 3})"
+            " + '\\n' + json.dumps({'step': 10, 'val/video_psnr': 22.5, 'val/x_step0': 1.0}) + '\\n')")
     code = ("import pathlib, json, time; time.sleep(0.3); d = pathlib.Path(%r); "
             "(d / 'checkpoints' / '100000').mkdir(parents=True); "
             "(d / 'config.json').write_text(json.dumps({'train': {'steps': 1000}, 'eval': {'at_end': %r}})); %s"
@@ -239,7 +242,10 @@ def test_a_stage_cell_starts_after_its_init_from_run_and_is_restored_from_it(tmp
   assert any("stage pretrain/seed_1 did not finish" in line for line in lines), lines
   result = report.write_report(tmp_path, plots=False)
   assert [r["cell"] for r in result["rows"]] == ["policy"]
-  assert "restored by later cells): pretrain" in (tmp_path / "report" / "results.md").read_text()
+  text = (tmp_path / "report" / "results.md").read_text()
+  assert "models that are not policies): pretrain" in text
+  assert "| pretrain | 1 | 1000 | video_psnr | 22.5 | 22.5 |" in text  # the last validation, seed 0 only
+  assert "loss_weight" not in text and "x_step0" not in text
 
   with pytest.raises(ValueError, match="init_from='nope'"):
     sweep_lib.Sweep(name="bad", version=1, cells=(

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import re
 import time
 from typing import Optional, Sequence
 
@@ -244,10 +245,45 @@ def markdown(meta: dict, rows: Sequence[dict], runs: Sequence[Run], workdir) -> 
   stages = [c["name"] for c in meta["cells"] if c["name"] not in {row["cell"] for row in rows}
             and c["name"] not in missing]
   if stages:
-    lines += ["", f"Finished stages without closed-loop evaluation (restored by later cells): {', '.join(stages)}."]
+    lines += ["", f"Finished runs without closed-loop evaluation (stages restored by later cells, or "
+              f"models that are not policies): {', '.join(stages)}."]
+    held_out = stage_metrics(meta, workdir)
+    if held_out:
+      lines += ["", "Their held-out metrics (`val/*` at the last validation; mean over seeds, then per seed):", "",
+                "| cell | seeds | steps | metric | mean | per-seed |", "|---|---|---|---|---|---|"]
+      for row in held_out:
+        lines.append(f"| {row['cell']} | {len(row['seeds'])} | {', '.join(map(str, row['steps']))} | {row['metric']} | "
+                     f"{row['mean']:.4g} | {' '.join(f'{v:.4g}' for v in row['per_seed'])} |")
   if missing:
     lines += ["", f"Cells with no finished run yet: {', '.join(missing)}."]
   return "\n".join(lines) + "\n"
+
+
+def stage_metrics(meta: dict, workdir) -> list[dict]:
+  """For each cell whose finished runs have no closed-loop evaluation (``eval.at_end`` False: a
+  pretraining stage, an inverse-dynamics model...): one row per held-out metric, the last
+  validation's ``val/<metric>`` of each seed and their mean. Per-step breakdowns (``*_step<i>``)
+  and ``loss_weight`` are left out."""
+  rows = []
+  for cell in meta["cells"]:
+    per_run = []
+    for rdir in sorted((pathlib.Path(workdir) / cell["name"]).glob("seed_*"), key=lambda p: int(p.name[5:])):
+      config = sweep_lib.read_json(rdir / "config.json", {}) or {}
+      if not sweep_lib.is_done(rdir) or config.get("eval", {}).get("at_end", True):
+        continue
+      last = {}
+      for r in sweep_lib.read_jsonl(rdir / "metrics.jsonl"):
+        last.update({k[4:]: v for k, v in r.items() if k.startswith("val/")})
+      steps = int(config.get("train", {}).get("steps", 0))
+      per_run.append((int(rdir.name[5:]), steps, last))
+    keys = sorted({k for _, _, last in per_run for k in last
+                   if k != "loss_weight" and not re.search(r"_step\d+$", k)})
+    for key in keys:
+      values = [(seed, float(last[key])) for seed, _, last in per_run if key in last]
+      rows.append({"cell": cell["name"], "metric": key, "seeds": [sd for sd, _ in values],
+                   "steps": sorted({st for _, st, _ in per_run}), "per_seed": [v for _, v in values],
+                   "mean": _mean(v for _, v in values)})
+  return rows
 
 
 # ----------------------------------------------------------------------------
