@@ -36,7 +36,7 @@ setuptools.setup(
     extras_require={
         "sim": ["metaworld==3.1.1", "mujoco>=3.3,<3.4", "gymnasium>=1.0", "packaging"],
         "tpu": ["jax[tpu]>=0.10,<0.11"],
-        "test": ["pytest>=8", "matplotlib>=3.7"], "report": ["matplotlib>=3.7"],  # ablation plots
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "matplotlib>=3.7"], "report": ["matplotlib>=3.7"],  # ablation plots
         "torch": ["torch==2.13.0"],  # the CPU yardstick in scripts/bench_*.py only.
         "beam": ["apache-beam>=2.60"],  # scripts/convert_rlds.py --runner (conversion at scale).
         # The language model's trained subword tokenizer (wam_jax/data/text.py); known-good: 0.23.3.

@@ -29,3 +29,13 @@ def bridge_dir():
   if not BRIDGE_DIR.exists():
     pytest.fail(f"real Bridge sample missing at {BRIDGE_DIR} (CI copies ../shared beside the repo)")
   return BRIDGE_DIR
+
+
+def pytest_collection_modifyitems(config, items):
+  """Under pytest-xdist (``-n 2 --dist loadgroup``, the README's test command) each test file runs
+  on one worker, so a module's compiled fixtures are built once; tests/export shares session
+  fixtures (a trained run, its exported artifact) across files, so it is one group."""
+  for item in items:
+    path = pathlib.Path(str(item.fspath)).relative_to(REPO)
+    group = "tests/export" if path.parts[:2] == ("tests", "export") else str(path)
+    item.add_marker(pytest.mark.xdist_group(group))

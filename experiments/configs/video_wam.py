@@ -70,6 +70,8 @@ def get_config(arg: str = "pretrain_tiny") -> ml_collections.ConfigDict:
   config.data.mixture = (("metaworld_demos", 1.0), ("metaworld_video", 1.0 if stage == "pretrain" else 0.3))
   if latent:
     config.model.frames = "latents"
+    if size == "tiny":  # the architecture of the frame_autoencoder.py:tiny run it restores
+      config.model.autoencoder.update(frame_autoencoder.TINY)
   if size == "tiny":
     config.train.update(compute_dtype="bfloat16", log_every=50, val_every=250, ckpt_every=250,
                         summary_every=250)

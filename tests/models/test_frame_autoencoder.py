@@ -46,9 +46,28 @@ def test_autoencoder_shapes_and_unit_rms_latents():
     ae.latent_shape(30, 30)
 
 
+def test_pixel_blocks_round_trip_and_a_patch_autoencoder_keeps_the_latent_grid():
+  from wam_jax.models import frame_autoencoder as fae
+  x = jnp.arange(2 * 8 * 12 * 3, dtype=jnp.float32).reshape(2, 8, 12, 3)
+  blocks = fae.space_to_depth(x, 2)
+  assert blocks.shape == (2, 4, 6, 12)
+  np.testing.assert_array_equal(blocks[0, 1, 2], x[0, 2:4, 4:6].reshape(-1))  # one 2x2 block, row-major
+  np.testing.assert_array_equal(fae.depth_to_space(blocks, 2), x)
+  # The tiny preset's (64,) + patch 2 has the latent grid of (32, 64) without patches.
+  plain, patched = FrameAutoencoder((8, 16), 4), FrameAutoencoder((16,), 4, patch=2)
+  assert plain.latent_shape(32, 32) == patched.latent_shape(32, 32) == (8, 8, 4)
+  frames = np.random.RandomState(0).randint(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+  params = patched.init(jax.random.key(0), frames)["params"]
+  assert patched.apply({"params": params}, frames, method="encode").shape == (3, 8, 8, 4)
+  assert patched.apply({"params": params}, frames).shape == (3, 32, 32, 3)
+  assert params["stem"]["kernel"].value.shape[2] == 12 and params["to_rgb"]["kernel"].value.shape[3] == 12
+  with pytest.raises(ValueError, match="not divisible"):
+    patched.latent_shape(34, 34)  # divisible by the patch (2), not by patch x stage (4)
+
+
 def small_ae_config():
   cfg = ae_config.get_config("tiny")
-  cfg.model.autoencoder.update(channels=(8, 16), latent_channels=4)
+  cfg.model.autoencoder.update(channels=(16,), latent_channels=4)  # + the preset's patch 2
   cfg.data.update(image_size=32, max_text_len=8)
   cfg.train.update(steps=40, warmup_steps=2, batch_size=8, learning_rate=3e-3)
   cfg.mesh.shape = (1, 1, 1)

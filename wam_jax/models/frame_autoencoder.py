@@ -11,10 +11,11 @@ codebook size). Each latent vector is divided by its RMS over channels
 (no parameters): latents have unit scale by construction, the same scale as
 the flow's Gaussian noise, with no KL weight to tune.
 
-Encoder: 3x3 conv stem; per stage a stride-2 4x4 conv and a residual 3x3
+Encoder: (optionally ``patch`` x ``patch`` pixel blocks to channels, then) a 3x3 conv stem; per stage a stride-2 4x4 conv and a residual 3x3
 conv (GELU); a 1x1 conv to C channels; the RMS normalization. Decoder: a 1x1
 conv up; per stage (reversed) a residual 3x3 conv, nearest 2x upsampling and a
-3x3 conv; a 3x3 conv to RGB in [-1, 1] (unclipped; callers clip).
+3x3 conv; a 3x3 conv to RGB in [-1, 1] (unclipped; callers clip; with ``patch``, to
+patch x patch RGB blocks, then back to pixels).
 Every kernel carries logical axis names (output channels on ``embed``).
 """
 
@@ -36,10 +37,30 @@ HIDDEN = (None, None, None, "embed")     # [kh, kw, in, out]: output channels sh
 TO_SMALL = (None, None, "embed", None)   # convs to 3 (RGB) or C (latent) channels
 
 
+def space_to_depth(x_NHWC, p: int):
+  """[N, H, W, C] -> [N, H/p, W/p, p*p*C]: each p x p block of pixels becomes one vector."""
+  n, h, w, c = x_NHWC.shape
+  x = x_NHWC.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h // p, w // p, p * p * c)
+
+
+def depth_to_space(x_NhwD, p: int):
+  """The inverse of ``space_to_depth``: [N, h, w, p*p*C] -> [N, h*p, w*p, C]."""
+  n, h, w, d = x_NhwD.shape
+  c = d // (p * p)
+  x = x_NhwD.reshape(n, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h * p, w * p, c)
+
+
 class FrameAutoencoder(nn.Module):
-  """``encode``: uint8 [N, H, W, 3] -> latents; ``decode``: latents -> float [N, H, W, 3] in ~[-1, 1]."""
+  """``encode``: uint8 [N, H, W, 3] -> latents; ``decode``: latents -> float [N, H, W, 3] in ~[-1, 1].
+
+  ``patch`` >= 2: the encoder starts from ``space_to_depth(frames, patch)`` and the decoder ends in
+  ``depth_to_space`` (pixel shuffle), so no conv runs at full resolution (0: off).
+  """
   channels: Sequence[int] = (32, 64)
   latent_channels: int = 8
+  patch: int = 0
 
   def setup(self):
     ch = tuple(self.channels)
@@ -53,11 +74,17 @@ class FrameAutoencoder(nn.Module):
     rev = ch[::-1]
     self.dec_res = [_conv(c, 3, HIDDEN) for c in rev]
     self.up = [_conv(c, 3, HIDDEN) for c in rev[1:] + (ch[0],)]
-    self.to_rgb = _conv(3, 3, TO_SMALL)
+    self.to_rgb = _conv(3 * self._p ** 2, 3, TO_SMALL)
+
+  @property
+  def _p(self) -> int:
+    if self.patch not in (0, 1) and self.patch < 2:
+      raise ValueError(f"config.model.autoencoder.patch={self.patch}: 0 (off) or a factor >= 2")
+    return max(self.patch, 1)
 
   @property
   def downsample(self) -> int:
-    return 2 ** len(self.channels)
+    return self._p * 2 ** len(self.channels)
 
   def latent_shape(self, height: int, width: int) -> tuple:
     f = self.downsample
@@ -70,7 +97,10 @@ class FrameAutoencoder(nn.Module):
     """uint8 [N, H, W, 3] -> latents [N, H/f, W/f, C] with unit RMS over C."""
     chex.assert_rank(frames_NHWC, 4)
     chex.assert_axis_dimension(frames_NHWC, 3, 3)
-    x = nn.gelu(self.stem(frame_metrics.uint8_to_signed(frames_NHWC)))
+    x = frame_metrics.uint8_to_signed(frames_NHWC)
+    if self._p > 1:
+      x = space_to_depth(x, self._p)
+    x = nn.gelu(self.stem(x))
     for down, res in zip(self.down, self.enc_res):
       x = nn.gelu(down(x))
       x = x + nn.gelu(res(x))
@@ -86,7 +116,8 @@ class FrameAutoencoder(nn.Module):
       x = x + nn.gelu(res(x))
       x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
       x = nn.gelu(up(x))
-    return self.to_rgb(x)
+    x = self.to_rgb(x)
+    return depth_to_space(x, self._p) if self._p > 1 else x
 
   def __call__(self, frames_NHWC):
     """Reconstruction: uint8 [N, H, W, 3] -> signed float [N, H, W, 3]."""

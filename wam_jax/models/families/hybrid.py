@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from wam_jax.models import frame_metrics, layers
+from wam_jax.models import layers
 from wam_jax.models import video_predictor as vp
 from wam_jax.models.families.video_wam import VideoWAM
 from wam_jax.models.families.vlm import VisionLanguageModel
@@ -175,15 +175,12 @@ class HybridWAM(VideoWAM):
     _, kvs, key_mask = self._prefix(batch, train=False)
     return self._sample_actions(kvs, key_mask, batch["proprio"][:, -1])
 
-  def predict_frames(self, batch):
-    """The world module's frames at t+k..: {camera: uint8 [B, F, H, W, 3]}."""
+  def _frame_context(self, batch):
+    """The world module reads the VLM's projected features (``predict_frames`` is VideoWAM's)."""
     if not self.predicts_frames:
       raise ValueError("config.model.video_weight=0: the hybrid was trained without its world module")
     hidden, _, key_mask = self._prefix(batch, train=False)
-    hist = self._tokens(batch, "image_")
-    pred = self._frames(hist[:, :, -1:] + self._generate(batch, hist, (self.context_proj(hidden), key_mask))
-                        / self.config.video.delta_scale)
-    return {cam: frame_metrics.unit_to_uint8(pred[:, i]) for i, cam in enumerate(self.data_config.cameras)}
+    return self.context_proj(hidden), key_mask
 
   @nn.nowrap
   def lr_multipliers(self) -> tuple:

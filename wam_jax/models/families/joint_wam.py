@@ -173,7 +173,7 @@ class JointWAM(VideoWAM):
     _, fd = self._sample(batch, hist, context, actions=(CLEAN, a_true), video=(GENERATE, None))
     id_actions, _ = self._sample(batch, hist, context, actions=(GENERATE, None), video=(CLEAN, delta))
     policy_actions, _ = self._sample(batch, hist, context, actions=(GENERATE, None), video=(MARGINAL, None))
-    pred = self._frames(hist[:, :, -1:] + fd / self.config.video.delta_scale)
+    pred = self._frames_from_delta(hist, fd)
     out = {"fd_psnr": masked_mean(frame_metrics.psnr(pred, real), valid_BCF)}
     for name, actions in (("id", id_actions), ("policy", policy_actions)):
       out.update({f"{name}_{k}": v for k, v in action_errors(actions, batch["actions"], mask_BKA).items()})
@@ -249,8 +249,7 @@ class JointWAM(VideoWAM):
       raise ValueError("config.model.mode='forward_dynamics' needs the chunk (batch['actions'])")
     else:
       _, x_v = self._sample(batch, hist, context, actions=(MARGINAL, None), video=(GENERATE, None))
-    pred = self._frames(hist[:, :, -1:] + x_v / cfg.video.delta_scale)
-    return {cam: frame_metrics.unit_to_uint8(pred[:, i]) for i, cam in enumerate(self.data_config.cameras)}
+    return self._frame_dict(self._frames_from_delta(hist, x_v))
 
   @nn.nowrap
   def lr_multipliers(self) -> tuple:

@@ -50,7 +50,7 @@ def token_geometry(model_cfg, image_size: int) -> tuple[int, int]:
     p = model_cfg.patch_size
     return (image_size // p) ** 2, 3 * p * p
   ae = model_cfg.autoencoder
-  grid, q = image_size // 2 ** len(ae.channels), model_cfg.latent_patch_size
+  grid, q = image_size // (max(ae.get("patch", 0), 1) * 2 ** len(ae.channels)), model_cfg.latent_patch_size
   return (grid // q) ** 2, ae.latent_channels * q * q
 
 
@@ -89,7 +89,8 @@ class VideoWAM(nn.Module):
     cfg, data = self.config, self.data_config
     n, p = token_geometry(cfg, data.image_size)
     if cfg.frames == "latents":
-      self.autoencoder = FrameAutoencoder(tuple(cfg.autoencoder.channels), cfg.autoencoder.latent_channels)
+      self.autoencoder = FrameAutoencoder(tuple(cfg.autoencoder.channels), cfg.autoencoder.latent_channels,
+                                          cfg.autoencoder.get("patch", 0))
     # Proprio, instruction and dataset-id tokens; frames are the predictor's own tokens.
     self.encoder = encoders.ObservationEncoder(
         width=cfg.width, patch_size=cfg.patch_size, cameras=(), vocab_size=self.vocab_size,
@@ -210,7 +211,7 @@ class VideoWAM(nn.Module):
     real = jnp.stack([frame_metrics.uint8_to_signed(batch["future_image_" + c]) for c in cams], 1)
     last = jnp.stack([frame_metrics.uint8_to_signed(batch["image_" + c][:, -1:]) for c in cams], 1)
     real, last = frame_metrics.signed_to_unit(real), frame_metrics.signed_to_unit(last)
-    pred = self._frames(hist[:, :, -1:] + self._generate(batch, hist, context) / self.config.video.delta_scale)
+    pred = self._frames_from_delta(hist, self._generate(batch, hist, context))
     out = {"copy_last_video_loss": masked_mean(jnp.mean(delta ** 2, axis=(-2, -1)), valid_BCF)}
     for name, frames in (("video", pred), ("copy_last", jnp.broadcast_to(last, real.shape))):
       out[f"{name}_psnr"] = masked_mean(frame_metrics.psnr(frames, real), valid_BCF)
@@ -219,12 +220,23 @@ class VideoWAM(nn.Module):
       out["recon_psnr"] = masked_mean(frame_metrics.psnr(self._frames(fut), real), valid_BCF)
     return out
 
+  def _frames_from_delta(self, hist, delta):
+    """Frames in [0, 1], [B, C, F, H, W, 3], from predicted change tokens ``delta`` [B, C, F, N, P]
+    (scaled by ``video.delta_scale``) added to the last history frame's tokens ``hist[:, :, -1:]``."""
+    return self._frames(hist[:, :, -1:] + delta / self.config.video.delta_scale)
+
+  def _frame_dict(self, frames_BCFHW3):
+    """{camera: uint8 [B, F, H, W, 3]}: the ``predict_frames`` output of every family."""
+    return {cam: frame_metrics.unit_to_uint8(frames_BCFHW3[:, i]) for i, cam in enumerate(self.data_config.cameras)}
+
+  def _frame_context(self, batch):
+    """What the video predictor conditions on: the context encoder (the hybrid: its VLM backbone)."""
+    return self.encoder(batch)
+
   def predict_frames(self, batch):
     """Generated future frames: {camera: uint8 [B, F, H, W, 3]}."""
     hist = self._tokens(batch, "image_")
-    pred = self._frames(hist[:, :, -1:] + self._generate(batch, hist, self.encoder(batch))
-                        / self.config.video.delta_scale)
-    return {cam: frame_metrics.unit_to_uint8(pred[:, i]) for i, cam in enumerate(self.data_config.cameras)}
+    return self._frame_dict(self._frames_from_delta(hist, self._generate(batch, hist, self._frame_context(batch))))
 
   def predict_actions(self, batch):
     """Normalized action chunk [B, K, A], by ``policy.skip_video`` (module docstring)."""
