@@ -159,6 +159,31 @@ def test_latent_action_validation_metrics_and_deterministic_codes(built):
   np.testing.assert_array_equal(a, b)
 
 
+def test_decoder_history_hides_the_older_frames_from_the_latent_decoder(built):
+  """decoder_history=1: the decoder's error for a given z no longer changes with the older history
+  frame (the motion it shows would make z unnecessary); with 0 (all frames) it does."""
+  b = built("latent_tiny")
+  z = jnp.ones((4, b.cfg.model.latent.num_tokens, b.cfg.model.latent.code_dim))
+  older = dict(b.batch, image_primary=b.batch["image_primary"].copy())
+  older["image_primary"][:, 0] = 255 - older["image_primary"][:, 0]
+  leaves, tree = jax.tree.flatten(b.params)  # away from init, where the zero-initialised output ignores all
+  params = jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(jax.random.key(i), x.shape)
+                                     for i, x in enumerate(leaves)])
+  errors = {}
+  for keep in (0, 1):
+    cfg = small_config("latent_tiny")
+    cfg.model.decoder_history = keep
+    model = registry.build_model(cfg, num_datasets=2)
+    fn = jit(lambda p, x: model.apply({"params": p}, x, z, method=lambda m, x, z: m.lam.decode_errors(x, z)[0]))
+    errors[keep] = [np.asarray(fn(params, x)) for x in (b.batch, older)]
+  assert np.abs(errors[0][0] - errors[0][1]).max() > 1e-6
+  np.testing.assert_allclose(errors[1][0], errors[1][1], rtol=1e-6, atol=1e-7)
+  cfg = small_config("latent_tiny")
+  cfg.model.decoder_history = -1
+  with pytest.raises(ValueError, match="config.model.decoder_history=-1"):
+    registry.check_model_config(cfg.model)
+
+
 @pytest.mark.slow  # a fifth model to compile (~8 s)
 def test_continuous_latent_is_deterministic_at_evaluation():
   cfg = small_config("latent_tiny")

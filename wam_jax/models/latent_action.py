@@ -10,7 +10,10 @@
   decoder   ``video_predictor.VideoPredictor`` in forward-dynamics mode: the
             latent tokens take the place of the action chunk (K = Q, A = Z); it
             predicts the change of the future frames' pixel patches from the
-            last history frame (zero output = copy-last).
+            last history frame (zero output = copy-last). ``decoder_history`` = h
+            > 0 lets it see only the last h history frames (Genie/LAPA decode from
+            o_t alone): with more, the motion already visible in the history
+            predicts much of the change and z is not needed.
 
 Trained on action-free video only (actions are never read). Two failures
 are watched by the validation metrics: z carrying nothing (the decoder's error
@@ -42,6 +45,8 @@ def check_config(model_cfg) -> None:
   for field, lo in (("num_codes", 2), ("code_dim", 1), ("num_tokens", 1)):
     if int(lat[field]) < lo:
       raise ValueError(f"config.model.latent.{field}={lat[field]} must be >= {lo}")
+  if int(model_cfg.get("decoder_history", 0)) < 0:
+    raise ValueError(f"config.model.decoder_history={model_cfg.decoder_history} must be >= 0 (0: every history frame)")
   for field in ("commitment", "entropy_weight", "kl_weight"):
     if not lat[field] >= 0:
       raise ValueError(f"config.model.latent.{field}={lat[field]} must be >= 0")
@@ -96,7 +101,11 @@ class LatentActionModel(nn.Module):
     chex.assert_shape(z_BQZ, (b, self.config.latent.num_tokens, self.config.latent.code_dim))
     ctx = self.context(transition.context_inputs(batch, use_proprio=self.config.use_proprio,
                                                  use_language=self.config.use_language))
-    out, _ = self.decoder(hist, batch["history_mask"], *ctx, actions_BKA=z_BQZ,
+    hist_mask = batch["history_mask"]
+    keep = int(self.config.get("decoder_history", 0))
+    if keep:  # the decoder sees only the last ``keep`` frames: motion visible in the history needs no z
+      hist_mask = hist_mask & (jnp.arange(hist_mask.shape[1]) >= hist_mask.shape[1] - keep)[None]
+    out, _ = self.decoder(hist, hist_mask, *ctx, actions_BKA=z_BQZ,
                           action_mask_BK=jnp.ones(z_BQZ.shape[:2], bool), train=train)
     delta = fut - hist[:, :, -1:]
     mask_BF = batch["future_mask"]
