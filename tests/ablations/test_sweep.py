@@ -193,7 +193,10 @@ def test_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
   summary = sweep_lib.run(sweep, tmp_path, poll_seconds=0.05, log=lines.append)
   assert "2 finished, 2 to run" in lines[0] and summary["failed"] == ["bad/seed_0", "bad/seed_1"]
   assert len(json.loads((tmp_path / "bad" / "seed_0" / "run.json").read_text())["attempts"]) == 2
-  assert len(json.loads((tmp_path / "good" / "seed_0" / "run.json").read_text())["attempts"]) == 1
+  attempts = json.loads((tmp_path / "good" / "seed_0" / "run.json").read_text())["attempts"]
+  assert len(attempts) == 1
+  head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+  assert attempts[0]["code"] in (head, head + "+dirty")  # the code each attempt ran
 
   # A changed cell in the same workdir is an error naming it, not a silent mix of results.
   changed = sweep_lib.Sweep(name="t", version=1, seeds=(0,), cells=(

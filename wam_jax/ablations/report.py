@@ -46,6 +46,7 @@ class Run:
   examples_per_s: float
   frames: dict            # FRAME_KEYS -> value (missing keys absent)
   execute_steps: int
+  code: str = ""          # the commit(s) its attempts ran (run.json; "a -> b" when they differ)
 
   @property
   def successes(self) -> int:
@@ -77,7 +78,8 @@ def load_run(cell: str, seed: int, rdir: pathlib.Path, eval_name: str = "") -> R
              eval_seconds=float(results["seconds"]),
              wall_seconds=float(run_info.get("wall_seconds", float("nan"))),
              flops_per_step=float(flops), examples_per_s=float(np.median(rates)) if rates else float("nan"),
-             frames=frames, execute_steps=int(results["settings"]["execute_steps"]))
+             frames=frames, execute_steps=int(results["settings"]["execute_steps"]),
+             code=" -> ".join(dict.fromkeys(a.get("code", "") for a in run_info.get("attempts", []) if a.get("code"))))
 
 
 def load_runs(workdir, eval_name: str = "") -> tuple[dict, list[Run]]:
@@ -181,11 +183,11 @@ def write_csv(rows: Sequence[dict], runs: Sequence[Run], out_dir: pathlib.Path, 
   with open(out_dir / "runs.csv", "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["cell", "seed", "episodes", "successes", "success_rate", "steps", "flops_per_step",
-                "examples_per_s", "wall_seconds", "eval_seconds", "latency_ms", "dir"])
+                "examples_per_s", "wall_seconds", "eval_seconds", "latency_ms", "dir", "code"])
     for r in runs:
       w.writerow([r.cell, r.seed, len(r.episodes), r.successes, r.success_rate, r.steps,
                   r.flops_per_step, r.examples_per_s, r.wall_seconds, r.eval_seconds,
-                  r.latency_ms, f"{r.cell}/seed_{r.seed}"])
+                  r.latency_ms, f"{r.cell}/seed_{r.seed}", r.code])
 
 
 def _pct(x) -> str:

@@ -480,6 +480,20 @@ class _Running:
     self.start = time.time()
 
 
+def code_version() -> str:
+  """The repository's commit, "+dirty" if tracked files differ from it ("" outside a git checkout).
+  Recorded per attempt: a long run reads modules lazily, so a change made while it runs can land
+  in the same process as the old code (session 7: an evaluation failed that way)."""
+  try:
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                         timeout=10).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return ""
+  return sha + ("+dirty" if sha and dirty else "")
+
+
 def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep) -> _Running:
   job.dir.mkdir(parents=True, exist_ok=True)
   if job.eval_name:
@@ -493,7 +507,8 @@ def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep) -> _Running:
   proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=os.getcwd())
   info = read_json(job.info_path, {}) or {}
   info.update(cell=job.cell.spec(), seed=job.seed, command=cmd, pid=proc.pid)
-  info.setdefault("attempts", []).append({"start": time.time(), "seconds": 0.0, "returncode": None})
+  info.setdefault("attempts", []).append({"start": time.time(), "seconds": 0.0, "returncode": None,
+                                          "code": code_version()})
   _write_json(job.info_path, info)
   log(f"[sweep] start {job.label} (pid {proc.pid}; log {job.dir / 'log.txt'})")
   return _Running(job, proc, log_file, info)
