@@ -160,8 +160,7 @@ def main(argv):
     out = _OUT.value or (os.path.join(_WORKDIR.value, "eval" if _INSTRUCTIONS.value == "train" else
                                       f"eval_{_INSTRUCTIONS.value}") if _WORKDIR.value else "eval_out")
   try:
-    for task in tasks:
-      mw.instruction(task, _INSTRUCTIONS.value)
+    mw.check_instructions(tasks, _INSTRUCTIONS.value)
   except ValueError as e:
     raise app.UsageError(f"--instructions={_INSTRUCTIONS.value}: {e}") from None
   evaluate_lib.evaluate(

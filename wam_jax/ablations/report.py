@@ -95,14 +95,25 @@ def load_runs(workdir, eval_name: str = "") -> tuple[dict, list[Run]]:
                      f"{sorted(meta.get('extra_evals', {})) or 'none'}")
   runs = []
   for cell in meta["cells"]:
-    for rdir in sorted((workdir / cell["name"]).glob("seed_*"), key=lambda p: int(p.name[5:])):
-      stage_only = not (sweep_lib.read_json(rdir / "config.json", {}) or {}).get("eval", {}).get("at_end", True)
-      if not sweep_lib.is_done(rdir) or stage_only:  # a stage without evaluation (e.g. pretraining)
+    for seed, rdir, config in _finished(workdir, cell["name"]):
+      if not _evaluates(config):  # a stage without evaluation (e.g. pretraining)
         continue
       if eval_name and not sweep_lib.eval_results(rdir, eval_name).exists():
         continue  # its extra evaluation has not run yet
-      runs.append(load_run(cell["name"], int(rdir.name[5:]), rdir, eval_name))
+      runs.append(load_run(cell["name"], seed, rdir, eval_name))
   return meta, runs
+
+
+def _finished(workdir, cell_name: str):
+  """(seed, run dir, its config.json) of each finished (DONE) run of a cell, in seed order."""
+  for rdir in sorted((pathlib.Path(workdir) / cell_name).glob("seed_*"), key=lambda p: int(p.name[5:])):
+    if sweep_lib.is_done(rdir):
+      yield int(rdir.name[5:]), rdir, sweep_lib.read_json(rdir / "config.json", {}) or {}
+
+
+def _evaluates(config: dict) -> bool:
+  """Whether a run's config evaluates closed loop at the end (configs without the field did)."""
+  return config.get("eval", {}).get("at_end", True)
 
 
 def _mean(xs) -> float:
@@ -269,15 +280,13 @@ def stage_metrics(meta: dict, workdir) -> list[dict]:
   rows = []
   for cell in meta["cells"]:
     per_run = []
-    for rdir in sorted((pathlib.Path(workdir) / cell["name"]).glob("seed_*"), key=lambda p: int(p.name[5:])):
-      config = sweep_lib.read_json(rdir / "config.json", {}) or {}
-      if not sweep_lib.is_done(rdir) or config.get("eval", {}).get("at_end", True):
+    for seed, rdir, config in _finished(workdir, cell["name"]):
+      if _evaluates(config):
         continue
       last = {}
       for r in sweep_lib.read_jsonl(rdir / "metrics.jsonl"):
         last.update({k[4:]: v for k, v in r.items() if k.startswith("val/")})
-      steps = int(config.get("train", {}).get("steps", 0))
-      per_run.append((int(rdir.name[5:]), steps, last))
+      per_run.append((seed, int(config.get("train", {}).get("steps", 0)), last))
     keys = sorted({k for _, _, last in per_run for k in last
                    if k != "loss_weight" and not re.search(r"_step\d+$", k)})
     for key in keys:

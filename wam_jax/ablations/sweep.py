@@ -538,8 +538,8 @@ def _finish(r: _Running, log, *, stopped: bool = False) -> bool:
     if stopped:
       log(f"[sweep] stopped {job.label} (exit code {rc}); it reruns on rerun")
       return False
-    log(f"[sweep] FAILED {job.label}: exit code {rc}, no {results}: "
-        f"{next((l for l in reversed(_tail(job.dir / 'log.txt')) if l.strip()), '')[-200:]}")
+    log(f"[sweep] FAILED {job.label}: exit code {rc}, no {results}: {_last_line(_tail(job.dir / 'log.txt'))} "
+        f"(full log: {job.dir / 'log.txt'})")
     return False
   if stopped and not (rc == 0 and _finished(job.dir, job.config)[0]):
     log(f"[sweep] stopped {job.cell.name} seed {job.seed} (exit code {rc}); it resumes on rerun")
@@ -555,8 +555,7 @@ def _finish(r: _Running, log, *, stopped: bool = False) -> bool:
     return True
   tail = _tail(job.dir / "log.txt")
   _write_json(job.dir / "FAILED", {"returncode": rc, "summary": why, "log_tail": tail})
-  last = next((l for l in reversed(tail) if l.strip()), "")
-  log(f"[sweep] FAILED {job.cell.name} seed {job.seed}: {why}: {last[-200:]} "
+  log(f"[sweep] FAILED {job.cell.name} seed {job.seed}: {why}: {_last_line(tail)} "
       f"(full log: {job.dir / 'log.txt'})")
   return False
 
@@ -580,6 +579,11 @@ def _next_ready(queue: list, running: list, workdir: pathlib.Path, summary: dict
       log(f"[sweep] FAILED {job.label}: {what} {dep_name}/seed_{job.seed} did not finish")
       summary["failed"].append(job.label)
   return None
+
+
+def _last_line(lines: Sequence[str]) -> str:
+  """The last non-blank line (its last 200 characters): what a failed run printed last."""
+  return next((l for l in reversed(lines) if l.strip()), "")[-200:]
 
 
 def _tail(path: pathlib.Path, n: int = 30) -> list[str]:

@@ -60,8 +60,7 @@ def evaluate(policy_factory: Callable[[], object], tasks, episodes_per_task: int
       (``metaworld.PARAPHRASES``; shared/PROTOCOL.md claim 4).
   """
   tasks = mw.parse_tasks(tasks)
-  for task in tasks:  # an unknown set or a task without paraphrases fails before any episode
-    mw.instruction(task, instructions)
+  mw.check_instructions(tasks, instructions)  # an unknown set or a task without paraphrases
   if max_steps > mw.MAX_ENV_STEPS:
     raise ValueError(f"max_steps {max_steps} > MetaWorld's limit {mw.MAX_ENV_STEPS}")
   rollout_kwargs = dict(max_steps=max_steps, execute_steps=execute_steps,

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wam_jax.models import frame_metrics, layers
+from wam_jax.models import encoders, frame_metrics, layers
 
 
 def _conv(features: int, size: int, names, stride: int = 1, name=None):
@@ -38,18 +38,23 @@ TO_SMALL = (None, None, "embed", None)   # convs to 3 (RGB) or C (latent) channe
 
 
 def space_to_depth(x_NHWC, p: int):
-  """[N, H, W, C] -> [N, H/p, W/p, p*p*C]: each p x p block of pixels becomes one vector."""
-  n, h, w, c = x_NHWC.shape
-  x = x_NHWC.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(n, h // p, w // p, p * p * c)
+  """[N, H, W, C] -> [N, H/p, W/p, p*p*C]: each p x p block of pixels becomes one vector
+  (``encoders.to_patches``, kept on its grid)."""
+  n, h, w, _ = x_NHWC.shape
+  return encoders.to_patches(x_NHWC[:, None], p, "model.autoencoder.patch")[:, 0].reshape(n, h // p, w // p, -1)
 
 
 def depth_to_space(x_NhwD, p: int):
-  """The inverse of ``space_to_depth``: [N, h, w, p*p*C] -> [N, h*p, w*p, C]."""
+  """The inverse of ``space_to_depth``: [N, h, w, p*p*C] -> [N, h*p, w*p, C] (``encoders.from_patches``)."""
   n, h, w, d = x_NhwD.shape
-  c = d // (p * p)
-  x = x_NhwD.reshape(n, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(n, h * p, w * p, c)
+  return encoders.from_patches(x_NhwD.reshape(n, 1, h * w, d), p, h * p, w * p)[:, 0]
+
+
+def downsample_factor(channels: Sequence[int], patch: int = 0) -> int:
+  """Pixels per latent cell along each side: the pixel block (``patch``, 0 = none) x 2 per stage."""
+  if patch < 0:
+    raise ValueError(f"config.model.autoencoder.patch={patch}: 0 (off) or a factor >= 2")
+  return max(patch, 1) * 2 ** len(channels)
 
 
 class FrameAutoencoder(nn.Module):
@@ -61,6 +66,11 @@ class FrameAutoencoder(nn.Module):
   channels: Sequence[int] = (32, 64)
   latent_channels: int = 8
   patch: int = 0
+
+  @classmethod
+  def from_config(cls, ae_cfg):
+    """From ``config.model.autoencoder`` (configs written before ``patch`` existed: 0)."""
+    return cls(tuple(ae_cfg.channels), ae_cfg.latent_channels, ae_cfg.get("patch", 0))
 
   def setup(self):
     ch = tuple(self.channels)
@@ -77,14 +87,12 @@ class FrameAutoencoder(nn.Module):
     self.to_rgb = _conv(3 * self._p ** 2, 3, TO_SMALL)
 
   @property
-  def _p(self) -> int:
-    if self.patch not in (0, 1) and self.patch < 2:
-      raise ValueError(f"config.model.autoencoder.patch={self.patch}: 0 (off) or a factor >= 2")
-    return max(self.patch, 1)
+  def _p(self) -> int:  # the pixel block side, 1 when off (a negative patch raises)
+    return downsample_factor((), self.patch)
 
   @property
   def downsample(self) -> int:
-    return self._p * 2 ** len(self.channels)
+    return downsample_factor(self.channels, self.patch)
 
   def latent_shape(self, height: int, width: int) -> tuple:
     f = self.downsample

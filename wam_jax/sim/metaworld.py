@@ -157,6 +157,12 @@ def instruction(task: str, instructions: str = "train", seed: int = 0) -> str:
   return options[seed % len(options)]
 
 
+def check_instructions(tasks, instructions: str) -> None:
+  """ValueError unless every task has an instruction in the set ``instructions`` (before any episode)."""
+  for task in tasks:
+    instruction(task, instructions)
+
+
 def make_env(task: str, seed: int = 0, resolution: int = 64, camera: str = DEFAULT_CAMERA):
   """Makes a rendering MetaWorld env for ``task`` with the fast-render settings.
 

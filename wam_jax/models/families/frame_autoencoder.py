@@ -27,7 +27,7 @@ class FrameAutoencoderModel(nn.Module):
 
   def setup(self):
     ae = self.config.autoencoder
-    self.autoencoder = FrameAutoencoder(tuple(ae.channels), ae.latent_channels, ae.get("patch", 0))
+    self.autoencoder = FrameAutoencoder.from_config(ae)
 
   def _frames(self, batch):
     """uint8 [B, C, 1 + F, H, W, 3]: the last history frame and the future frames per camera."""

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from wam_jax.models import encoders, frame_metrics, layers
 from wam_jax.models import video_predictor as vp
-from wam_jax.models.frame_autoencoder import FrameAutoencoder
+from wam_jax.models.frame_autoencoder import FrameAutoencoder, downsample_factor
 from wam_jax.models.heads import build_head
 from wam_jax.models.heads.regression import masked_mean
 
@@ -50,7 +50,8 @@ def token_geometry(model_cfg, image_size: int) -> tuple[int, int]:
     p = model_cfg.patch_size
     return (image_size // p) ** 2, 3 * p * p
   ae = model_cfg.autoencoder
-  grid, q = image_size // (max(ae.get("patch", 0), 1) * 2 ** len(ae.channels)), model_cfg.latent_patch_size
+  grid = image_size // downsample_factor(ae.channels, ae.get("patch", 0))
+  q = model_cfg.latent_patch_size
   return (grid // q) ** 2, ae.latent_channels * q * q
 
 
@@ -89,8 +90,7 @@ class VideoWAM(nn.Module):
     cfg, data = self.config, self.data_config
     n, p = token_geometry(cfg, data.image_size)
     if cfg.frames == "latents":
-      self.autoencoder = FrameAutoencoder(tuple(cfg.autoencoder.channels), cfg.autoencoder.latent_channels,
-                                          cfg.autoencoder.get("patch", 0))
+      self.autoencoder = FrameAutoencoder.from_config(cfg.autoencoder)
     # Proprio, instruction and dataset-id tokens; frames are the predictor's own tokens.
     self.encoder = encoders.ObservationEncoder(
         width=cfg.width, patch_size=cfg.patch_size, cameras=(), vocab_size=self.vocab_size,
