@@ -19,6 +19,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       num_heads=4,
       mlp_dim=512,
       patch_size=16,
+      stem=(),              # conv channels before the patch embedding (encoders.ImageTokenizer)
       dropout=0.0,
       # Which action head: config.model.head.name in l1, mse, diffusion, flow, discrete; each
       # generative head's fields under head.<name>.* (defaults: wam_jax/models/heads).

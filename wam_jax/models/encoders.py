@@ -26,24 +26,48 @@ def from_patches(x_BTNP, patch: int, height: int, width: int):
   return x.reshape(b, t, height, width, c)
 
 
+def to_signed_unit(frames):
+  """uint8/float pixel values in [0, 255] -> float32 in [-1, 1] (what every model sees)."""
+  return frames.astype(jnp.float32) / 127.5 - 1.0
+
+
 def patchify(frames_BTHWC, patch: int):
   """[B, T, H, W, C] uint8/float -> [B, T, (H/p)*(W/p), p*p*C] float in [-1, 1]."""
-  return to_patches(frames_BTHWC.astype(jnp.float32) / 127.5 - 1.0, patch)
+  return to_patches(to_signed_unit(frames_BTHWC), patch)
 
 
 class ImageTokenizer(nn.Module):
   """ViT-style patch embedding with learned spatial and temporal position embeddings.
 
-  [B, T, H, W, 3] -> tokens [B, T*N, D] and their mask [B, T*N] from mask_BT.
+  [B, T, H, W, 3] -> tokens [B, T*N, D] and their mask [B, T*N] from mask_BT; N = (H/p)*(W/p)
+  for ``patch_size`` p whatever the stem. ``stem=()`` embeds each p x p pixel patch with one
+  matrix (ViT). ``stem=(c1, c2, ..)`` first runs one 3x3 stride-2 convolution + GELU per entry
+  (c_i channels), then embeds the remaining p/2^L x p/2^L patch of features: a convolutional
+  stem (Xiao et al. 2021, "Early convolutions help transformers see better") that gives each
+  token local, translation-equivariant features at the same token count.
   """
   width: int
   patch_size: int
   dot_general: layers.DotGeneral = None
+  stem: tuple = ()
 
   @nn.compact
   def __call__(self, frames_BTHWC, mask_BT):
-    patches = patchify(frames_BTHWC, self.patch_size)
-    b, t, n, _ = patches.shape
+    b, t, h, w, c = frames_BTHWC.shape
+    x = to_signed_unit(frames_BTHWC)
+    patch = self.patch_size
+    if self.stem:
+      if patch % (2 ** len(self.stem)):
+        raise ValueError(f"model.patch_size={patch} is not divisible by 2^len(model.stem)="
+                         f"{2 ** len(self.stem)}: each stem convolution halves the image")
+      x = x.reshape(b * t, h, w, c)
+      for i, channels in enumerate(self.stem):
+        x = nn.gelu(layers.Conv(channels, (3, 3), strides=2, names=(None, None, None, "embed"),
+                                name=f"stem_{i}")(x))
+      patch //= 2 ** len(self.stem)
+      x = x.reshape((b, t) + x.shape[1:])
+    patches = to_patches(x, patch)
+    n = patches.shape[2]
     tok_BTND = layers.logical_dense(self.width, ("patch", "embed"), dot_general=self.dot_general,
                                     name="patch_embed")(patches)
     tok_BTND = tok_BTND + layers.learned_embedding(self, "pos", (n, self.width), ("length", "embed"))
@@ -77,13 +101,15 @@ class ObservationEncoder(nn.Module):
   vocab_size: int
   num_datasets: int
   dot_general: layers.DotGeneral = None
+  stem: tuple = ()  # ImageTokenizer.stem: conv channels before the patch embedding
 
   @nn.compact
   def __call__(self, batch):
     history_mask = batch["history_mask"]
     tokens, masks = [], []
     for cam in self.cameras:
-      t, m = ImageTokenizer(self.width, self.patch_size, self.dot_general, name=f"image_{cam}")(
+      t, m = ImageTokenizer(self.width, self.patch_size, self.dot_general, tuple(self.stem),
+                            name=f"image_{cam}")(
           batch[f"image_{cam}"], history_mask)
       t = t + layers.learned_embedding(self, f"camera_{cam}", (self.width,), ("embed",))
       tokens.append(t)

@@ -39,7 +39,8 @@ class LatentPolicy(nn.Module):
     self.lam = latent_action.LatentActionModel(cfg.lam, data, self.num_datasets, self.vocab_size, self.dot_general)
     self.encoder = encoders.ObservationEncoder(
         width=cfg.width, patch_size=cfg.patch_size, cameras=tuple(data.cameras),
-        vocab_size=self.vocab_size, num_datasets=self.num_datasets, dot_general=self.dot_general)
+        vocab_size=self.vocab_size, num_datasets=self.num_datasets, dot_general=self.dot_general,
+        stem=tuple(cfg.get("stem", ())))
     self.latent_queries = self.param(
         "latent_queries", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("length", "embed")),
         (lat.num_tokens, cfg.width))

@@ -24,7 +24,8 @@ class VLA(nn.Module):
     cfg, data = self.config, self.data_config
     self.encoder = encoders.ObservationEncoder(
         width=cfg.width, patch_size=cfg.patch_size, cameras=tuple(data.cameras),
-        vocab_size=self.vocab_size, num_datasets=self.num_datasets, dot_general=self.dot_general)
+        vocab_size=self.vocab_size, num_datasets=self.num_datasets, dot_general=self.dot_general,
+        stem=tuple(cfg.get("stem", ())))
     self.queries = self.param(
         "action_queries", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("length", "embed")),
         (data.action_horizon, cfg.width))
