@@ -1,4 +1,5 @@
-r"""Run a sweep of the protocol's ablations (resumable): each cell x seed trained and evaluated.
+r"""Run a sweep of the protocol's ablations (resumable): each cell x seed trained and evaluated
+(or, for label / eval cells, labelled or evaluated from earlier cells' runs).
 
   python experiments/ablations.py --sweep=baseline_data_efficiency --workdir=runs/sweeps/baseline --dry_run
   python experiments/ablations.py --sweep=baseline_data_efficiency --workdir=runs/sweeps/baseline
@@ -44,28 +45,34 @@ def check(config):
     mw.parse_tasks(tuple(config.eval.tasks) or tuple(config.data.metaworld.tasks))
 
 
-def prepare(configs):
-  """Generates (once, resumably) the protocol datasets the runs read."""
+def protocol_needs(job) -> set:
+  """(data root, protocol dataset) pairs a job reads: a training run's mixture members, a label
+  run's action-free video pool; an evaluation reads none."""
   from wam_jax.ablations import protocol  # pylint: disable=g-import-not-at-top
   from wam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  if job.cell.kind == "label":
+    return {(sweep_lib.data_root(job.cell), protocol.VIDEO_NAME)}
+  if job.config is None:
+    return set()
+  root = pipeline.resolve_data_dir(job.config.data).absolute()
+  return {(root, str(n)) for n, _ in job.config.data.mixture if str(n) in protocol.DATASET_NAMES}
+
+
+def prepare(jobs):
+  """Generates (once, resumably) the protocol datasets the runs read."""
+  from wam_jax.ablations import protocol  # pylint: disable=g-import-not-at-top
   by_root = {}
-  for config in configs:
-    names = {str(n) for n, _ in config.data.mixture} & set(protocol.DATASET_NAMES)
-    if names:
-      by_root.setdefault(pipeline.resolve_data_dir(config.data).absolute(), set()).update(names)
+  for job in jobs:
+    for root, name in protocol_needs(job):
+      by_root.setdefault(root, set()).add(name)
   for root, names in by_root.items():
     protocol.ensure_data(root, sorted(names))
 
 
 def data_status(jobs) -> str:
   from wam_jax.ablations import protocol  # pylint: disable=g-import-not-at-top
-  from wam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  missing = set()
-  for j in jobs:
-    if j.config is not None:
-      root = pipeline.resolve_data_dir(j.config.data).absolute()
-      missing |= {(str(root), n) for n, _ in j.config.data.mixture
-                  if n in protocol.DATASET_NAMES and not protocol.is_ready(root, n)}
+  missing = {(str(root), name) for j in jobs if j.state != "invalid" for root, name in protocol_needs(j)
+             if not protocol.is_ready(root, name)}
   if not missing:
     return "protocol data: ready"
   return ("protocol data to generate first (measured on 2 busy cores: demos 16 min, video pool 66 min; "

@@ -13,6 +13,9 @@ def data_config() -> ml_collections.ConfigDict:
       # Extra registry files (JSON/YAML/.py, comma-separated) with dataset entries and mixtures,
       # checked before any work (format: wam_jax/data/registry_files.py).
       registry_files="",
+      # ((registry name, directory), ...): read these mixture datasets from another directory than
+      # their registry entry's (absolute, or under data_dir), e.g. a per-run pseudo-labelled pool.
+      dataset_dirs=(),
       train_split="train",
       val_split="val",
       cameras=("primary",),

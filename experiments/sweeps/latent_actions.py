@@ -6,8 +6,7 @@ N-demo frames + the pool, then fine-tuned to real actions on the N demos (2000 s
 beside the VLA baseline on the same labels (the reference row, as baseline_data_efficiency).
 
 The other two claim-2 methods (a VLA on labels + IDM pseudo-labels, and plan-with-video-act-with-
-IDM) run as scripts between trainings (scripts/label_video.py, eval.py --policy=plan_idm): the sweep
-harness has no cell kind for them yet (BUILD_NOTES, "Family 2")."""
+IDM) are the idm_claim2 sweep (label and eval cells)."""
 
 from wam_jax.ablations.sweep import Cell, Sweep
 

@@ -106,3 +106,50 @@ def test_report_numbers(sweep_dir):
 def test_report_of_a_non_sweep_dir_names_it(tmp_path):
   with pytest.raises(ValueError, match="no sweep.json"):
     report.write_report(tmp_path)
+
+
+def test_an_eval_cell_is_a_policy_row_and_a_label_cell_is_not(tmp_path):
+  """An eval cell's run (plan with video, act with an IDM: only eval/results.json as
+  experiments/eval.py writes it, and run.json) is tabulated like a trained policy, its training
+  columns blank; a label cell's finished run (a dataset) is named, not read as a policy."""
+  from wam_jax.evaluation import evaluate
+  from wam_jax.evaluation import report as eval_report
+  meta = {"name": "claim2", "version": 1, "seeds": [0, 1], "cells": [
+      {"name": "label", "kind": "label", "init_from": "idm", "method": "label", "n_demos": 2, "config": "",
+       "overrides": {}},
+      {"name": "plan", "kind": "eval", "init_from": "idm", "video_from": "video", "method": "plan_idm",
+       "n_demos": 2, "config": "", "overrides": {}},
+      {"name": "vla", "method": "vla", "n_demos": 2, "config": "", "overrides": {}}]}
+  (tmp_path / "sweep.json").write_text(json.dumps(meta))
+  (tmp_path / "label" / "seed_0" / "dataset").mkdir(parents=True)
+  (tmp_path / "label" / "seed_0" / "DONE").write_text("{}")
+  settings = dict(seed_offset=100_000, num_workers=1, resolution=64, camera="corner4", episodes_per_task=4,
+                  max_steps=200, execute_steps=4, temporal_ensemble=False, ensemble_decay=0.01,
+                  consistency=True, instructions="train")
+  for seed, wins in ((0, {"reach-v3": 4, "push-v3": 1}), (1, {"reach-v3": 2, "push-v3": 0})):
+    episodes = [{"task": t, "seed": 100_000 + i, "instruction": t, "success": i < k, "length": 30,
+                 "frozen_fraction": 0.0, "latencies_ms": [10.0 + seed] * 5} for t, k in wins.items() for i in range(4)]
+    rdir = tmp_path / "plan" / f"seed_{seed}"
+    eval_report.write_results(rdir / "eval", evaluate._summarize(episodes, list(wins), "plan_idm", 30.0, settings))
+    (rdir / "run.json").write_text(json.dumps({"wall_seconds": 40.0, "attempts": [{"code": "abc"}]}))
+    (rdir / "DONE").write_text("{}")
+  _fake_run(tmp_path / "vla" / "seed_0", {"reach-v3": (4, 4), "push-v3": (2, 4)})
+
+  out = report.write_report(tmp_path, plots=True)
+  assert [r["cell"] for r in out["rows"]] == ["plan", "vla"]
+  with open(tmp_path / "report" / "results.csv") as f:
+    rows = {r["cell"]: r for r in csv.DictReader(f)}
+  plan = rows["plan"]
+  assert (plan["method"], plan["n_demos"], plan["seeds"]) == ("plan_idm", "2", "0 1")
+  assert (int(plan["successes"]), int(plan["episodes"])) == (7, 16)
+  assert (float(plan["ci95_lo"]), float(plan["ci95_hi"])) == pytest.approx(metrics.wilson_interval(7, 16))
+  assert [float(x) for x in plan["seed_means"].split()] == [5 / 8, 2 / 8]
+  assert (float(plan["task:reach-v3"]), float(plan["task:push-v3"])) == (6 / 8, 1 / 8)
+  assert float(plan["latency_ms"]) == 10.5 and float(plan["wall_seconds_per_run"]) == 40.0
+  assert plan["steps"] == plan["batch_size"] == plan["train_flops"] == "" and plan["flops_per_step"] == "nan"
+  assert plan["execute_steps"] == "4" and rows["vla"]["steps"] == "100"
+  md = (tmp_path / "report" / "results.md").read_text()
+  assert "| plan | plan_idm | 2 | **44%** |" in md and "| 2/2 | 16 | - | - | 0.7 min | 10.5 ms |" in md
+  assert "| plan | 0 | 62% | 8 | - |" in md
+  assert "models that are not policies): label." in md
+  assert (tmp_path / "report" / "success_vs_demos.png").stat().st_size > 1000

@@ -257,16 +257,21 @@ def test_a_stage_cell_starts_after_its_init_from_run_and_is_restored_from_it(tmp
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in sweep_lib.SWEEPS_DIR.glob("*.py")))
 def test_every_shipped_sweep_plans_with_valid_cells(name, tmp_path):
-  """Each cell of each sweep in experiments/sweeps/ resolves to a config the trainer accepts (the
-  check ablations.py runs before any work), and staged cells name an earlier cell."""
+  """Each train cell of each sweep in experiments/sweeps/ resolves to a config the trainer accepts
+  (the check ablations.py runs before any work), and cells using other cells' runs name earlier cells."""
   from wam_jax.training import trainer
   sweep = sweep_lib.load_sweep(name)
   jobs = sweep_lib.plan(sweep, tmp_path, seeds=(0,), check=lambda c: trainer.check_config(c, 1))
   assert [j.state for j in jobs if not j.eval_name] == ["pending"] * len(sweep.cells), [(j.cell.name, j.error) for j in jobs]
   for job in jobs:
+    argv = sweep_lib.command(job.cell, 0, job.dir)
+    flag = {"train": "--config.train.init_from", "label": "--idm", "eval": "--idm_workdir"}[job.cell.kind]
     if job.cell.init_from:
-      argv = sweep_lib.command(job.cell, 0, job.dir)
-      assert f"--config.train.init_from={tmp_path.absolute() / job.cell.init_from / 'seed_0'}" in argv
+      assert f"{flag}={tmp_path.absolute() / job.cell.init_from / 'seed_0'}" in argv
+    if job.cell.video_from:
+      assert f"--video_workdir={tmp_path.absolute() / job.cell.video_from / 'seed_0'}" in argv
+    for dataset, label in job.cell.data_from.items():
+      assert (dataset, os.path.realpath(tmp_path / label / "seed_0" / "dataset")) in job.config.data.dataset_dirs
 
 
 def test_a_run_finished_by_a_sibling_sweep_is_linked_not_retrained(tmp_path, monkeypatch):

@@ -9,6 +9,10 @@ Per run (``<workdir>/<cell>/seed_<s>/`` with a ``DONE`` marker, see sweep.py) it
   eval/results.json    every evaluation episode (task, seed, success), latency per policy call
   run.json             the sweep's wall time of the run (all attempts)
 
+An eval cell's run (``Cell(kind="eval")``: plan with video, act with an IDM) is a policy row
+too; it has only eval/results.json and run.json, so its training columns show "-". A label
+cell's run (a dataset) is not a row: the report names it with the stages.
+
 Per cell, success pools every evaluation episode of every seed (the protocol's "mean success
 over all 600 episodes") with its 95% Wilson interval (``evaluation.metrics.wilson_interval``),
 beside the per-seed means and per-task success (also pooled over seeds).
@@ -36,8 +40,8 @@ class Run:
   cell: str
   seed: int
   dir: pathlib.Path
-  steps: int
-  batch_size: int
+  steps: Optional[int]    # None: not a training run (an eval cell's)
+  batch_size: Optional[int]
   episodes: list          # [{"task", "seed", "success", "length", ...}] from eval/results.json
   latency_ms: float       # mean policy call (one chunk at batch 1)
   eval_seconds: float
@@ -72,8 +76,9 @@ def load_run(cell: str, seed: int, rdir: pathlib.Path, eval_name: str = "") -> R
   for r in rows:  # the last value of each frame metric
     frames.update({k: r[f"val/{k}"] for k in FRAME_KEYS if f"val/{k}" in r})
   run_info = sweep_lib.read_json(rdir / "run.json", {}) or {}
-  return Run(cell=cell, seed=seed, dir=rdir, steps=int(config.get("train", {}).get("steps", 0)),
-             batch_size=int(config.get("train", {}).get("batch_size", 0)),
+  train = config.get("train")
+  return Run(cell=cell, seed=seed, dir=rdir, steps=int(train.get("steps", 0)) if train else None,
+             batch_size=int(train.get("batch_size", 0)) if train else None,
              episodes=results["episodes"], latency_ms=float(results["latency"]["mean_ms"]),
              eval_seconds=float(results["seconds"]),
              wall_seconds=float(run_info.get("wall_seconds", float("nan"))),
@@ -95,8 +100,11 @@ def load_runs(workdir, eval_name: str = "") -> tuple[dict, list[Run]]:
                      f"{sorted(meta.get('extra_evals', {})) or 'none'}")
   runs = []
   for cell in meta["cells"]:
+    kind = cell.get("kind", "train")
+    if kind == "label":  # a labelled dataset, not a policy
+      continue
     for seed, rdir, config in _finished(workdir, cell["name"]):
-      if not _evaluates(config):  # a stage without evaluation (e.g. pretraining)
+      if kind == "train" and not _evaluates(config):  # a stage without evaluation (e.g. pretraining)
         continue
       if eval_name and not sweep_lib.eval_results(rdir, eval_name).exists():
         continue  # its extra evaluation has not run yet
@@ -145,8 +153,8 @@ def aggregate(meta: dict, runs: Sequence[Run]) -> list[dict]:
         "pooled": rate_with_ci(sum(r.successes for r in cruns), len(episodes)),
         "seed_means": [r.success_rate for r in cruns],
         "per_task": per_task,
-        "steps": sorted({r.steps for r in cruns}),
-        "batch_size": sorted({r.batch_size for r in cruns}),
+        "steps": sorted({r.steps for r in cruns if r.steps is not None}),  # [] for an eval cell
+        "batch_size": sorted({r.batch_size for r in cruns if r.batch_size is not None}),
         "flops_per_step": _mean(r.flops_per_step for r in cruns),
         "wall_seconds": _mean(r.wall_seconds for r in cruns),
         "eval_seconds": _mean(r.eval_seconds for r in cruns),
@@ -162,6 +170,7 @@ def aggregate(meta: dict, runs: Sequence[Run]) -> list[dict]:
 # Files.
 # ----------------------------------------------------------------------------
 def _one(values):
+  """The value if there is one, else the values joined by "/" ("" for none)."""
   return values[0] if len(values) == 1 else "/".join(map(str, values))
 
 
@@ -234,7 +243,7 @@ def markdown(meta: dict, rows: Sequence[dict], runs: Sequence[Run], workdir) -> 
         f"| {row['cell']} | {row['method']} | {row['n_demos'] if row['n_demos'] is not None else '-'} | "
         f"**{_pct(p['rate'])}** | {_pct(p['ci95'][0])}-{_pct(p['ci95'][1])} | "
         f"{' '.join(_pct(m) for m in row['seed_means'])} | {seeds} | {p['episodes']} | "
-        f"{_one(row['steps'])} | {_num(row['flops_per_step'] / 1e9, '{:.3g}')} | "
+        f"{_one(row['steps']) if row['steps'] else '-'} | {_num(row['flops_per_step'] / 1e9, '{:.3g}')} | "
         f"{_num(row['wall_seconds'] / 60, '{:.1f} min')} | {_num(row['latency_ms'], '{:.1f} ms')} | "
         f"{_num(fr['video_psnr'])} ({_num(fr['copy_last_psnr'])}) | "
         f"{_num(fr['video_ssim'], '{:.3f}')} ({_num(fr['copy_last_ssim'], '{:.3f}')}) |")
@@ -250,7 +259,8 @@ def markdown(meta: dict, rows: Sequence[dict], runs: Sequence[Run], workdir) -> 
   lines += ["", "Runs:", "", "| cell | seed | success | episodes | steps | examples/s | wall | eval | latency |",
             "|---|---|---|---|---|---|---|---|---|"]
   for r in runs:
-    lines.append(f"| {r.cell} | {r.seed} | {_pct(r.success_rate)} | {len(r.episodes)} | {r.steps} | "
+    lines.append(f"| {r.cell} | {r.seed} | {_pct(r.success_rate)} | {len(r.episodes)} | "
+                 f"{r.steps if r.steps is not None else '-'} | "
                  f"{_num(r.examples_per_s, '{:.0f}')} | {_num(r.wall_seconds / 60, '{:.1f} min')} | "
                  f"{_num(r.eval_seconds / 60, '{:.1f} min')} | {_num(r.latency_ms, '{:.1f} ms')} |")
   missing = [c["name"] for c in meta["cells"] if c["name"] not in {row["cell"] for row in rows}
@@ -258,7 +268,7 @@ def markdown(meta: dict, rows: Sequence[dict], runs: Sequence[Run], workdir) -> 
   stages = [c["name"] for c in meta["cells"] if c["name"] not in {row["cell"] for row in rows}
             and c["name"] not in missing]
   if stages:
-    lines += ["", f"Finished runs without closed-loop evaluation (stages restored by later cells, or "
+    lines += ["", f"Finished runs without closed-loop evaluation (stages used by later cells, or "
               f"models that are not policies): {', '.join(stages)}."]
     held_out = stage_metrics(meta, workdir)
     if held_out:
@@ -279,6 +289,8 @@ def stage_metrics(meta: dict, workdir) -> list[dict]:
   and ``loss_weight`` are left out."""
   rows = []
   for cell in meta["cells"]:
+    if cell.get("kind", "train") != "train":  # label and eval runs log no validation
+      continue
     per_run = []
     for seed, rdir, config in _finished(workdir, cell["name"]):
       if _evaluates(config):

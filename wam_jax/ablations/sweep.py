@@ -1,18 +1,36 @@
-"""A resumable sweep: named, versioned cells, each trained + evaluated per seed in a subprocess.
+"""A resumable sweep: named, versioned cells, each run per seed in a subprocess.
 
 A sweep file (``experiments/sweeps/<name>.py``) is data: it defines ``SWEEP = Sweep(...)``,
 a list of ``Cell(name, config="experiments/configs/<file>.py:<preset>", overrides={...},
-method=..., n_demos=...)``. Each (cell, seed) runs
+method=..., n_demos=...)``. Each (cell, seed) of the default kind, ``"train"``, runs
 
   python experiments/train.py --config=<file>:<preset> --workdir=<workdir>/<cell>/seed_<s> \\
       --config.seed=<s> --config.<field>=<value> ...
 
 in its own subprocess (a crash stays in its cell; a killed cell resumes from its checkpoint,
-which the trainer does by itself). Layout of ``<workdir>``::
+which the trainer does by itself). Two other kinds run a script on earlier cells' runs of the
+same seed instead of training (claim 2's script-based methods), ``overrides`` being its flags:
+
+  kind="label", init_from=<IDM cell>: scripts/label_video.py --idm=<workdir>/<IDM cell>/seed_<s>
+      --src=<the protocol's action-free video pool> --out=<workdir>/<cell>/seed_<s>/dataset
+      (the pool lies under ``overrides["data_dir"]``, '' as the trainer: $WAM_DATA_DIR or
+      ./wam_data, and is generated first if missing). A train cell reads that dataset with
+      ``data_from={<registry name in its mixture>: <label cell>}``: the harness adds
+      ``--config.data.dataset_dirs=((<name>, <real path of that dataset>),)``, so the labels
+      (per seed) are part of the trainer's run identity (config.json), as any data field.
+  kind="eval", init_from=<IDM cell>, video_from=<video model cell>: experiments/eval.py
+      --policy=plan_idm --idm_workdir=... --video_workdir=... --out=<workdir>/<cell>/seed_<s>/eval
+      with the protocol's evaluation settings (``protocol.EVAL``). A policy row in the report
+      like a trained one (no training columns).
+
+A cell starts only once every run it uses (``init_from``, ``data_from``, ``video_from``: earlier
+cells, same seed) is DONE; if one of them failed, it is reported failed without starting. Layout
+of ``<workdir>``::
 
   sweep.json                        the sweep's name, version and cells (the report reads it)
   <cell>/seed_<s>/                  the trainer's workdir: config.json, metrics.jsonl,
-                                    checkpoints/, eval/results.json (+ md, videos)
+                                    checkpoints/, eval/results.json (+ md, videos); a label
+                                    run: dataset/; an eval run: eval/ only
   <cell>/seed_<s>/command.sh        the exact command, to rerun one run by hand
   <cell>/seed_<s>/log.txt           its stdout + stderr, appended per attempt
   <cell>/seed_<s>/run.json          attempts (start, seconds, return code), wall time
@@ -20,9 +38,9 @@ which the trainer does by itself). Layout of ``<workdir>``::
   <cell>/seed_<s>/FAILED            the last failure's return code and log tail (until it succeeds)
 
 Extra evaluations: ``Sweep(extra_evals={"paraphrase": {"instructions": "paraphrase"}})`` evaluates
-every finished run once more, as its training evaluated it but with these ``experiments/eval.py``
-flags (``--as_trained``), into ``<cell>/seed_<s>/eval_<name>/`` (finished when its results.json
-exists); ``experiments/report.py DIR --eval=<name>`` tabulates them.
+every finished trained run once more, as its training evaluated it but with these
+``experiments/eval.py`` flags (``--as_trained``), into ``<cell>/seed_<s>/eval_<name>/`` (finished
+when its results.json exists); ``experiments/report.py DIR --eval=<name>`` tabulates them.
 
 Reuse: with ``reuse=True`` (``ablations.py --reuse``, the default there), a run that another sweep
 next to ``<workdir>`` (a sibling directory with a sweep.json) already finished with the same config
@@ -34,8 +52,10 @@ a linked stage counts as the same). A partial run the link replaces is moved asi
 
 A run is finished when its subprocess exits 0 *and* it reached its last step *and* (if the
 config evaluates at the end) ``eval/results.json`` exists: a SIGTERM'd trainer also exits 0,
-but has not finished. A failed run is reported and the others go on; the sweep exits 1 if any
-failed. A rerun of the same command retries failed and unfinished runs only.
+but has not finished. A label run is finished when ``dataset/`` is complete (label_video.py
+renames it in at the very end), an eval run when ``eval/results.json`` exists. A failed run is
+reported and the others go on; the sweep exits 1 if any failed. A rerun of the same command
+retries failed and unfinished runs only (label_video.py resumes a partial labelling itself).
 """
 
 import dataclasses
@@ -48,12 +68,21 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from typing import Any, Callable, Mapping, Optional, Sequence
+
+from wam_jax.ablations import protocol
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SWEEPS_DIR = REPO / "experiments" / "sweeps"
 TRAIN_PY = REPO / "experiments" / "train.py"
 EVAL_PY = REPO / "experiments" / "eval.py"
+LABEL_PY = REPO / "scripts" / "label_video.py"
+LABELLED = "dataset"  # a label run's output dataset: <cell>/seed_<s>/dataset
+
+KINDS = ("train", "label", "eval")
+# Flags the harness sets for a label / eval cell (not overrides).
+HARNESS_FLAGS = {"label": ("idm", "src", "out"), "eval": ("policy", "workdir", "idm_workdir", "video_workdir", "out")}
 
 # Dry-run estimates when no finished run of a cell gives its own rate: the tiny VLA (bf16,
 # batch 64) on 2 idle cores, ~0.27 s/step; closed-loop eval ~1 s per 100-step episode, so ~1.5 s
@@ -61,6 +90,8 @@ EVAL_PY = REPO / "experiments" / "eval.py"
 # same 2 cores made both 10-15x slower (BUILD_NOTES.md, "Ablations").
 DEFAULT_SECONDS_PER_EXAMPLE = 0.27 / 64
 DEFAULT_SECONDS_PER_EVAL_EPISODE = 1.5
+# Labelling, per pool episode (decode + IDM on every window): a guess, not measured yet.
+DEFAULT_SECONDS_PER_LABEL_EPISODE = 2.0
 STARTUP_SECONDS = 60  # imports, data check, compile, policy load.
 
 
@@ -70,28 +101,48 @@ class Cell:
 
   Attributes:
     name: directory name, unique in the sweep ([A-Za-z0-9_.-]).
-    config: "path/to/config.py:preset", relative to the repository root (or absolute).
-    overrides: {dotted config field: value}, e.g. {"model.head.name": "flow"}.
+    config: "path/to/config.py:preset", relative to the repository root (or absolute); train
+      cells only.
+    overrides: train: {dotted config field: value}, e.g. {"model.head.name": "flow"}; label and
+      eval: {flag of the kind's script: value} (label also ``data_dir``: the module doc).
     method: the line a cell belongs to in plots (e.g. "vla_l1").
     n_demos: labeled demos per task (the x axis of the data-efficiency plot); None if n/a.
-    init_from: another cell of the sweep, listed earlier: a stage this one continues. Its run of
-      the same seed is restored by parameter path (``--config.train.init_from``), and this cell
-      starts only once that run is DONE. A cell whose config does not evaluate
-      (``eval.at_end`` False, e.g. video pretraining) is a stage only: the report leaves it out.
+    init_from: another cell of the sweep, listed earlier, whose run of the same seed this one
+      starts from: a train cell restores it by parameter path (``--config.train.init_from``), a
+      label or eval cell uses it as the inverse-dynamics model. This cell starts only once that
+      run is DONE. A train cell whose config does not evaluate (``eval.at_end`` False, e.g.
+      video pretraining) is a stage only: the report leaves it out.
+    kind: "train" (experiments/train.py), "label" or "eval" (the module doc).
+    data_from: train cells: {registry dataset of the mixture: an earlier label cell}: that
+      dataset is read from the label run of the same seed (``--config.data.dataset_dirs``).
+    video_from: eval cells: the earlier cell whose run of the same seed is the video model that plans.
   """
   name: str
-  config: str
+  config: str = ""
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   method: str = ""
   n_demos: Optional[int] = None
   init_from: str = ""
+  kind: str = "train"
+  data_from: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  video_from: str = ""
+
+  @property
+  def needs(self) -> tuple[str, ...]:
+    """The earlier cells whose runs (same seed) this one uses, so waits for."""
+    return tuple(dict.fromkeys(c for c in (self.init_from, self.video_from, *self.data_from.values()) if c))
 
   def spec(self) -> dict:
     """JSON-normalized (tuples as lists), as stored in sweep.json and run.json."""
     spec = {"name": self.name, "config": self.config, "overrides": dict(self.overrides),
             "method": self.method or self.name, "n_demos": self.n_demos}
-    if self.init_from:  # only when set: sweep.json files written before the field stay valid
-      spec["init_from"] = self.init_from
+    # Only when set: sweep.json files written before these fields stay valid.
+    for field, value in (("init_from", self.init_from), ("data_from", dict(self.data_from)),
+                         ("video_from", self.video_from)):
+      if value:
+        spec[field] = value
+    if self.kind != "train":
+      spec["kind"] = self.kind
     return json.loads(json.dumps(spec))
 
 
@@ -116,13 +167,38 @@ class Sweep:
     for c in self.cells:
       if not c.name or not all(ch.isalnum() or ch in "_.-" for ch in c.name):
         raise ValueError(f"sweep {self.name!r}: cell name {c.name!r} must be [A-Za-z0-9_.-]+")
+    kinds = {c.name: c.kind for c in self.cells}
     for i, c in enumerate(self.cells):
-      if c.init_from and c.init_from not in names[:i]:
-        raise ValueError(f"sweep {self.name!r}: cell {c.name!r} has init_from={c.init_from!r}, which is "
-                         f"not a cell listed before it ({names[:i]})")
-      if c.init_from and "train.init_from" in c.overrides:
-        raise ValueError(f"sweep {self.name!r}: cell {c.name!r} sets both init_from and the "
-                         "train.init_from override")
+      where = f"sweep {self.name!r}: cell {c.name!r}"
+      if c.kind not in KINDS:
+        raise ValueError(f"{where}: kind={c.kind!r}; known: {KINDS}")
+      uses = [("init_from", c.init_from), ("video_from", c.video_from)] + [
+          (f"data_from[{k!r}]", v) for k, v in c.data_from.items()]
+      for field, dep in uses:
+        if dep and dep not in names[:i]:
+          raise ValueError(f"{where} has {field}={dep!r}, which is not a cell listed before it ({names[:i]})")
+      if c.kind == "train":
+        if not c.config:
+          raise ValueError(f"{where}: a train cell needs a config")
+        if c.video_from:
+          raise ValueError(f"{where}: video_from is for eval cells")
+        for name, label in c.data_from.items():
+          if kinds[label] != "label":
+            raise ValueError(f"{where}: data_from[{name!r}]={label!r} is a {kinds[label]} cell, not a label cell")
+        for field, override in (("init_from", "train.init_from"), ("data_from", "data.dataset_dirs")):
+          if getattr(c, field) and override in c.overrides:
+            raise ValueError(f"{where} sets both {field} and the {override} override")
+        continue
+      needed = ("init_from", "video_from") if c.kind == "eval" else ("init_from",)
+      for field in needed:
+        if not getattr(c, field):
+          raise ValueError(f"{where}: kind {c.kind!r} needs {field}")
+      for field in ("config", "data_from", "video_from"):
+        if getattr(c, field) and field not in needed:
+          raise ValueError(f"{where}: kind {c.kind!r} takes no {field}")
+      reserved = [k for k in c.overrides if k in HARNESS_FLAGS[c.kind]]
+      if reserved:
+        raise ValueError(f"{where}: overrides {reserved} are flags the harness sets for kind {c.kind!r}")
 
 
 def load_sweep(name_or_path: str) -> Sweep:
@@ -158,14 +234,17 @@ def config_path_and_preset(cell: Cell) -> tuple[pathlib.Path, str]:
   return (path if path.is_absolute() else REPO / path), preset
 
 
-def load_config(cell: Cell, seed: int = 0):
-  """The cell's resolved ConfigDict (preset + overrides + seed); ValueError naming a bad field."""
+def load_config(cell: Cell, seed: int = 0, workdir=None):
+  """A train cell's resolved ConfigDict (preset + overrides + seed; with the sweep's ``workdir``,
+  also what its dependencies set: ``dependency_overrides``), as its trainer will run it;
+  ValueError naming a bad field."""
   path, preset = config_path_and_preset(cell)
   if not path.exists():
     raise ValueError(f"cell {cell.name!r}: config file {path} does not exist")
   module = _import_file(path, f"_wam_config_{path.stem}")
   config = module.get_config(preset) if preset else module.get_config()
-  for key, value in {**cell.overrides, "seed": seed}.items():
+  deps = dependency_overrides(cell, seed, workdir) if workdir is not None else {}
+  for key, value in {**cell.overrides, **deps, "seed": seed}.items():
     node, parts = config, key.split(".")
     for part in parts[:-1]:
       if part not in node:
@@ -198,12 +277,62 @@ def flag_value(value) -> str:
   return str(value)
 
 
+def script_flag(value) -> str:
+  """A value as an absl flag of a script reads it (lists comma-separated)."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, (list, tuple)):
+    return ",".join(map(str, value))
+  return str(value)
+
+
+def dependency_overrides(cell: Cell, seed: int, workdir) -> dict:
+  """The config fields a train cell's dependencies set: ``train.init_from`` (its init_from
+  cell's run of the same seed) and ``data.dataset_dirs`` (each data_from dataset read from that
+  label run's output, as a real path: which labels a run trained on is part of its identity)."""
+  workdir = pathlib.Path(workdir)
+  out = {}
+  if cell.init_from:
+    out["train.init_from"] = str(workdir / cell.init_from / f"seed_{seed}")
+  if cell.data_from:
+    out["data.dataset_dirs"] = tuple((name, os.path.realpath(workdir / label / f"seed_{seed}" / LABELLED))
+                                     for name, label in cell.data_from.items())
+  return out
+
+
+def data_root(cell: Cell) -> pathlib.Path:
+  """A label cell's protocol data root: ``overrides["data_dir"]``, '' as the trainer's default
+  ($WAM_DATA_DIR or ./wam_data), absolute."""
+  from wam_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (grain: only when labelling)
+  return pipeline.resolve_data_dir(types.SimpleNamespace(data_dir=cell.overrides.get("data_dir", ""))).absolute()
+
+
+def protocol_eval_flags() -> dict:
+  """experiments/eval.py flags of the protocol's evaluation (``protocol.EVAL``; one video per
+  task, as ``experiments/configs/protocol.apply``)."""
+  e = protocol.EVAL
+  return {"tasks": e["tasks"], "episodes": e["episodes_per_task"], "seed_offset": e["seed_offset"],
+          "max_steps": e["max_steps"], "execute_steps": e["execute_steps"],
+          "temporal_ensemble": e["temporal_ensemble"], "num_videos": 1}
+
+
 def command(cell: Cell, seed: int, run_dir: pathlib.Path) -> list[str]:
+  """The subprocess of one run (by the cell's kind: module doc); dependencies are the runs of
+  the same seed beside ``run_dir`` (``<workdir>/<cell>/seed_<s>``)."""
+  workdir = pathlib.Path(run_dir).parent.parent
+  uses = lambda name: str(workdir / name / f"seed_{seed}")
+  if cell.kind == "label":
+    src = protocol.dataset_dir(data_root(cell), protocol.VIDEO_NAME)
+    return ([sys.executable, str(LABEL_PY), f"--idm={uses(cell.init_from)}", f"--src={src}",
+             f"--out={pathlib.Path(run_dir) / LABELLED}"]
+            + [f"--{k}={script_flag(v)}" for k, v in cell.overrides.items() if k != "data_dir"])
+  if cell.kind == "eval":
+    return ([sys.executable, str(EVAL_PY), "--policy=plan_idm", f"--idm_workdir={uses(cell.init_from)}",
+             f"--video_workdir={uses(cell.video_from)}", f"--out={pathlib.Path(run_dir) / 'eval'}"]
+            + [f"--{k}={script_flag(v)}" for k, v in {**protocol_eval_flags(), **cell.overrides}.items()])
   path, preset = config_path_and_preset(cell)
   config = f"{path}:{preset}" if preset else str(path)
-  overrides = dict(cell.overrides)
-  if cell.init_from:  # the earlier stage's run of the same seed
-    overrides["train.init_from"] = str(pathlib.Path(run_dir).parent.parent / cell.init_from / f"seed_{seed}")
+  overrides = {**cell.overrides, **dependency_overrides(cell, seed, workdir)}
   return ([sys.executable, str(TRAIN_PY), f"--config={config}", f"--workdir={run_dir}",
            f"--config.seed={seed}"]
           + [f"--config.{k}={flag_value(v)}" for k, v in overrides.items()])
@@ -250,8 +379,16 @@ def checkpoint_steps(rdir: pathlib.Path) -> list[int]:
   return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
 
 
-def _finished(rdir: pathlib.Path, config) -> tuple[bool, str]:
-  """(finished, why not) after a subprocess exited 0."""
+def _finished(rdir: pathlib.Path, config, kind: str = "train") -> tuple[bool, str]:
+  """(finished, why not) after a subprocess exited 0 (``config``: a train run's)."""
+  if kind == "label":  # label_video.py renames the dataset in once every split is labelled
+    if not (rdir / LABELLED / "dataset_info.json").exists():
+      return False, f"no complete {rdir / LABELLED} after labelling (stopped early?)"
+    return True, ""
+  if kind == "eval":
+    if not eval_results(rdir).exists():
+      return False, "no eval/results.json (the evaluation did not finish)"
+    return True, ""
   steps = checkpoint_steps(rdir)
   if not steps or steps[-1] < config.train.steps:
     return False, f"stopped at step {steps[-1] if steps else 0}/{config.train.steps} (interrupted?)"
@@ -268,10 +405,12 @@ def _running_pid(rdir: pathlib.Path, info_path: pathlib.Path) -> Optional[int]:
   if not pid:
     return None
   try:
-    cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    args = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
   except OSError:
     return None
-  return pid if f"--workdir={rdir}" in cmdline else None
+  # Its own process: the trainer (or an extra evaluation) names the run as --workdir, a label or
+  # eval run as the parent of its --out.
+  return pid if any(a == f"--workdir={rdir}" or a.startswith(f"--out={rdir}/") for a in args) else None
 
 
 # ----------------------------------------------------------------------------
@@ -319,22 +458,25 @@ def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
       if cells and cell.name not in cells:
         continue
       job = Job(cell, seed, run_dir(workdir, cell, seed).absolute())
-      try:
-        job.config = load_config(cell, seed)
-        if check is not None:
-          check(job.config)
-      except ValueError as e:
-        job.state, job.error = "invalid", str(e)
-        jobs.append(job)
-        continue
+      if cell.kind == "train":  # label and eval runs have no config: their script's flags
+        try:
+          job.config = load_config(cell, seed, job.dir.parent.parent)
+          if check is not None:
+            check(job.config)
+        except ValueError as e:
+          job.state, job.error = "invalid", str(e)
+          jobs.append(job)
+          continue
       job.state, job.detail = _state_of(job.dir)
-      if reuse and job.state in ("pending", "partial", "failed"):
+      if job.state == "pending" and cell.needs:
+        job.detail = f"after {', '.join(cell.needs)}"
+      if reuse and cell.kind == "train" and job.state in ("pending", "partial", "failed"):
         job.reuse_from = find_reusable(job, workdir)
         if job.reuse_from is not None:
           job.state, job.detail = "reusable", f"same run finished in {job.reuse_from}"
       job.estimate_s = estimate_seconds(job, workdir)
       jobs.append(job)
-      if job.config.eval.get("at_end", False):
+      if job.config is not None and job.config.eval.get("at_end", False):
         for name in sweep.extra_evals:
           ev = Job(cell, seed, job.dir, job.config, eval_name=name)
           ev.state = "done" if eval_results(ev.dir, name).exists() else (
@@ -358,12 +500,11 @@ def same_run(saved: dict, current: dict) -> bool:
 
 
 def find_reusable(job: Job, workdir) -> Optional[pathlib.Path]:
-  """A finished run (DONE, not itself a link) of the same config and seed as ``job`` in another
-  sweep's workdir beside ``workdir``, or None."""
+  """A finished run (DONE, not itself a link) of the same config and seed as ``job`` (a train
+  job: its config has its dependencies' fields, ``plan``) in another sweep's workdir beside
+  ``workdir``, or None."""
   workdir = pathlib.Path(workdir).absolute()
   current = json.loads(job.config.to_json_best_effort())
-  if job.cell.init_from:
-    current["train"]["init_from"] = str(run_dir(workdir, Cell(job.cell.init_from, ""), job.seed))
   if not workdir.parent.is_dir():
     return None
   for root in sorted(workdir.parent.iterdir()):
@@ -409,6 +550,17 @@ def estimate_seconds(job: Job, workdir) -> float:
   """Remaining wall time of a job: own rate if some seed of the cell finished, else defaults."""
   if job.state in ("done", "reusable"):
     return 0.0
+  if job.cell.kind != "train":  # a finished seed's wall time, else defaults
+    walls = [(read_json(d / "run.json", {}) or {}).get("wall_seconds")
+             for d in (pathlib.Path(workdir) / job.cell.name).glob("seed_*") if is_done(d)]
+    walls = [w for w in walls if w]
+    if walls:
+      return sum(walls) / len(walls)
+    if job.cell.kind == "label":
+      return STARTUP_SECONDS + DEFAULT_SECONDS_PER_LABEL_EPISODE * _pool_episodes(data_root(job.cell))
+    flags = {**protocol_eval_flags(), **job.cell.overrides}
+    tasks = flags["tasks"].split(",") if isinstance(flags["tasks"], str) else flags["tasks"]
+    return STARTUP_SECONDS + DEFAULT_SECONDS_PER_EVAL_EPISODE * len(tasks) * int(flags["episodes"])
   cfg = job.config
   per_step, per_episode = _measured_rates(pathlib.Path(workdir) / job.cell.name)
   per_step = per_step or DEFAULT_SECONDS_PER_EXAMPLE * cfg.train.batch_size
@@ -419,6 +571,16 @@ def estimate_seconds(job: Job, workdir) -> float:
     n_tasks = len(cfg.eval.tasks) or len(cfg.data.metaworld.tasks)
     seconds += per_episode * n_tasks * cfg.eval.episodes_per_task
   return seconds
+
+
+def _pool_episodes(root: pathlib.Path) -> int:
+  """Episodes of the protocol's video pool under ``root`` (its recipe's count if not generated yet)."""
+  info = read_json(protocol.dataset_dir(root, protocol.VIDEO_NAME) / "dataset_info.json")
+  if info:
+    return sum(int(n) for s in info.get("splits", []) for n in s.get("shardLengths", []))
+  other_tasks = 40  # MetaWorld v3's 50 tasks minus MT10 (protocol.other_tasks() needs MuJoCo)
+  return ((protocol.VIDEO_EPISODES_MT10 + protocol.VAL_EPISODES_PER_TASK) * len(protocol.MT10)
+          + protocol.VIDEO_EPISODES_OTHER * other_tasks)
 
 
 def _measured_rates(cell_dir: pathlib.Path) -> tuple[float, float]:
@@ -456,7 +618,8 @@ def format_plan(sweep: Sweep, jobs: Sequence[Job], max_parallel: int) -> str:
   for j in jobs:
     what = j.error or j.detail
     est = f"~{_fmt(j.estimate_s)}" if j.state not in ("done", "invalid", "running", "reusable") else ""
-    name = j.cell.name + (f" +eval_{j.eval_name}" if j.eval_name else "")
+    name = j.cell.name + (f" +eval_{j.eval_name}" if j.eval_name else
+                          f" [{j.cell.kind}]" if j.cell.kind != "train" else "")
     lines.append(f"  {name:28s} seed {j.seed}  {j.state:8s} {est:>10s}  {what}")
   todo = [j for j in jobs if j.state in ("pending", "partial", "failed")]
   total = sum(j.estimate_s for j in todo)
@@ -541,12 +704,12 @@ def _finish(r: _Running, log, *, stopped: bool = False) -> bool:
     log(f"[sweep] FAILED {job.label}: exit code {rc}, no {results}: {_last_line(_tail(job.dir / 'log.txt'))} "
         f"(full log: {job.dir / 'log.txt'})")
     return False
-  if stopped and not (rc == 0 and _finished(job.dir, job.config)[0]):
+  if stopped and not (rc == 0 and _finished(job.dir, job.config, job.cell.kind)[0]):
     log(f"[sweep] stopped {job.cell.name} seed {job.seed} (exit code {rc}); it resumes on rerun")
     return False
   ok, why = (rc == 0, f"exit code {rc}")
   if ok:
-    ok, why = _finished(job.dir, job.config)
+    ok, why = _finished(job.dir, job.config, job.cell.kind)
   if ok:
     results = read_json(job.dir / "eval" / "results.json")
     success = f"; success {100 * results['mean']['success_rate']:.0f}%" if results else ""
@@ -561,22 +724,22 @@ def _finish(r: _Running, log, *, stopped: bool = False) -> bool:
 
 
 def _next_ready(queue: list, running: list, workdir: pathlib.Path, summary: dict, log) -> Optional[Job]:
-  """Pops the first queued job whose ``init_from`` stage is DONE (or that has none). A job
-  whose stage failed, or is not queued, running or done, is dropped as failed with the reason."""
+  """Pops the first queued job whose runs it uses (``Cell.needs``) are DONE (or that has none).
+  A job one of whose runs failed, or is not queued, running or done, is dropped as failed with
+  the reason."""
   for job in list(queue):
-    # What it waits for: an extra evaluation for its own run, a later stage for its init_from run.
-    dep_name = job.cell.name if job.eval_name else job.cell.init_from
-    if not dep_name:
+    # What it waits for: an extra evaluation for its own run, a cell for the runs it uses.
+    deps = (job.cell.name,) if job.eval_name else job.cell.needs
+    waiting = [d for d in deps if not is_done(run_dir(workdir, Cell(d), job.seed))]
+    if not waiting:
       queue.remove(job)
       return job
-    if is_done(run_dir(workdir, Cell(dep_name, ""), job.seed)):
-      queue.remove(job)
-      return job
-    is_dep = lambda j: j.cell.name == dep_name and j.seed == job.seed and not j.eval_name
-    if not (any(is_dep(j) for j in queue) or any(is_dep(r.job) for r in running)):
+    is_dep = lambda j, d: j.cell.name == d and j.seed == job.seed and not j.eval_name
+    lost = [d for d in waiting if not (any(is_dep(j, d) for j in queue) or any(is_dep(r.job, d) for r in running))]
+    if lost:
       queue.remove(job)
       what = "its run" if job.eval_name else "its stage"
-      log(f"[sweep] FAILED {job.label}: {what} {dep_name}/seed_{job.seed} did not finish")
+      log(f"[sweep] FAILED {job.label}: {what} {lost[0]}/seed_{job.seed} did not finish")
       summary["failed"].append(job.label)
   return None
 
@@ -625,7 +788,8 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
         log: Callable[[str], None] = print) -> dict:
   """Runs every unfinished job; returns {"done": [...], "failed": [...], "skipped": [...]} of names.
 
-  ``prepare(configs)`` runs once before the first job (e.g. generating the protocol data).
+  ``prepare(jobs)`` runs once before the first job, with the jobs to run (e.g. generating the
+  protocol data they read).
   SIGTERM/SIGINT: running trainers get SIGTERM (they save a checkpoint and stop), then the
   sweep exits; rerunning it resumes them.
   """
@@ -649,7 +813,7 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
   log(f"[sweep] {sweep.name} v{sweep.version} in {workdir}: {len(summary['done'])} finished, "
       f"{len(queue)} to run, max_parallel {max_parallel}")
   if queue and prepare is not None:
-    prepare([j.config for j in queue])
+    prepare(queue)
   env = dict(os.environ if env is None else env)
   running: list[_Running] = []
   stop = {"signal": None}

@@ -65,8 +65,21 @@ def resolve_data_dir(data_cfg) -> pathlib.Path:
   return pathlib.Path(data_cfg.data_dir or os.environ.get("WAM_DATA_DIR") or "wam_data")
 
 
+def dataset_dirs(data_cfg) -> dict[str, str]:
+  """data.dataset_dirs as {registry name: directory}: where those datasets are read instead of
+  their registry entry's directory (absolute, or under the data root), e.g. a per-run
+  pseudo-labelled copy of a dataset with the entry's schema. ValueError for a malformed entry."""
+  out = {}
+  for entry in data_cfg.get("dataset_dirs", ()) or ():
+    if isinstance(entry, str) or len(entry) != 2 or not all(isinstance(x, str) and x for x in entry):
+      raise ValueError(f"data.dataset_dirs entry {entry!r} is not a (registry name, directory) pair")
+    out[entry[0]] = entry[1]
+  return out
+
+
 def dataset_dir(data_cfg, name: str) -> pathlib.Path:
-  return resolve_data_dir(data_cfg) / registry.get_spec(name).directory
+  directory = dataset_dirs(data_cfg).get(name) or registry.get_spec(name).directory
+  return resolve_data_dir(data_cfg) / directory  # an absolute directory stays as is
 
 
 def open_reader(data_cfg, name: str, split: str) -> rlds.RldsReader:
@@ -84,9 +97,14 @@ def resolve_mixture(data_cfg) -> tuple[registry.MixtureItem, ...]:
   """data.registry_files loaded (checked whole, one-line errors naming file
   and field), then data.mixture expanded: one item per dataset (named
   mixtures expand, weights multiply); unknown names, weights <= 0 and a
-  dataset listed twice raise ValueError."""
+  dataset listed twice raise ValueError, as does a data.dataset_dirs name outside the mixture."""
   registry_files.load_all(data_cfg.get("registry_files", ""))
-  return registry.expand_mixture(data_cfg.mixture)
+  items = registry.expand_mixture(data_cfg.mixture)
+  names = [item.name for item in items]
+  for name in dataset_dirs(data_cfg):
+    if name not in names:
+      raise ValueError(f"data.dataset_dirs names {name!r}, which is not a dataset of data.mixture {names}")
+  return items
 
 
 def parse_mixture(data_cfg) -> tuple[tuple[str, float], ...]:

@@ -196,7 +196,7 @@ def _live_proprio(spec, p_d: int):
 
 
 def _read_features(config, spec):
-  path = pipeline_lib.resolve_data_dir(config.data) / spec.directory / "features.json"
+  path = pipeline_lib.dataset_dir(config.data, spec.name) / "features.json"
   try:
     return json.loads(path.read_text())
   except (OSError, ValueError):

@@ -1,0 +1,42 @@
+"""Claim 2, the two inverse-dynamics methods (shared/PROTOCOL.md): with N in {2, 5} labeled demos
+per MT10 task, does an IDM trained on the demos make the action-free video pool useful? Per N and
+seed:
+
+- idm_n{N}: the IDM on the N demos (a stage: held-out action error, no closed loop);
+- label_n{N}: the video pool pseudo-labelled by that IDM (a label cell: scripts/label_video.py);
+- vla_pseudo_n{N}: the VLA baseline trained on the demos + the labelled pool (weights 1:1);
+- video_pretrain_n{N}: the video world model on the N-demo frames + the pool (a stage, the same
+  run as video_wam_data_efficiency's: linked from there when finished);
+- plan_idm_n{N}: plan with that video model, act with the IDM (an eval cell: eval.py --policy=plan_idm,
+  the protocol's 200 episodes, no training);
+- vla_n{N}: the VLA on the demos only (the reference row, as baseline_data_efficiency: linked).
+
+The latent-action method of claim 2 is the latent_actions sweep."""
+
+from wam_jax.ablations.sweep import Cell, Sweep
+
+N_DEMOS = (2, 5)
+
+
+def _cells(n):
+  demos, labelled = f"metaworld_mt10_n{n}", f"metaworld_video_pool_labeled_n{n}"
+  return (
+      Cell(name=f"idm_n{n}", config=f"experiments/configs/idm_wam.py:idm_mt10_n{n}", method="idm", n_demos=n),
+      Cell(name=f"label_n{n}", kind="label", init_from=f"idm_n{n}", method="pseudo_labels", n_demos=n),
+      Cell(name=f"vla_pseudo_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
+           overrides={"data.mixture": ((demos, 1.0), (labelled, 1.0))}, data_from={labelled: f"label_n{n}"},
+           method="vla_pseudo_labels", n_demos=n),
+      Cell(name=f"video_pretrain_n{n}", config=f"experiments/configs/video_wam.py:pretrain_mt10_n{n}",
+           method="video_pretrain", n_demos=n),
+      Cell(name=f"plan_idm_n{n}", kind="eval", init_from=f"idm_n{n}", video_from=f"video_pretrain_n{n}",
+           method="plan_idm", n_demos=n),
+      Cell(name=f"vla_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}", method="vla_l1", n_demos=n),
+  )
+
+
+SWEEP = Sweep(
+    name="idm_claim2",
+    version=1,
+    description=__doc__,
+    cells=tuple(c for n in N_DEMOS for c in _cells(n)),
+)
