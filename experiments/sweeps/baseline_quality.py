@@ -14,7 +14,9 @@ the input, the behaviour-cloning "copycat" shortcut (Wen et al. 2020) that imita
 drifts closed loop; the plain CNN the protocol quotes sees one frame. Then finer tokens
 (patch 8: 64 per frame) and a 3x higher learning rate: on its own training episodes the 2000-step
 policy's first action is off by 30-50% of the demo's magnitude on peg-insert-side and push, and its
-hand ignores the goal's x position: the policy underfits positions rather than drifting."""
+hand ignores the goal's x position: the policy underfits positions rather than drifting. Last, the
+protocol's reference itself, built in the stack (``cnn_bc.py:mt10_n20``: the plain CNN, same data,
+steps and evaluation)."""
 
 from wam_jax.ablations.sweep import Cell, Sweep
 
@@ -47,6 +49,7 @@ SWEEP = Sweep(
         Cell(name="no_augment_history1_lr1e-3", config=PRESET,
              overrides={**NO_AUGMENT, "data.history": 1, "train.learning_rate": 1e-3},
              method="no_augment_history1_lr1e-3", n_demos=20),
+        Cell(name="cnn_bc", config="experiments/configs/cnn_bc.py:mt10_n20", method="cnn_bc", n_demos=20),
         Cell(name="no_augment_steps4000", config=PRESET, overrides={**NO_AUGMENT, "train.steps": 4000},
              method="no_augment_steps4000", n_demos=20),
     ),

@@ -10,6 +10,7 @@ import jax
 
 from wam_jax.data.tokenizer import ByteTokenizer
 from wam_jax.models import heads, matmul
+from wam_jax.models.families.cnn_bc import CNNBC
 from wam_jax.models.families.frame_autoencoder import FrameAutoencoderModel
 from wam_jax.models.families.hybrid import HybridWAM
 from wam_jax.models.families.idm import IDM
@@ -23,7 +24,7 @@ from wam_jax.models.families.vlm import VisionLanguageModel
 
 FAMILIES = {"vla": VLA, "video_wam": VideoWAM, "joint_wam": JointWAM, "frame_autoencoder": FrameAutoencoderModel,
             "idm": IDM, "latent_action": LatentActionFamily, "latent_policy": LatentPolicy, "lm": LanguageModel,
-            "vlm": VisionLanguageModel, "hybrid": HybridWAM}
+            "vlm": VisionLanguageModel, "hybrid": HybridWAM, "cnn_bc": CNNBC}
 
 
 def check_model_config(model_cfg) -> None:
