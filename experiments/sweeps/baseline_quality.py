@@ -50,6 +50,8 @@ SWEEP = Sweep(
              overrides={**NO_AUGMENT, "data.history": 1, "train.learning_rate": 1e-3},
              method="no_augment_history1_lr1e-3", n_demos=20),
         Cell(name="cnn_bc", config="experiments/configs/cnn_bc.py:mt10_n20", method="cnn_bc", n_demos=20),
+        Cell(name="cnn_bc_steps6000", config="experiments/configs/cnn_bc.py:mt10_n20",
+             overrides={"train.steps": 6000}, method="cnn_bc_steps6000", n_demos=20),
         Cell(name="no_augment_steps4000", config=PRESET, overrides={**NO_AUGMENT, "train.steps": 4000},
              method="no_augment_steps4000", n_demos=20),
     ),
