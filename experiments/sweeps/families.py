@@ -11,7 +11,7 @@ N = 20
 
 SWEEP = Sweep(
     name="families",
-    version=1,
+    version=2,  # v2: the protocol presets train on unaugmented frames (session 8)
     description=__doc__,
     cells=(
         Cell(name="vla", config=f"experiments/configs/vla_baseline.py:mt10_n{N}", method="vla", n_demos=N),

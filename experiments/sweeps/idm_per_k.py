@@ -11,7 +11,7 @@ N = 20
 
 SWEEP = Sweep(
     name="idm_per_k",
-    version=1,
+    version=2,  # v2: the protocol presets train on unaugmented frames (session 8)
     description=__doc__,
     cells=tuple(
         Cell(name=f"idm_k{k}", config=f"experiments/configs/idm_wam.py:idm_mt10_n{N}",

@@ -16,7 +16,7 @@ N = 20
 
 SWEEP = Sweep(
     name="instruction_following",
-    version=1,
+    version=2,  # v2: the protocol presets train on unaugmented frames (session 8)
     description=__doc__,
     extra_evals={"paraphrase": {"instructions": "paraphrase"}},
     cells=(

@@ -12,7 +12,7 @@ N_DEMOS = (2, 5, 20)
 
 SWEEP = Sweep(
     name="joint_wam_data_efficiency",
-    version=1,
+    version=2,  # v2: the protocol presets train on unaugmented frames (session 8)
     description=__doc__,
     cells=tuple(c for n in N_DEMOS for c in (
         Cell(name=f"joint_wam_n{n}", config=f"experiments/configs/joint_wam.py:mt10_n{n}",

@@ -7,7 +7,7 @@ from wam_jax.ablations.sweep import Cell, Sweep
 
 SWEEP = Sweep(
     name="protocol_smoke",
-    version=1,
+    version=2,  # v2: the protocol presets train on unaugmented frames (session 8)
     description=__doc__,
     seeds=(0,),
     cells=(

@@ -24,7 +24,7 @@ def _cells(n):
 
 SWEEP = Sweep(
     name="video_wam_data_efficiency",
-    version=1,
+    version=2,  # v2: the protocol presets train on unaugmented frames (session 8)
     description=__doc__,
     cells=tuple(c for n in N_DEMOS for c in _cells(n)),
 )
