@@ -62,11 +62,20 @@ def test_concurrent_sessions_are_independent_and_batched(server, artifact):
   for t in threads:
     t.join(timeout=300)
   assert not errors, errors
+  # Batched bf16 matmuls round differently from batch 1: ~1e-7 where XLA:CPU emulates bf16 in f32,
+  # up to 5.3e-3 measured on a CPU with native AVX-512 BF16 dots. Another session's history is far
+  # further off, which the last check makes sure of.
+  want = []
   for i in range(n):
     local = loader.ExportedPolicy(artifact)
-    for got, obs in zip(results[i], seqs[i]):
-      np.testing.assert_allclose(got, local(obs, INSTRUCTION), atol=1e-5, rtol=0)  # Batched matmuls round
-  assert max(batches) > 1, batches  # differently (~1e-7); a mixed-up history would be far off.
+    want.append([local(obs, INSTRUCTION) for obs in seqs[i]])
+    for got, ref in zip(results[i], want[i]):
+      np.testing.assert_allclose(got, ref, atol=2e-2, rtol=0)
+  assert max(batches) > 1, batches
+  for i in range(n):
+    for j in range(n):
+      if i != j:
+        assert max(np.abs(a - b).max() for a, b in zip(results[i], want[j])) > 0.1
 
 
 def test_refused_request_leaves_the_session_unchanged(server, artifact):
