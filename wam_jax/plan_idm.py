@@ -39,6 +39,7 @@ from wam_jax.data import batch as batch_lib
 from wam_jax.data import normalization, pipeline, registry_files, windows
 from wam_jax.data import registry as data_registry
 from wam_jax.data import tokenizer as tokenizer_lib
+from wam_jax.models import heads
 
 VIDEO_FAMILIES = ("video_wam", "joint_wam")
 FRAMES_FROM = ("video", "copy_last")
@@ -271,7 +272,7 @@ def offline_action_errors(video_workdir, idm_workdir, *, split: str = "val", max
     true = {c: idm_b[batch_lib.future_image_key(c)][:, 0] for c in policy.cameras}
     fed = {"true_future": true, "video": policy.generate(video_b, frame_rng),
            "copy_last": {c: idm_b[batch_lib.image_key(c)][:, -1] for c in policy.cameras}}
-    mask_NKA = (idm_b["action_mask"][:, :, None] & idm_b["action_dim_mask"][:, None, :])[:n]
+    mask_NKA = heads.loss_mask(idm_b)[:n]
     target_NKA = idm_b["actions"][:n]
     count += float(mask_NKA.sum())
     for source, frames in fed.items():

@@ -216,6 +216,14 @@ def test_masked_entries_contribute_nothing(case):
   assert float(metrics["loss_weight"]) == float(mask.sum())
 
 
+def test_loss_mask_is_real_steps_times_real_dims():
+  batch = {"action_mask": jnp.array([[True, True, False], [True, False, False]]),
+           "action_dim_mask": jnp.array([[True, False], [True, True]])}
+  mask = heads.loss_mask(batch)
+  chex.assert_shape(mask, (2, 3, 2))
+  np.testing.assert_array_equal(mask, [[[1, 0], [1, 0], [0, 0]], [[1, 1], [0, 0], [0, 0]]])
+
+
 @pytest.mark.parametrize("case", MASKED)
 def test_loss_falls_on_a_tiny_batch(case):
   h = harness(case)

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from wam_jax.models import encoders, layers
+from wam_jax.models import heads
 from wam_jax.models.heads import build_head
 
 
@@ -73,8 +74,7 @@ class CNNBC(nn.Module):
 
   def __call__(self, batch, train: bool = True):
     """Training loss: (scalar, metrics)."""
-    mask_BKA = batch["action_mask"][:, :, None] & batch["action_dim_mask"][:, None, :]
-    return self.head(self.readout(batch, train), batch["actions"], mask_BKA, train=train)
+    return heads.chunk_loss(self.head, self.readout(batch, train), batch, train=train)
 
   def predict_actions(self, batch):
     """Normalized action chunk [B, K, A]."""

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from wam_jax.models import layers
+from wam_jax.models import heads, layers
 from wam_jax.models import video_predictor as vp
 from wam_jax.models.families.video_wam import VideoWAM
 from wam_jax.models.families.vlm import VisionLanguageModel
@@ -138,7 +138,7 @@ class HybridWAM(VideoWAM):
     cfg = self.config
     hidden, kvs, key_mask = self._prefix(batch, train)
     proprio = batch["proprio"][:, -1]
-    mask_BKA = batch["action_mask"][:, :, None] & batch["action_dim_mask"][:, None, :]
+    mask_BKA = heads.loss_mask(batch)
     metrics = {}
     if self.flow:
       b = proprio.shape[0]

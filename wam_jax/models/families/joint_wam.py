@@ -47,7 +47,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wam_jax.models import frame_metrics
+from wam_jax.models import frame_metrics, heads
 from wam_jax.models import video_predictor as vp
 from wam_jax.models.families.video_wam import VideoWAM
 from wam_jax.models.heads.regression import action_errors, masked_mean
@@ -122,7 +122,7 @@ class JointWAM(VideoWAM):
     context = self.encoder(batch)
     b, c, f = fut.shape[:3]
     delta = (fut - hist[:, :, -1:]) * video.delta_scale
-    mask_BKA = batch["action_mask"][:, :, None] & batch["action_dim_mask"][:, None, :]
+    mask_BKA = heads.loss_mask(batch)
     with_future = self.predicts_frames
     future_in = tau = None
     if video.objective == "flow":

@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wam_jax.models import encoders, frame_metrics, layers
+from wam_jax.models import encoders, frame_metrics, heads, layers
 from wam_jax.models import video_predictor as vp
 from wam_jax.models.frame_autoencoder import FrameAutoencoder, downsample_factor
 from wam_jax.models.heads import build_head
@@ -191,7 +191,7 @@ class VideoWAM(nn.Module):
       video_loss = masked_mean(jnp.mean((out - delta) ** 2, axis=(-2, -1)), valid_BCF)
       metrics["video_loss"] = video_loss
     if pol.enabled:
-      mask_BKA = batch["action_mask"][:, :, None] & batch["action_dim_mask"][:, None, :]
+      mask_BKA = heads.loss_mask(batch)
       action_loss, head_metrics = self.head(readout, batch["actions"], mask_BKA, train=train)
       metrics.update(head_metrics, action_loss=action_loss)
       loss = action_loss + video.loss_weight * video_loss

@@ -105,6 +105,17 @@ def set_sampling_steps(head_cfg, steps: int) -> None:
   check_head_config(head_cfg)
 
 
+def loss_mask(batch):
+  """The entries of ``batch["actions"]`` [B, K, A] a head is trained on: real steps of the chunk
+  (``action_mask`` [B, K]) x real action dimensions of the dataset (``action_dim_mask`` [B, A])."""
+  return batch["action_mask"][:, :, None] & batch["action_dim_mask"][:, None, :]
+
+
+def chunk_loss(head, readout_BKD, batch, *, train: bool):
+  """A policy's action loss: ``head`` on its K readout tokens against the batch's chunk, masked."""
+  return head(readout_BKD, batch["actions"], loss_mask(batch), train=train)
+
+
 def build_head(head_cfg, *, horizon: int, action_dim: int, dot_general=None):
   """The head module named by config.model.head.name, with its fields."""
   check_head_name(head_cfg["name"])
