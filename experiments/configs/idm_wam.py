@@ -45,7 +45,8 @@ PROTOCOL_PRESETS = tuple(f"{stage}_mt10_n{n}" for stage in ("idm", "latent", "la
 
 
 def _sizes(**extra) -> dict:
-  return dict(width=128, depth=4, num_heads=4, mlp_dim=512, patch_size=16, dropout=0.0, **extra)
+  # stem: conv channels before the patch embeddings (encoders.ImageTokenizer; the VLA's model.stem).
+  return dict(width=128, depth=4, num_heads=4, mlp_dim=512, patch_size=16, stem=(), dropout=0.0, **extra)
 
 
 def idm_config() -> ml_collections.ConfigDict:

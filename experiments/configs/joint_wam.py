@@ -30,6 +30,7 @@ def model_config() -> ml_collections.ConfigDict:
       dropout=0.0,
       frames="pixels",          # "pixels" (frame patches) | "latents" (of the frame autoencoder)
       patch_size=16,            # pixels: patch side in pixels
+      stem=(),                  # conv stem of the history frames (VideoPredictor.stem; the VLA's model.stem)
       latent_patch_size=4,      # latents: patch side in latent cells
       autoencoder=frame_autoencoder.autoencoder_config(),
       video=ml_collections.ConfigDict(dict(

@@ -10,6 +10,7 @@ from experiments.configs import video_wam
 from tests.data.synthetic import syn_data_dir  # noqa: F401  (fixture)
 from wam_jax.data.fake_batch import make_batch
 from wam_jax.models import registry
+from wam_jax.models.families import video_wam as video_wam_lib
 from wam_jax.models import video_predictor as vp
 from wam_jax.training import checkpoint as ckpt_lib
 from tests import sharded_steps
@@ -85,16 +86,28 @@ def test_segment_mask_blocks():
     assert m[np.ix_(qry, fut)].all() == (b == 0)                 # queries see the future only where asked
 
 
-@pytest.mark.parametrize("frames,objective", [
-    ("pixels", "regression"),
-    pytest.param("pixels", "flow", marks=pytest.mark.slow),
-    pytest.param("latents", "regression", marks=pytest.mark.slow)])
-def test_output_shapes(frames, objective):
+@pytest.mark.parametrize("frames,objective,stem", [
+    ("pixels", "regression", ()),
+    ("pixels", "regression", (4, 8)),
+    pytest.param("pixels", "flow", (), marks=pytest.mark.slow),
+    pytest.param("latents", "regression", (), marks=pytest.mark.slow),
+    pytest.param("latents", "regression", (16,), marks=pytest.mark.slow)])
+def test_output_shapes(frames, objective, stem):
   cfg = small_config("policy_tiny", **{"video.objective": objective})
   cfg.model.frames = frames
-  cfg.model.update(latent_patch_size=2)
+  cfg.model.update(latent_patch_size=2, stem=stem)
   run = setup(cfg)
   state = run.init_state(jax.random.key(0))
+  pred_params = state.params["predictor"]
+  # The history frames go through the conv stem (the VLA's encoders.conv_stem) before history_in;
+  # the future segment stays in the frame representation.
+  assert {f"history_stem_{i}" for i in range(len(stem))} == {k for k in pred_params if k.startswith("history_stem")}
+  n, p = video_wam_lib.token_geometry(cfg.model, cfg.data.image_size)
+  channels = 3 if frames == "pixels" else cfg.model.autoencoder.latent_channels
+  side = int(round((p // channels) ** 0.5))
+  stem_in = (side // 2 ** len(stem)) ** 2 * stem[-1] if stem else p
+  assert pred_params["history_in"]["kernel"].shape == (stem_in, cfg.model.width)
+  assert pred_params["future_out"]["kernel"].shape == (cfg.model.width, p)
   batch = make_batch(cfg, 8)
   d = cfg.data
   predicted = run.predict_frames(state.params, trainer._device_batch(batch, run.batch_shardings), jax.random.key(1))

@@ -36,6 +36,30 @@ def patchify(frames_BTHWC, patch: int):
   return to_patches(to_signed_unit(frames_BTHWC), patch)
 
 
+def conv_stem(x_NHWC, channels: tuple, *, prefix: str = "stem"):
+  """One 3x3 stride-2 convolution + GELU per entry of ``channels``: [N, H, W, C] -> [N, H/2^L,
+  W/2^L, channels[-1]]. Call it inside a compact module: the convolutions become that module's
+  submodules ``{prefix}_0``, ``{prefix}_1``, ... (the VLA's, the video predictor's and the plain
+  CNN's trunks are this one function)."""
+  for i, c in enumerate(channels):
+    x_NHWC = nn.gelu(layers.Conv(c, (3, 3), strides=2, names=(None, None, None, "embed"),
+                                 name=f"{prefix}_{i}")(x_NHWC))
+  return x_NHWC
+
+
+def stem_patches(x_BTHWC, patch: int, stem: tuple, *, field: str = "model.patch_size", prefix: str = "stem"):
+  """Signed frames [B, T, H, W, C] -> the ``conv_stem``'s features cut into the same token grid as
+  ``to_patches(x, patch)``: [B, T, (H/p)*(W/p), (p/2^L)^2 * stem[-1]]. ``stem=()``: ``to_patches``."""
+  if not stem:
+    return to_patches(x_BTHWC, patch, field)
+  if patch % (2 ** len(stem)):
+    raise ValueError(f"{field}={patch} is not divisible by 2^len(model.stem)={2 ** len(stem)}: "
+                     "each stem convolution halves the image")
+  b, t = x_BTHWC.shape[:2]
+  x = conv_stem(x_BTHWC.reshape((b * t,) + x_BTHWC.shape[2:]), stem, prefix=prefix)
+  return to_patches(x.reshape((b, t) + x.shape[1:]), patch // 2 ** len(stem), field)
+
+
 class ImageTokenizer(nn.Module):
   """ViT-style patch embedding with learned spatial and temporal position embeddings.
 
@@ -53,20 +77,8 @@ class ImageTokenizer(nn.Module):
 
   @nn.compact
   def __call__(self, frames_BTHWC, mask_BT):
-    b, t, h, w, c = frames_BTHWC.shape
-    x = to_signed_unit(frames_BTHWC)
-    patch = self.patch_size
-    if self.stem:
-      if patch % (2 ** len(self.stem)):
-        raise ValueError(f"model.patch_size={patch} is not divisible by 2^len(model.stem)="
-                         f"{2 ** len(self.stem)}: each stem convolution halves the image")
-      x = x.reshape(b * t, h, w, c)
-      for i, channels in enumerate(self.stem):
-        x = nn.gelu(layers.Conv(channels, (3, 3), strides=2, names=(None, None, None, "embed"),
-                                name=f"stem_{i}")(x))
-      patch //= 2 ** len(self.stem)
-      x = x.reshape((b, t) + x.shape[1:])
-    patches = to_patches(x, patch)
+    b, t = frames_BTHWC.shape[:2]
+    patches = stem_patches(to_signed_unit(frames_BTHWC), self.patch_size, tuple(self.stem))
     n = patches.shape[2]
     tok_BTND = layers.logical_dense(self.width, ("patch", "embed"), dot_general=self.dot_general,
                                     name="patch_embed")(patches)

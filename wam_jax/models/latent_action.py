@@ -66,7 +66,8 @@ class LatentActionModel(nn.Module):
         width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, patch_size=p,
         cameras=tuple(data.cameras), num_queries=lat.num_tokens, vocab_size=self.vocab_size,
         num_datasets=self.num_datasets, use_proprio=cfg.use_proprio, use_language=cfg.use_language,
-        frame_difference=cfg.frame_difference, dropout=cfg.dropout, dot_general=self.dot_general)
+        frame_difference=cfg.frame_difference, dropout=cfg.dropout, dot_general=self.dot_general,
+        stem=tuple(cfg.get("stem", ())))
     if lat.kind == "vq":
       self.to_code = layers.logical_dense(lat.code_dim, ("embed", None), dot_general=self.dot_general)
       self.bottleneck = quantizers.VectorQuantizer(lat.num_codes, lat.code_dim, lat.commitment, lat.entropy_weight)
@@ -79,7 +80,8 @@ class LatentActionModel(nn.Module):
         width=cfg.width, depth=cfg.decoder_depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
         token_dim=3 * p * p, tokens_per_frame=(data.image_size // p) ** 2, num_cameras=len(data.cameras),
         history=data.history, num_future=data.num_future, action_conditioned=True,
-        action_horizon=lat.num_tokens, action_dim=lat.code_dim, dropout=cfg.dropout, dot_general=self.dot_general)
+        action_horizon=lat.num_tokens, action_dim=lat.code_dim, dropout=cfg.dropout, dot_general=self.dot_general,
+        stem=tuple(cfg.get("stem", ())))
 
   def _tokens(self, batch, prefix):
     """Pixel-patch tokens [B, C, T, N, P] of every camera."""

@@ -49,6 +49,7 @@ class TransitionEncoder(nn.Module):
   frame_difference: bool = True
   dropout: float = 0.0
   dot_general: layers.DotGeneral = None
+  stem: tuple = ()  # ImageTokenizer.stem of the frames (the motion patches stay pixel differences)
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
@@ -64,7 +65,7 @@ class TransitionEncoder(nn.Module):
       chex.assert_shape([hist_BTHWC, fut_BFHWC], [(b, t) + hist_BTHWC.shape[2:], (b, f) + hist_BTHWC.shape[2:]])
       frames = jnp.concatenate([hist_BTHWC, fut_BFHWC], axis=1)
       mask = jnp.concatenate([hist_mask_BT, fut_mask_BF], axis=1)
-      tok, m = encoders.ImageTokenizer(d, self.patch_size, dg, name=f"frames_{cam}")(frames, mask)
+      tok, m = encoders.ImageTokenizer(d, self.patch_size, dg, tuple(self.stem), name=f"frames_{cam}")(frames, mask)
       tok = tok + layers.learned_embedding(self, f"camera_{cam}", (d,), ("embed",))
       tokens.append(tok)
       masks.append(m)

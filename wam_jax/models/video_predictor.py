@@ -141,6 +141,26 @@ class VideoPredictor(nn.Module):
   actions_see_future: bool = False  # joint (UWM) denoising: action tokens attend to the future too
   dropout: float = 0.0
   dot_general: layers.DotGeneral = None
+  # Convolutional stem of the history frames (``encoders.conv_stem``; the VLA's ``model.stem``):
+  # tokens -> their grid of ``token_channels`` values (3 for pixels, the autoencoder's latent
+  # channels) -> 3x3 stride-2 convolutions -> the same N tokens of stem features -> ``history_in``.
+  # The future segment stays in the frame representation (it is what is predicted).
+  stem: tuple = ()
+  token_channels: int = 3
+
+  def _history_tokens(self, history_BCTNP):
+    """[B, C, T, N, P] -> the tokens ``history_in`` embeds: the tokens, or their stem features."""
+    if not self.stem:
+      return history_BCTNP
+    b, c, t, n, p = history_BCTNP.shape
+    g, side = int(round(n ** 0.5)), int(round((p // self.token_channels) ** 0.5))
+    if g * g != n or side * side * self.token_channels != p:
+      raise ValueError(f"model.stem needs square frames of square tokens: {n} tokens of {p} values "
+                       f"with {self.token_channels} channels per position")
+    grid = encoders.from_patches(history_BCTNP.reshape(b * c, t, n, p), side, g * side, g * side)
+    feats = encoders.stem_patches(grid, side, tuple(self.stem), field="the token side",
+                                  prefix="history_stem")
+    return feats.reshape((b, c, t, n, feats.shape[-1]))
 
   @nn.compact
   def __call__(self, history_BCTNP, history_mask_BT, context_BSD, context_mask_BS, *,
@@ -173,7 +193,8 @@ class VideoPredictor(nn.Module):
     def positions(first_time: int, num_times: int):  # camera + time + in-frame position: [1, C, times, N, D]
       return (cam[:, None, None] + time[first_time:first_time + num_times][None, :, None] + pos[None, None])[None]
 
-    hist = layers.logical_dense(d, ("patch", "embed"), dot_general=dg, name="history_in")(history_BCTNP)
+    hist = layers.logical_dense(d, ("patch", "embed"), dot_general=dg, name="history_in")(
+        self._history_tokens(history_BCTNP))
     hist = (hist + positions(0, t)).reshape(b, c * t * n, d)
     hist_mask = jnp.broadcast_to(history_mask_BT[:, None, :, None], (b, c, t, n)).reshape(b, c * t * n)
     tokens = [hist, context_BSD]

@@ -17,8 +17,7 @@ import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wam_jax.models import encoders, layers
-from wam_jax.models import heads
+from wam_jax.models import encoders, heads, layers
 from wam_jax.models.heads import build_head
 
 
@@ -49,9 +48,7 @@ class CNNBC(nn.Module):
       chex.assert_rank(frames_BTHWC, 5)
       _, t, h, w, c = frames_BTHWC.shape
       x = encoders.to_signed_unit(frames_BTHWC).reshape(b * t, h, w, c)
-      for i, channels in enumerate(cfg.conv):
-        x = nn.gelu(layers.Conv(channels, (3, 3), strides=2, names=(None, None, None, "embed"),
-                                name=f"{cam}_conv_{i}")(x))
+      x = encoders.conv_stem(x, tuple(cfg.conv), prefix=f"{cam}_conv")
       x = x.reshape(b, t, -1) * batch["history_mask"][:, :, None]  # padded history frames -> 0
       feats.append(self._dense(cfg.width, ("mlp", "embed"), f"{cam}_proj")(x).reshape(b, -1))
     feats.append(self._dense(cfg.width, (None, "embed"), "proprio")(

@@ -100,7 +100,8 @@ class VideoWAM(nn.Module):
         tokens_per_frame=n, num_cameras=len(data.cameras), history=data.history, num_future=data.num_future,
         objective=cfg.video.objective, action_conditioned=action_conditioned,
         actions_see_future=actions_see_future, action_horizon=data.action_horizon, action_dim=data.action_dim,
-        dropout=cfg.dropout, dot_general=self.dot_general)
+        dropout=cfg.dropout, dot_general=self.dot_general, stem=tuple(cfg.get("stem", ())),
+        token_channels=3 if cfg.frames == "pixels" else cfg.autoencoder.latent_channels)
 
   def _setup_policy(self, *, action_queries: bool):
     """The action head named by config.model.head, and K learned action queries if asked."""

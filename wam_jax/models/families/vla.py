@@ -9,8 +9,7 @@ transformer; the K query outputs condition the action head.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wam_jax.models import encoders, layers
-from wam_jax.models import heads
+from wam_jax.models import encoders, heads, layers
 from wam_jax.models.heads import build_head
 
 
