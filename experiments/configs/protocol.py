@@ -28,9 +28,17 @@ def n_demos_of(preset: str) -> int:
   return n
 
 
+# How every protocol preset reads its frames (``model.stem``, ``encoders.conv_stem``): four 3x3 stride-2
+# convolutions + GELU, 64 px -> 4 x 4 x 128, one token per 16 px cell: the trunk of the protocol's
+# plain CNN (``cnn_bc.py``). Measured (baseline_quality, VLA at N=20, seed 0, 200 episodes): 56%
+# with 16 pixel-patch tokens, 64-67% with this trunk; the plain CNN itself 68%.
+STEM = (32, 64, 128, 128)
+
+
 def apply(config: ml_collections.ConfigDict, n_demos: int, *,
           video_weight: float = 0.0) -> ml_collections.ConfigDict:
-  """Sets the protocol's data (N labeled demos per MT10 task; video pool if weight > 0) and eval."""
+  """Sets the protocol's data (N labeled demos per MT10 task; video pool if weight > 0), eval, and
+  the conv trunk ``STEM`` of every family whose model reads frames through ``model.stem``."""
   mixture = [(protocol.demos_name(n_demos), 1.0)]
   if video_weight > 0:
     mixture.append((protocol.VIDEO_NAME, float(video_weight)))
@@ -43,6 +51,8 @@ def apply(config: ml_collections.ConfigDict, n_demos: int, *,
   # VLA at N=20, 200 episodes): 49.5% with augmentation, 56% without (door-open 45 -> 80%,
   # drawer-open 55 -> 80%). Every family's protocol preset trains on the same frames.
   config.data.augment.enabled = False
+  if "model" in config and "stem" in config.model:
+    config.model.stem = STEM
   config.eval.update(protocol.EVAL)
   config.eval.update(at_end=True, num_videos=1)
   return config

@@ -25,52 +25,45 @@ an exponential moving average of the parameters (decay 0.999), evaluated in plac
 
 from wam_jax.ablations.sweep import Cell, Sweep
 
-PRESET = "experiments/configs/vla_baseline.py:mt10_n20"
+# The mt10_n20 preset as these cells ran it (session 8): 16 pixel-patch tokens per frame, two history
+# frames, 2000 steps, no augmentation. The preset has since taken the winner (the conv trunk, one
+# frame, 4000 steps), so every cell pins what it started from: version 3 = version 2's runs
+# (identical configs: ``ablations.py`` links them from a version-2 workdir beside it, no retraining).
+V2_PRESET = {"model.stem": (), "data.history": 2, "train.steps": 2000, "data.augment.enabled": False}
 NO_AUGMENT = {"data.augment.enabled": False}
+AUGMENT = {"data.augment.enabled": True}  # random crops + colour jitter (the version-1 preset)
 STEM = {"model.stem": (32, 64)}
+
+
+def _cell(name: str, overrides: dict = None, config: str = "experiments/configs/vla_baseline.py:mt10_n20",
+          pin: bool = True) -> Cell:
+  overrides = {**(V2_PRESET if pin else {}), **(overrides or {})}
+  return Cell(name=name, config=config, overrides=overrides, method=name, n_demos=20)
+
 
 SWEEP = Sweep(
     name="baseline_quality",
-    version=2,
+    version=3,
     description=__doc__,
     seeds=(0,),
     cells=(
-        Cell(name="vla_l1_n20", config=PRESET, method="reference", n_demos=20),
-        Cell(name="no_augment", config=PRESET, overrides=NO_AUGMENT, method="no_augment", n_demos=20),
-        Cell(name="no_augment_stem", config=PRESET, overrides={**NO_AUGMENT, **STEM},
-             method="no_augment_stem", n_demos=20),
-        Cell(name="stem", config=PRESET, overrides=STEM, method="stem", n_demos=20),
-        Cell(name="patch8", config=PRESET, overrides={"model.patch_size": 8}, method="patch8", n_demos=20),
-        Cell(name="no_augment_patch8", config=PRESET, overrides={**NO_AUGMENT, "model.patch_size": 8},
-             method="no_augment_patch8", n_demos=20),
-        Cell(name="no_augment_history1", config=PRESET, overrides={**NO_AUGMENT, "data.history": 1},
-             method="no_augment_history1", n_demos=20),
-        Cell(name="no_augment_history1_steps4000", config=PRESET,
-             overrides={**NO_AUGMENT, "data.history": 1, "train.steps": 4000},
-             method="no_augment_history1_steps4000", n_demos=20),
-        Cell(name="no_augment_history1_patch8", config=PRESET,
-             overrides={**NO_AUGMENT, "data.history": 1, "model.patch_size": 8},
-             method="no_augment_history1_patch8", n_demos=20),
-        Cell(name="no_augment_history1_lr1e-3", config=PRESET,
-             overrides={**NO_AUGMENT, "data.history": 1, "train.learning_rate": 1e-3},
-             method="no_augment_history1_lr1e-3", n_demos=20),
-        Cell(name="cnn_bc", config="experiments/configs/cnn_bc.py:mt10_n20", method="cnn_bc", n_demos=20),
-        Cell(name="cnn_bc_steps6000", config="experiments/configs/cnn_bc.py:mt10_n20",
-             overrides={"train.steps": 6000}, method="cnn_bc_steps6000", n_demos=20),
-        Cell(name="stem4_steps4000", config=PRESET,
-             overrides={"model.stem": (32, 64, 128, 128), "train.steps": 4000},
-             method="stem4_steps4000", n_demos=20),
-        Cell(name="stem4_steps3000", config=PRESET,
-             overrides={"model.stem": (32, 64, 128, 128), "train.steps": 3000},
-             method="stem4_steps3000", n_demos=20),
-        Cell(name="no_augment_steps4000", config=PRESET, overrides={**NO_AUGMENT, "train.steps": 4000},
-             method="no_augment_steps4000", n_demos=20),
-        Cell(name="stem4_history1_steps4000", config=PRESET,
-             overrides={"model.stem": (32, 64, 128, 128), "data.history": 1, "train.steps": 4000},
-             method="stem4_history1_steps4000", n_demos=20),
-        Cell(name="stem4_history1_steps4000_ema", config=PRESET,
-             overrides={"model.stem": (32, 64, 128, 128), "data.history": 1, "train.steps": 4000,
-                        "train.ema_decay": 0.999},
-             method="stem4_history1_steps4000_ema", n_demos=20),
+        _cell("vla_l1_n20", AUGMENT),  # the reference: the version-1 preset
+        _cell("no_augment", NO_AUGMENT),
+        _cell("no_augment_stem", {**NO_AUGMENT, **STEM}),
+        _cell("stem", {**AUGMENT, **STEM}),
+        _cell("patch8", {**AUGMENT, "model.patch_size": 8}),
+        _cell("no_augment_patch8", {**NO_AUGMENT, "model.patch_size": 8}),
+        _cell("no_augment_history1", {**NO_AUGMENT, "data.history": 1}),
+        _cell("no_augment_history1_steps4000", {**NO_AUGMENT, "data.history": 1, "train.steps": 4000}),
+        _cell("no_augment_history1_patch8", {**NO_AUGMENT, "data.history": 1, "model.patch_size": 8}),
+        _cell("no_augment_history1_lr1e-3", {**NO_AUGMENT, "data.history": 1, "train.learning_rate": 1e-3}),
+        _cell("cnn_bc", config="experiments/configs/cnn_bc.py:mt10_n20", pin=False),
+        _cell("cnn_bc_steps6000", {"train.steps": 6000}, config="experiments/configs/cnn_bc.py:mt10_n20", pin=False),
+        _cell("stem4_steps4000", {"model.stem": (32, 64, 128, 128), "train.steps": 4000}),
+        _cell("stem4_steps3000", {"model.stem": (32, 64, 128, 128), "train.steps": 3000}),
+        _cell("no_augment_steps4000", {**NO_AUGMENT, "train.steps": 4000}),
+        _cell("stem4_history1_steps4000", {"model.stem": (32, 64, 128, 128), "data.history": 1, "train.steps": 4000}),
+        _cell("stem4_history1_steps4000_ema", {"model.stem": (32, 64, 128, 128), "data.history": 1,
+                                               "train.steps": 4000, "train.ema_decay": 0.999}),
     ),
 )

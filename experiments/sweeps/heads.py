@@ -7,7 +7,8 @@ from wam_jax.ablations.sweep import Cell, Sweep
 
 SWEEP = Sweep(
     name="heads",
-    version=2,  # v2: the protocol presets train on unaugmented frames (session 8)
+    version=3,  # v3: protocol presets read frames through the conv trunk protocol.STEM; the VLA: one frame, 4000 steps (session 9)
+               # v2: the protocol presets train on unaugmented frames (session 8)
     description=__doc__,
     cells=tuple(
         Cell(name=f"vla_{head}_n20", config="experiments/configs/vla_baseline.py:mt10_n20",

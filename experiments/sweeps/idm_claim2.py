@@ -36,7 +36,7 @@ def _cells(n):
 
 SWEEP = Sweep(
     name="idm_claim2",
-    version=1,
+    version=2,  # v2: protocol presets read frames through the conv trunk protocol.STEM (session 9)
     description=__doc__,
     cells=tuple(c for n in N_DEMOS for c in _cells(n)),
 )

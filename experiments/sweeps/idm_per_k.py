@@ -11,7 +11,8 @@ N = 20
 
 SWEEP = Sweep(
     name="idm_per_k",
-    version=2,  # v2: the protocol presets train on unaugmented frames (session 8)
+    version=3,  # v3: protocol presets read frames through the conv trunk protocol.STEM; the VLA: one frame, 4000 steps (session 9)
+               # v2: the protocol presets train on unaugmented frames (session 8)
     description=__doc__,
     cells=tuple(
         Cell(name=f"idm_k{k}", config=f"experiments/configs/idm_wam.py:idm_mt10_n{N}",

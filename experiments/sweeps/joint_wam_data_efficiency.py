@@ -12,7 +12,8 @@ N_DEMOS = (2, 5, 20)
 
 SWEEP = Sweep(
     name="joint_wam_data_efficiency",
-    version=2,  # v2: the protocol presets train on unaugmented frames (session 8)
+    version=3,  # v3: protocol presets read frames through the conv trunk protocol.STEM; the VLA: one frame, 4000 steps (session 9)
+               # v2: the protocol presets train on unaugmented frames (session 8)
     description=__doc__,
     cells=tuple(c for n in N_DEMOS for c in (
         Cell(name=f"joint_wam_n{n}", config=f"experiments/configs/joint_wam.py:mt10_n{n}",

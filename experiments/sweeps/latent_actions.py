@@ -14,7 +14,8 @@ N_DEMOS = (2, 5)
 
 SWEEP = Sweep(
     name="latent_actions",
-    version=2,  # v2: the protocol presets train on unaugmented frames (session 8)
+    version=3,  # v3: protocol presets read frames through the conv trunk protocol.STEM; the VLA: one frame, 4000 steps (session 9)
+               # v2: the protocol presets train on unaugmented frames (session 8)
     description=__doc__,
     cells=(Cell(name="latent_action", config="experiments/configs/idm_wam.py:latent_mt10_n2",
                 method="latent_action"),)  # trains on the pool only: the same stage for every N

@@ -2,6 +2,7 @@
 generation leaves no dataset that looks complete and resumes without redoing saved tasks; N-demo
 datasets are nested; the video pool has no actions; configs read the datasets by name."""
 
+import jax
 import pytest
 
 from experiments.configs import protocol as protocol_config
@@ -9,6 +10,8 @@ from experiments.configs import vla_baseline
 from wam_jax.ablations import protocol
 from wam_jax.data import rlds
 from wam_jax.data import registry
+from wam_jax.data.fake_batch import make_batch
+from wam_jax.models import registry as model_registry
 from wam_jax.sim import metaworld_data
 
 TASKS = ("reach-v3", "drawer-close-v3")
@@ -94,3 +97,32 @@ def test_protocol_presets():
     protocol_config.n_demos_of("mt10_x")
   for name in protocol.DATASET_NAMES:
     assert registry.get_spec(name).directory == f"{name}/1.0.0"
+
+
+def _family_protocol_configs():
+  from experiments.configs import cnn_bc, hybrid, idm_wam, joint_wam, video_wam  # pylint: disable=g-import-not-at-top
+  yield "vla_baseline:mt10_n2", vla_baseline.get_config("mt10_n2")
+  yield "cnn_bc:mt10_n2", cnn_bc.get_config("mt10_n2")
+  for mod in (video_wam, joint_wam, idm_wam, hybrid):
+    for preset in mod.PROTOCOL_PRESETS:
+      if preset.endswith("_n2") or preset.endswith("n2"):
+        yield f"{mod.__name__.split('.')[-1]}:{preset}", mod.get_config(preset)
+
+
+def test_every_family_reads_protocol_frames_the_same_way():
+  """Unaugmented frames, and the protocol's conv trunk wherever the model has a ``stem`` field;
+  every such model builds and initialises with it at the protocol's geometry (shapes only)."""
+  seen = 0
+  for name, cfg in _family_protocol_configs():
+    assert not cfg.data.augment.enabled, name
+    assert cfg.data.image_size == protocol.RESOLUTION, name
+    if "stem" not in cfg.model:
+      continue
+    assert tuple(cfg.model.stem) == protocol_config.STEM, name
+    model = model_registry.build_model(cfg, num_datasets=2)
+    shapes = jax.eval_shape(lambda b, m=model: model_registry.init_params(m, jax.random.key(0), b),
+                            make_batch(cfg, 2, num_datasets=2))
+    convs = [p for p in jax.tree_util.tree_flatten_with_path(shapes)[0] if "stem_3" in jax.tree_util.keystr(p[0])]
+    assert convs, f"{name}: no stem convolution in its parameters"
+    seen += 1
+  assert seen >= 5  # vla, video WAM (both stages), joint, idm/latent presets
