@@ -1,6 +1,7 @@
 """The families side by side (issue 15): the VLA baseline and each world-action family at equal
-labeled data (N=20 demos per MT10 task) and the same action-free video pool, L1 heads, 2000 policy
-steps, 3 seeds. Family 1: video pretraining then adaptation; family 3: joint prediction (joint
+labeled data (N=20 demos per MT10 task) and the same action-free video pool, L1 heads, each at its
+preset's steps inside the protocol's budget (VLA 4000 at one frame; families 2000 at two frames:
+BUILD_NOTES, "Every protocol preset against its budget"), 3 seeds. Family 1: video pretraining then adaptation; family 3: joint prediction (joint
 readout) and its video_weight=0 ablation; family 2: latent actions learned from the video pool,
 a policy pretrained to predict them, then fine-tuned on the demos. Family 4 (hybrid) joins when it
 lands (issue 13)."""
