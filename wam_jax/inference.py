@@ -57,6 +57,7 @@ class CheckpointPolicy:
     self.dataset_name = dataset_name
     self.data_cfg = self.config.data
     self.history = int(self.data_cfg.history)
+    self.input_frames = self.history  # the evaluator renders only these frames before a query
 
     # A 1-device setup: the same model/state structure the trainer saved.
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
@@ -70,6 +71,7 @@ class CheckpointPolicy:
     self._predict_frames = None  # families that generate frames (predicted_frame)
     if registry.predicts_frames(model):
       self._predict_frames = jax.jit(lambda p, b, r: registry.predict_frames(model, p, b, r))
+    self.predicts_frames = self._predict_frames is not None  # predicted_frame() is never None after a query
     self.future_offset = int(self.data_cfg.future_offset)
     self._frame_rng = jax.random.fold_in(jax.random.key(seed), 1)  # never touches the action keys
     self._batch = None

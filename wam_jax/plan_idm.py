@@ -152,6 +152,8 @@ class PlanWithVideoPolicy:
     self._dataset_cameras = set(data_registry.get_spec(self.dataset_name).cameras)
     self.future_offset = int(self.idm.data_cfg.future_offset)
     self.history = self.idm.history  # the video run's too (check_compatible)
+    self.input_frames = self.history  # the evaluator renders only these frames before a query
+    self.predicts_frames = True  # the planned o_t+k
     self._rng = jax.random.key(seed)
     self._frames = collections.deque(maxlen=self.history)
     self._planned = None

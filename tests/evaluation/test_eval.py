@@ -121,6 +121,51 @@ def test_history_policies_see_every_step_inside_a_chunk():
   assert kinds == ["query", "observe", "observe", "observe"] * 2 + ["query", "observe"]
 
 
+class _FrameWindowPolicy:
+  """A history-keeping policy whose actions depend on its last ``history`` frames (as the
+  checkpoint policies): records each query's frame window and the steps it observed."""
+
+  def __init__(self, history):
+    self.history = self.input_frames = history
+    self.windows, self.kinds, self._frames = [], [], []
+
+  def reset(self):
+    self.windows, self.kinds, self._frames = [], [], []
+
+  def observe(self, obs):
+    self.kinds.append("observe")
+    self._frames = (self._frames + [obs["image_primary"]])[-self.history:]
+
+  def __call__(self, obs, instruction):
+    self._frames = (self._frames + [obs["image_primary"]])[-self.history:]
+    self.kinds.append("query")
+    window = np.stack(self._frames).astype(np.float32)
+    self.windows.append(window)
+    # Moves by what it sees: a different frame -> a different chunk -> a different episode.
+    push = np.tanh(window.mean() / 64.0 - 1.0)
+    return np.tile(np.array([push, -push, 0.5 * push, 1.0], np.float32), (8, 1))
+
+
+@pytest.mark.parametrize("history", [1, 2])
+def test_rendering_only_the_frames_a_policy_input_holds_leaves_the_episode_unchanged(history):
+  from wam_jax.sim import metaworld as mw
+  env = mw.cached_env("drawer-close-v3", 32)
+  runs = {}
+  for every_step in (True, False):
+    policy = _FrameWindowPolicy(history)
+    # keep_frames renders every step (the reference); without it, only the frames a query's window holds.
+    ep = rollout.run_episode(env, policy, "drawer-close-v3", 3, max_steps=30, execute_steps=4,
+                             keep_frames=every_step)
+    runs[every_step] = (ep, policy)
+  (full, p_full), (lean, p_lean) = runs[True], runs[False]
+  assert (lean["success"], lean["length"]) == (full["success"], full["length"])
+  assert len(p_lean.windows) == len(p_full.windows) == 8  # 30 steps, a query every 4
+  for a, b in zip(p_full.windows, p_lean.windows):
+    np.testing.assert_array_equal(a, b)  # every query saw exactly the same consecutive frames
+  assert p_full.kinds.count("observe") == 30 - 8
+  assert p_lean.kinds == (["query"] + ["observe"] * (history - 1)) * 7 + ["query"]
+
+
 class _InstructionPolicy:
   """Holds still; records the instruction of every query."""
 

@@ -10,10 +10,14 @@ A policy is any object with
 Actions are de-normalized (MetaWorld: [-1, 1]^4). A policy that needs history
 keeps it itself between resets, and may define ``observe(obs) -> None``: the
 evaluator calls it on every step it does not query the policy (the steps
-executed from a chunk), so the history holds consecutive frames as in training. A policy
+executed from a chunk), so the history holds consecutive frames as in training. Such a policy
+may also define ``input_frames: int``, how many consecutive frames (ending at the query) one
+query's input holds: the evaluator then renders only those frames, not the steps in between
+(rendering is ~90% of an env step; ``rollout.run_episode``). A policy
 that predicts frames may also define ``predicted_frame() -> uint8 [H, W, 3] | None`` (its
 prediction for ``future_offset`` steps after its last query): recorded rollouts then show it
-beside the real frame. Learned policies must not read "env_state"
+beside the real frame (``predicts_frames = False`` says it never returns one: the checkpoint
+policy of a family without a world model). Learned policies must not read "env_state"
 (it holds the goal position); the scripted expert needs it.
 
 Evaluation builds policies inside worker processes from a picklable zero-arg

@@ -35,6 +35,10 @@ class ChunkExecutor:
   def needs_query(self) -> bool:
     return self.temporal_ensemble or not self._queue
 
+  def steps_to_query(self) -> int:
+    """Env steps until the next policy query: 0 when this step queries."""
+    return 0 if self.needs_query() else len(self._queue)
+
   def add(self, chunk_KA: np.ndarray):
     chunk_KA = np.asarray(chunk_KA, np.float32)
     if chunk_KA.ndim != 2 or chunk_KA.shape[0] < 1:
@@ -79,6 +83,14 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   copy_mse] per executed chunk: the frame predicted at the query for ``step`` = query +
   future_offset against the frame the simulator shows at that step, beside copying the query's
   frame (``prediction_errors``); else [].
+
+  Rendering is ~90% of an env step. A policy that says how many consecutive frames its input
+  holds (``policy.input_frames``: the checkpoint policies) gets a frame only where one can reach
+  that input: at each query and on the ``input_frames - 1`` steps before it; the steps in between
+  are simulated, not rendered (the episode is the same: rendering reads the simulation).
+  Every step is rendered with ``keep_frames``, ``consistency`` (of a policy that predicts frames), temporal ensembling (a query
+  every step) or a policy without ``input_frames``. The frozen-renderer check runs on the rendered
+  frames.
   """
   instruction = mw.instruction(task, instructions, seed)
   executor = ChunkExecutor(execute_steps, temporal_ensemble, ensemble_decay)
@@ -88,21 +100,27 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   raw_obs = mw.reset(env, seed)
   frames, states, latencies, predictions = [], [], [], {}
   success, length = False, 0
+  predicts_frames = hasattr(policy, "predicted_frame") and bool(getattr(policy, "predicts_frames", True))
+  every_step = (keep_frames or (consistency and predicts_frames) or temporal_ensemble
+                or not hasattr(policy, "input_frames"))
+  input_frames = max(1, int(getattr(policy, "input_frames", 1)))
   for t in range(max_steps):
-    obs = mw.observe(env, raw_obs)
-    frames.append(obs["image_primary"])
-    states.append(obs["env_state"])
-    if executor.needs_query():
-      start = time.perf_counter()
-      chunk = np.asarray(policy(obs, instruction))
-      latencies.append(1000 * (time.perf_counter() - start))
-      executor.add(chunk)
-      if (keep_frames or consistency) and hasattr(policy, "predicted_frame"):
-        predicted = policy.predicted_frame()
-        if predicted is not None:
-          predictions[t + policy.future_offset] = predicted
-    elif hasattr(policy, "observe"):
-      policy.observe(obs)  # Steps inside a chunk still extend a history-keeping policy's window.
+    to_query = executor.steps_to_query()
+    if every_step or to_query < input_frames:  # else no policy input will hold this step's frame
+      obs = mw.observe(env, raw_obs)
+      frames.append(obs["image_primary"])
+      states.append(obs["env_state"])
+      if to_query == 0:
+        start = time.perf_counter()
+        chunk = np.asarray(policy(obs, instruction))
+        latencies.append(1000 * (time.perf_counter() - start))
+        executor.add(chunk)
+        if (keep_frames or consistency) and predicts_frames:
+          predicted = policy.predicted_frame()
+          if predicted is not None:
+            predictions[t + policy.future_offset] = predicted
+      elif hasattr(policy, "observe"):
+        policy.observe(obs)  # Steps inside a chunk still extend a history-keeping policy's window.
     raw_obs, _, success = mw.step(env, executor.next_action())
     length = t + 1
     if success:
