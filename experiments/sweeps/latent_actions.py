@@ -2,7 +2,7 @@
 help when labels are scarce (N in {2, 5} demos per MT10 task)? Per seed: the latent-action model
 trained on the action-free video pool only (a stage shared by both N, as the protocol reuses
 pretraining across N), a policy pretrained to predict its latent actions from (o_t, l_t) on the
-N-demo frames + the pool, then fine-tuned to real actions on the N demos (2000 steps, as the VLA);
+N-demo frames + the pool, then fine-tuned to real actions on the N demos (2000 steps, ~9 min);
 beside the VLA baseline on the same labels (the reference row, as baseline_data_efficiency).
 
 The other two claim-2 methods (a VLA on labels + IDM pseudo-labels, and plan-with-video-act-with-

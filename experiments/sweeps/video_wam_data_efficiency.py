@@ -2,7 +2,8 @@
 MT10 task? Per N and seed: the video world model pretrained on the N-demo set's frames + the
 action-free video pool (a stage, not evaluated), the video-backbone WAM adapted from it, the same
 architecture from scratch (the control that isolates the pretraining), and the VLA baseline at
-equal policy steps (2000) and labeled data (the reference row, as baseline_data_efficiency)."""
+equal labeled data and policy budget (~15 min: the VLA 4000 steps at one frame, the WAM 2000 at two;
+the reference row, as baseline_data_efficiency)."""
 
 from wam_jax.ablations.sweep import Cell, Sweep
 
