@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from experiments.sweeps import idm_claim2
 from wam_jax.ablations import protocol
 from wam_jax.ablations import report
 from wam_jax.ablations import sweep as sweep_lib
@@ -265,7 +266,7 @@ def test_dry_run_of_the_idm_claim2_sweep(tmp_path):
                        capture_output=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   lines = out.stdout.splitlines()
-  assert lines[0] == "sweep idm_claim2 v1: 12 cells x seeds [0, 1, 2] = 36 runs"
+  assert lines[0] == f"sweep idm_claim2 v{idm_claim2.SWEEP.version}: 12 cells x seeds [0, 1, 2] = 36 runs"
   plan = [l.split() for l in lines[1:37]]
   by_name = {(p[0], int(p[p.index("seed") + 1])): p for p in plan}
   assert len(by_name) == 36 and all(p[p.index("seed") + 2] == "pending" for p in plan)
