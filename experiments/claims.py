@@ -1,0 +1,69 @@
+r"""The four claims of shared/PROTOCOL.md as comparisons of finished sweep runs -> claims.md.
+
+  .venv/bin/python experiments/claims.py --sweeps_root=runs/sweeps --out=experiments/results/claims
+
+Each row is a method cell against its reference cell (``wam_jax/ablations/compare.py``): the
+difference in pooled success with Newcombe's 95% interval, per-seed differences, and the verdict
+(supported / contradicted / unresolved; "not run" until both sides have a finished run). A sweep's
+workdir is ``<sweeps_root>/<sweep>_v<version>`` (as ``runs/queue_session9.sh`` runs them). Reads
+files only: rerun it whenever more runs have finished.
+"""
+
+import importlib
+
+from absl import app
+from absl import flags
+
+from wam_jax.ablations import compare
+from wam_jax.ablations.compare import Comparison, Side
+
+_ROOT = flags.DEFINE_string("sweeps_root", "runs/sweeps", "Directory holding the sweeps' workdirs.")
+_OUT = flags.DEFINE_string("out", "", "Where to write claims.md ('' = print only).")
+
+
+def workdir(sweep: str) -> str:
+  """``<sweep>_v<version>``: the shipped sweep's current version."""
+  return f"{sweep}_v{importlib.import_module(f'experiments.sweeps.{sweep}').SWEEP.version}"
+
+
+def comparisons() -> list[Comparison]:
+  base, video, joint = workdir("baseline_data_efficiency"), workdir("video_wam_data_efficiency"), \
+      workdir("joint_wam_data_efficiency")
+  idm, latent, instr, fam = workdir("idm_claim2"), workdir("latent_actions"), \
+      workdir("instruction_following"), workdir("families")
+  vla = lambda n: Side(base, f"vla_l1_n{n}")
+  rows = []
+  for n in (2, 5, 20):  # 1. video pretraining reduces the robot data needed
+    rows += [Comparison("1", f"video WAM vs the same from scratch, N={n}", Side(video, f"video_wam_n{n}"),
+                        Side(video, f"video_wam_scratch_n{n}")),
+             Comparison("1", f"video WAM vs VLA, N={n}", Side(video, f"video_wam_n{n}"), vla(n)),
+             Comparison("1", f"joint WAM vs its video_weight=0 ablation, N={n}", Side(joint, f"joint_wam_n{n}"),
+                        Side(joint, f"joint_wam_no_video_n{n}"))]
+  for n in (2, 5):  # 2. inverse dynamics helps when labels are scarce
+    rows += [Comparison("2", f"VLA on demos + IDM pseudo-labels vs demos only, N={n}",
+                        Side(idm, f"vla_pseudo_n{n}"), Side(idm, f"vla_n{n}")),
+             Comparison("2", f"plan with video, act with IDM vs VLA, N={n}", Side(idm, f"plan_idm_n{n}"),
+                        Side(idm, f"vla_n{n}")),
+             Comparison("2", f"latent-action pretraining + fine-tune vs VLA, N={n}",
+                        Side(latent, f"latent_finetune_n{n}"), vla(n))]
+  for n in (5, 20):  # 3. joint prediction keeps long-horizon behaviour consistent (+ the eval's consistency)
+    rows.append(Comparison("3", f"joint WAM vs VLA, N={n}", Side(joint, f"joint_wam_n{n}"), vla(n)))
+  for eval_name in ("", "paraphrase"):  # 4. hybrids balance instruction following and dynamics
+    what = "unseen paraphrases" if eval_name else "training instructions"
+    rows += [Comparison("4", f"hybrid vs VLA, {what}", Side(instr, "hybrid_n20"), Side(instr, "vla_l1_n20"),
+                        eval_name=eval_name),
+             Comparison("4", f"hybrid vs hybrid without the LM/VLM ladder, {what}", Side(instr, "hybrid_n20"),
+                        Side(instr, "hybrid_scratch_n20"), eval_name=eval_name)]
+  for cell in ("video_wam", "joint_wam", "latent_finetune"):  # the families side by side at N=20
+    rows.append(Comparison("all", f"{cell} vs VLA, N=20", Side(fam, cell), vla(20)))
+  return rows
+
+
+def main(argv):
+  del argv
+  rows = compare.write(_ROOT.value, comparisons(), _OUT.value or None)
+  print(compare.markdown(rows, _ROOT.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,94 @@
+"""Method vs reference from handmade run directories: Newcombe's interval against the published
+values, verdicts, per-seed differences, task subsets, extra evaluations and missing runs."""
+
+import json
+
+import pytest
+
+from experiments import claims
+from tests.ablations.test_report import _fake_run
+from wam_jax.ablations import compare
+from wam_jax.ablations.compare import Comparison, Side
+
+
+def test_newcombe_interval_matches_the_published_examples():
+  # Newcombe (1998), Statistics in Medicine 17:873, Table II, method 10 (score, no continuity correction).
+  assert compare.newcombe_interval(56, 70, 48, 80) == pytest.approx((0.2, 0.0524, 0.3339), abs=1e-4)
+  assert compare.newcombe_interval(9, 10, 3, 10) == pytest.approx((0.6, 0.1705, 0.8090), abs=1e-4)
+
+
+def _sweep(root, name, cells, extra_evals=None):
+  """cells: {cell: {seed: {task: (successes, episodes)}}}, each run finished."""
+  meta = {"name": name, "version": 1, "seeds": [0, 1],
+          "cells": [{"name": c, "config": "", "overrides": {}} for c in cells]}
+  if extra_evals:
+    meta["extra_evals"] = extra_evals
+  (root / name).mkdir(parents=True)
+  (root / name / "sweep.json").write_text(json.dumps(meta))
+  for cell, seeds in cells.items():
+    for seed, tasks in seeds.items():
+      _fake_run(root / name / cell / f"seed_{seed}", tasks)
+
+
+@pytest.fixture
+def root(tmp_path):
+  _sweep(tmp_path, "s", {
+      "wam": {0: {"reach-v3": (18, 20), "push-v3": (10, 20)}, 1: {"reach-v3": (17, 20), "push-v3": (9, 20)}},
+      "vla": {0: {"reach-v3": (6, 20), "push-v3": (10, 20)}, 1: {"reach-v3": (5, 20), "push-v3": (11, 20)}},
+      "bad": {0: {"reach-v3": (0, 20), "push-v3": (2, 20)}},
+  })
+  return tmp_path
+
+
+def test_verdicts_pool_every_episode_of_every_seed(root):
+  row = compare.compare(root, Comparison("1", "wam vs vla", Side("s", "wam"), Side("s", "vla")))
+  m, r = row["method_stats"], row["reference_stats"]
+  assert (m["successes"], m["episodes"], r["successes"], r["episodes"]) == (54, 80, 32, 80)
+  assert (row["diff"], *row["diff_ci95"]) == pytest.approx(compare.newcombe_interval(54, 80, 32, 80))
+  assert row["verdict"] == "supported" and row["seed_diffs"] == pytest.approx({0: 12 / 40, 1: 10 / 40})
+  worse = compare.compare(root, Comparison("1", "bad vs vla", Side("s", "bad"), Side("s", "vla")))
+  assert worse["verdict"] == "contradicted" and list(worse["seed_diffs"]) == [0]  # only seed 0 on both sides
+  # On push alone the two are level: the interval holds 0.
+  push = compare.compare(root, Comparison("1", "push", Side("s", "wam"), Side("s", "vla"), tasks=("push-v3",)))
+  assert push["verdict"] == "unresolved" and push["method_stats"]["episodes"] == 40
+
+
+def test_missing_runs_are_not_run_and_the_table_says_so(root, tmp_path):
+  rows = compare.write(root, [
+      Comparison("2", "no such cell", Side("s", "nope"), Side("s", "vla")),
+      Comparison("2", "no such sweep", Side("s", "wam"), Side("other_v1", "vla")),
+      Comparison("1", "wam vs vla", Side("s", "wam"), Side("s", "vla"))], out_dir=str(tmp_path / "out"))
+  assert [r["verdict"] for r in rows] == ["not run", "not run", "supported"]
+  assert rows[0]["missing"] == ["method"] and rows[1]["missing"] == ["reference"]
+  md = (tmp_path / "out" / "claims.md").read_text()
+  assert "| 2 | no such cell | - | - | - | - | - | not run (method) |" in md
+  assert "| 1 | wam vs vla | 68% (80) | 40% (80) | +27.5 (" in md and "| +30, +25 | 2/2 | **supported** |" in md
+
+
+def test_extra_evaluations_are_compared_on_their_own_episodes(tmp_path):
+  _sweep(tmp_path, "p", {"h": {0: {"reach-v3": (5, 10)}}, "v": {0: {"reach-v3": (5, 10)}}},
+         extra_evals={"paraphrase": {"instructions": "paraphrase"}})
+  for cell, k in (("h", 9), ("v", 1)):
+    rdir = tmp_path / "p" / cell / "seed_0"
+    (rdir / "eval_paraphrase").mkdir()
+    eps = [{"task": "reach-v3", "seed": i, "success": i < k, "length": 5} for i in range(10)]
+    (rdir / "eval_paraphrase" / "results.json").write_text(json.dumps(
+        {"episodes": eps, "latency": {"mean_ms": 1.0}, "seconds": 1.0, "settings": {"execute_steps": 4}}))
+  train = compare.compare(tmp_path, Comparison("4", "t", Side("p", "h"), Side("p", "v")))
+  para = compare.compare(tmp_path, Comparison("4", "p", Side("p", "h"), Side("p", "v"), eval_name="paraphrase"))
+  assert train["verdict"] == "unresolved" and para["verdict"] == "supported"
+  assert para["method_stats"]["successes"] == 9 and para["eval"] == "paraphrase"
+
+
+def test_the_shipped_claims_name_existing_sweeps_and_cells():
+  import importlib  # pylint: disable=g-import-not-at-top
+  rows = claims.comparisons()
+  assert {r.claim for r in rows} == {"1", "2", "3", "4", "all"}
+  for row in rows:
+    for side in (row.method, row.reference):
+      name, version = side.sweep.rsplit("_v", 1)
+      sweep = importlib.import_module(f"experiments.sweeps.{name}").SWEEP
+      assert int(version) == sweep.version, side
+      assert side.cell in {c.name for c in sweep.cells}, side
+      if row.eval_name:
+        assert row.eval_name in sweep.extra_evals, side

@@ -1,0 +1,120 @@
+"""Method vs reference from finished sweep runs: the difference in success with its 95% interval,
+and what it says about a claim (shared/PROTOCOL.md: supported, contradicted or unresolved).
+
+A ``Comparison`` names two cells (a sweep workdir + cell name each) and optionally a subset of
+tasks and an extra evaluation (``eval_<name>/``, e.g. the paraphrase evaluation of claim 4).
+``compare`` pools every evaluation episode of every finished seed of each cell (as the report
+does) and returns:
+
+  rate, ci95            each side's pooled success and Wilson interval
+  diff, diff_ci95       method - reference, with Newcombe's interval for a difference of two
+                        proportions (hybrid score, "method 10", built from the two Wilson intervals)
+  seed_diffs            per training seed present on both sides: method - reference success
+  verdict               "supported" when the interval lies above 0, "contradicted" below 0,
+                        "unresolved" when it holds 0; "not run" while a side has no finished run
+
+The episodes are treated as independent draws. They are not quite: a training seed's episodes
+share its weights, so the interval is narrower than one that models seed variance; the per-seed
+differences are printed beside it so a reader sees when the seeds disagree. Reads files only.
+"""
+
+import dataclasses
+import math
+import pathlib
+from typing import Optional, Sequence
+
+from wam_jax.ablations import report
+from wam_jax.evaluation import metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Side:
+  sweep: str            # the sweep's workdir name under the sweeps root, e.g. "families_v3"
+  cell: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  claim: str            # "1".."4" (PROTOCOL.md)
+  name: str             # what the row says, e.g. "video WAM vs from scratch, N=2"
+  method: Side
+  reference: Side
+  tasks: tuple = ()     # () = every evaluated task
+  eval_name: str = ""   # an extra evaluation of both sides (eval_<name>/), "" = the training one
+
+
+def newcombe_interval(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float, float]:
+  """(p1 - p2, lower, upper): Newcombe's hybrid score interval (1998, method 10) at 95%."""
+  p1, p2 = s1 / n1, s2 / n2
+  l1, u1 = metrics.wilson_interval(s1, n1)
+  l2, u2 = metrics.wilson_interval(s2, n2)
+  d = p1 - p2
+  return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+def _episodes(root: pathlib.Path, side: Side, tasks: tuple, eval_name: str) -> dict:
+  """{training seed: [episode, ...]} of the cell's finished runs (tasks filtered); {} if none."""
+  workdir = root / side.sweep
+  if not (workdir / "sweep.json").exists():
+    return {}
+  _, runs = report.load_runs(workdir, eval_name)
+  out = {}
+  for run in runs:
+    if run.cell == side.cell:
+      out[run.seed] = [e for e in run.episodes if not tasks or e["task"] in tasks]
+  return out
+
+
+def compare(root, c: Comparison) -> dict:
+  root = pathlib.Path(root)
+  sides = {k: _episodes(root, getattr(c, k), c.tasks, c.eval_name) for k in ("method", "reference")}
+  row = {"claim": c.claim, "name": c.name, "method": f"{c.method.sweep}/{c.method.cell}",
+         "reference": f"{c.reference.sweep}/{c.reference.cell}", "tasks": list(c.tasks),
+         "eval": c.eval_name or "train"}
+  if not all(sides.values()):
+    return dict(row, verdict="not run", missing=[k for k, v in sides.items() if not v])
+  for k, by_seed in sides.items():
+    eps = [e for seed_eps in by_seed.values() for e in seed_eps]
+    s, n = sum(bool(e["success"]) for e in eps), len(eps)
+    if n == 0:
+      raise ValueError(f"{row[k]}: no evaluation episode of tasks {list(c.tasks)}")
+    row[k + "_stats"] = {"successes": s, "episodes": n, "rate": s / n, "ci95": metrics.wilson_interval(s, n),
+                         "seeds": sorted(by_seed)}
+  m, r = row["method_stats"], row["reference_stats"]
+  d, lo, hi = newcombe_interval(m["successes"], m["episodes"], r["successes"], r["episodes"])
+  rate = lambda eps: sum(bool(e["success"]) for e in eps) / max(len(eps), 1)
+  row.update(diff=d, diff_ci95=(lo, hi),
+             seed_diffs={seed: rate(sides["method"][seed]) - rate(sides["reference"][seed])
+                         for seed in sorted(set(sides["method"]) & set(sides["reference"]))},
+             verdict="supported" if lo > 0 else "contradicted" if hi < 0 else "unresolved")
+  return row
+
+
+def markdown(rows: Sequence[dict], root) -> str:
+  out = [f"Method vs reference from the finished runs under `{root}` (`wam_jax/ablations/compare.py`): "
+         "pooled success over every evaluation episode of every finished seed, the difference with "
+         "Newcombe's 95% interval, per-seed differences. supported / contradicted: the interval lies "
+         "above / below 0; unresolved: it holds 0.", "",
+         "| claim | comparison | method | reference | difference (95% CI) | per seed | seeds | verdict |",
+         "|---|---|---|---|---|---|---|---|"]
+  pct = lambda x: f"{100 * x:.0f}%"
+  for row in rows:
+    if row["verdict"] == "not run":
+      out.append(f"| {row['claim']} | {row['name']} | - | - | - | - | - | not run ({', '.join(row['missing'])}) |")
+      continue
+    m, r = row["method_stats"], row["reference_stats"]
+    lo, hi = row["diff_ci95"]
+    seeds = ", ".join(f"{100 * v:+.0f}" for v in row["seed_diffs"].values()) or "-"
+    out.append(f"| {row['claim']} | {row['name']} | {pct(m['rate'])} ({m['episodes']}) | {pct(r['rate'])} "
+               f"({r['episodes']}) | {100 * row['diff']:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f}) | {seeds} | "
+               f"{len(m['seeds'])}/{len(r['seeds'])} | **{row['verdict']}** |")
+  return "\n".join(out) + "\n"
+
+
+def write(root, comparisons: Sequence[Comparison], out_dir: Optional[str] = None) -> list[dict]:
+  rows = [compare(root, c) for c in comparisons]
+  if out_dir:
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "claims.md").write_text(markdown(rows, root))
+  return rows
