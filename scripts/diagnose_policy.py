@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from wam_jax import inference  # noqa: E402
 from wam_jax.data import pipeline  # noqa: E402
+from wam_jax.evaluation import rollout  # noqa: E402
 from wam_jax.sim import metaworld as mw  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
@@ -41,18 +42,18 @@ _MAX_STEPS = flags.DEFINE_integer("max_steps", 200, "Closed-loop step limit.")
 
 
 def _closed_loop(env, policy, seed, instruction):
+  """The evaluator's chunk execution (``rollout.ChunkExecutor``), recording the hand [T, 3]."""
+  executor = rollout.ChunkExecutor(_EXECUTE.value)
   raw, hand, success, t = mw.reset(env, seed), [], False, 0
-  obs = mw.observe(env, raw)
   while t < _MAX_STEPS.value and not success:
-    for a in policy(obs, instruction)[:_EXECUTE.value]:
-      hand.append(obs["proprio"][:3].copy())
-      raw, _, s = mw.step(env, a)
-      success, t = success or s, t + 1
-      obs = mw.observe(env, raw)
-      if hasattr(policy, "observe"):
-        policy.observe(obs)
-      if success or t >= _MAX_STEPS.value:
-        break
+    obs = mw.observe(env, raw)
+    hand.append(obs["proprio"][:3].copy())
+    if executor.needs_query():
+      executor.add(policy(obs, instruction))
+    elif hasattr(policy, "observe"):
+      policy.observe(obs)
+    raw, _, success = mw.step(env, executor.next_action())
+    t += 1
   return success, t, np.array(hand)
 
 

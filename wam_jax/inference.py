@@ -57,7 +57,6 @@ class CheckpointPolicy:
     self.dataset_name = dataset_name
     self.data_cfg = self.config.data
     self.history = int(self.data_cfg.history)
-    self.input_frames = self.history  # the evaluator renders only these frames before a query
 
     # A 1-device setup: the same model/state structure the trainer saved.
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
@@ -71,13 +70,22 @@ class CheckpointPolicy:
     self._predict_frames = None  # families that generate frames (predicted_frame)
     if registry.predicts_frames(model):
       self._predict_frames = jax.jit(lambda p, b, r: registry.predict_frames(model, p, b, r))
-    self.predicts_frames = self._predict_frames is not None  # predicted_frame() is never None after a query
     self.future_offset = int(self.data_cfg.future_offset)
     self._frame_rng = jax.random.fold_in(jax.random.key(seed), 1)  # never touches the action keys
     self._batch = None
     self._rng = jax.random.key(seed)
     self._frames = collections.deque(maxlen=self.history)
     self.latencies_ms = []
+
+  @property
+  def input_frames(self) -> int:
+    """Consecutive frames one query's input holds: the evaluator renders only these."""
+    return self.history
+
+  @property
+  def predicts_frames(self) -> bool:
+    """Whether ``predicted_frame()`` returns a frame after a query (a family with a world model)."""
+    return self._predict_frames is not None
 
   def predict_normalized(self, batch: dict, rng) -> np.ndarray:
     """The model's chunk for a batch of its inputs, normalized: float32 [B, K, A_pad]."""

@@ -131,6 +131,7 @@ class PlanWithVideoPolicy:
   ``latencies_ms`` / ``frame_ms`` / ``idm_ms``: per query, the whole call and its two parts
   (``latency_parts`` names the parts for the evaluator's report).
   """
+  predicts_frames = True  # predicted_frame(): the planned o_t+k
 
   def __init__(self, video_workdir, idm_workdir, *, frames_from: str = "video", video_step: Optional[int] = None,
                idm_step: Optional[int] = None, dataset_name: Optional[str] = None, use_ema: bool = True,
@@ -152,12 +153,15 @@ class PlanWithVideoPolicy:
     self._dataset_cameras = set(data_registry.get_spec(self.dataset_name).cameras)
     self.future_offset = int(self.idm.data_cfg.future_offset)
     self.history = self.idm.history  # the video run's too (check_compatible)
-    self.input_frames = self.history  # the evaluator renders only these frames before a query
-    self.predicts_frames = True  # the planned o_t+k
     self._rng = jax.random.key(seed)
     self._frames = collections.deque(maxlen=self.history)
     self._planned = None
     self.latencies_ms, self.frame_ms, self.idm_ms = [], [], []
+
+  @property
+  def input_frames(self) -> int:
+    """Consecutive frames one query's input holds: the evaluator renders only these."""
+    return self.history
 
   def latency_parts(self) -> dict:
     """{part: [ms per query so far]}: the evaluator reports each beside the whole call's latency."""

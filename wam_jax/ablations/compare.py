@@ -52,12 +52,15 @@ def newcombe_interval(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float,
   return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
-def _episodes(root: pathlib.Path, side: Side, tasks: tuple, eval_name: str) -> dict:
-  """{training seed: [episode, ...]} of the cell's finished runs (tasks filtered); {} if none."""
+def _episodes(root: pathlib.Path, side: Side, tasks: tuple, eval_name: str, loaded: dict) -> dict:
+  """{training seed: [episode, ...]} of the cell's finished runs (tasks filtered); {} if none.
+  ``loaded`` caches each (sweep, evaluation)'s runs across the comparisons of one table."""
   workdir = root / side.sweep
   if not (workdir / "sweep.json").exists():
     return {}
-  _, runs = report.load_runs(workdir, eval_name)
+  if (side.sweep, eval_name) not in loaded:
+    loaded[side.sweep, eval_name] = report.load_runs(workdir, eval_name)[1]
+  runs = loaded[side.sweep, eval_name]
   out = {}
   for run in runs:
     if run.cell == side.cell:
@@ -65,9 +68,11 @@ def _episodes(root: pathlib.Path, side: Side, tasks: tuple, eval_name: str) -> d
   return out
 
 
-def compare(root, c: Comparison) -> dict:
+def compare(root, c: Comparison, loaded: Optional[dict] = None) -> dict:
+  """One comparison's row (module docstring); ``loaded``: runs already read (``write`` shares it)."""
   root = pathlib.Path(root)
-  sides = {k: _episodes(root, getattr(c, k), c.tasks, c.eval_name) for k in ("method", "reference")}
+  loaded = {} if loaded is None else loaded
+  sides = {k: _episodes(root, getattr(c, k), c.tasks, c.eval_name, loaded) for k in ("method", "reference")}
   row = {"claim": c.claim, "name": c.name, "method": f"{c.method.sweep}/{c.method.cell}",
          "reference": f"{c.reference.sweep}/{c.reference.cell}", "tasks": list(c.tasks),
          "eval": c.eval_name or "train"}
@@ -112,7 +117,8 @@ def markdown(rows: Sequence[dict], root) -> str:
 
 
 def write(root, comparisons: Sequence[Comparison], out_dir: Optional[str] = None) -> list[dict]:
-  rows = [compare(root, c) for c in comparisons]
+  loaded = {}
+  rows = [compare(root, c, loaded) for c in comparisons]
   if out_dir:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

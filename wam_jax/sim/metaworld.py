@@ -222,16 +222,15 @@ def render(env) -> np.ndarray:
   return np.ascontiguousarray(frame, dtype=np.uint8)
 
 
-def observe(env, raw_obs, *, with_image: bool = True) -> dict:
+def observe(env, raw_obs) -> dict:
   """The observation every policy and dataset sees.
 
-  Returns {"image_primary": uint8 [H, W, 3] (None unless ``with_image``: rendering is
-  ~90% of a step's cost and reads the simulation without changing it), "proprio": float32 [4]
-  (hand xyz + gripper opening), "env_state": float32 [39] (the full MetaWorld state vector)}.
+  Returns {"image_primary": uint8 [H, W, 3], "proprio": float32 [4] (hand xyz +
+  gripper opening), "env_state": float32 [39] (the full MetaWorld state vector)}.
   """
   raw_obs = np.asarray(raw_obs)
   return {
-      "image_primary": render(env) if with_image else None,
+      "image_primary": render(env),
       "proprio": raw_obs[:STATE_DIM].astype(np.float32),
       "env_state": raw_obs.astype(np.float32),
   }
