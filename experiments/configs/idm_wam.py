@@ -37,11 +37,12 @@ from experiments.configs import common
 from wam_jax.models import heads
 
 PRESETS = ("idm_tiny", "latent_tiny", "latent_policy_tiny", "finetune_tiny")
-# The protocol (shared/PROTOCOL.md) at the tiny size: <stage>_mt10_n{N}; latent actions learn from
-# the action-free video pool, the latent policy from the N-demo set's frames + the pool, the
-# fine-tune and the IDM from the N labeled demos (evaluated as the protocol says).
-PROTOCOL_PRESETS = tuple(f"{stage}_mt10_n{n}" for stage in ("idm", "latent", "latent_policy", "finetune")
-                         for n in (2, 5, 20))
+# The protocol (shared/PROTOCOL.md) at the tiny size: the two pretraining stages learn from the
+# action-free video pool only (``latent_mt10``, ``latent_policy_mt10``: one run serves every N and
+# seed, as the protocol reuses pretraining); the IDM and the fine-tune from the N labeled demos
+# (``<stage>_mt10_n{N}``; the fine-tune evaluated as the protocol says).
+PROTOCOL_PRESETS = ("latent_mt10", "latent_policy_mt10") + tuple(
+    f"{stage}_mt10_n{n}" for stage in ("idm", "finetune") for n in (2, 5, 20))
 
 
 def _sizes(**extra) -> dict:
@@ -120,17 +121,13 @@ def get_config(arg: str = "idm_tiny") -> ml_collections.ConfigDict:
 
 def _protocol_config(arg: str) -> ml_collections.ConfigDict:
   from experiments.configs import protocol as protocol_cfg  # pylint: disable=g-import-not-at-top
-  from wam_jax.ablations import protocol  # pylint: disable=g-import-not-at-top
   stage = arg[:arg.index("_mt10")]
-  n = protocol_cfg.n_demos_of(arg[arg.index("mt10"):])
+  pretraining = stage in ("latent", "latent_policy")  # action-free video only
+  n = None if pretraining else protocol_cfg.n_demos_of(arg[arg.index("mt10"):])
   config = get_config(f"{stage}_tiny")
-  protocol_cfg.apply(config, n)
-  demos, pool = protocol.demos_name(n), protocol.VIDEO_NAME
-  config.data.mixture = {"idm": ((demos, 1.0),), "latent": ((pool, 1.0),),
-                         "latent_policy": ((demos, 1.0), (pool, 1.0)), "finetune": ((demos, 1.0),)}[stage]
+  protocol_cfg.apply(config, n, video_weight=1.0 if pretraining else 0.0)
   config.eval.at_end = stage == "finetune"  # the others are not policies
-  config.train.init_from = {"latent_policy": f"runs/latent_mt10_n{n}",
-                            "finetune": f"runs/latent_policy_mt10_n{n}"}.get(stage, "")
+  config.train.init_from = {"latent_policy": "runs/latent_mt10", "finetune": "runs/latent_policy_mt10"}.get(stage, "")
   if stage == "finetune":
     config.train.steps = 2000  # as the VLA's mt10 presets
   return config

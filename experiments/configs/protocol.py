@@ -10,6 +10,8 @@ evaluation (20 episodes per MT10 task on seeds 100,000.., 200 steps, execute 4 o
 the camera are the protocol's; the training budget stays the family's to set.
 """
 
+from typing import Optional
+
 import ml_collections
 
 from wam_jax.ablations import protocol
@@ -35,11 +37,14 @@ def n_demos_of(preset: str) -> int:
 STEM = (32, 64, 128, 128)
 
 
-def apply(config: ml_collections.ConfigDict, n_demos: int, *,
+def apply(config: ml_collections.ConfigDict, n_demos: Optional[int], *,
           video_weight: float = 0.0) -> ml_collections.ConfigDict:
-  """Sets the protocol's data (N labeled demos per MT10 task; video pool if weight > 0), eval, and
-  the conv trunk ``STEM`` of every family whose model reads frames through ``model.stem``."""
-  mixture = [(protocol.demos_name(n_demos), 1.0)]
+  """Sets the protocol's data (N labeled demos per MT10 task, none for a pretraining stage with
+  ``n_demos=None``; the video pool if weight > 0), eval, and the conv trunk ``STEM`` of every
+  family whose model reads frames through ``model.stem``."""
+  if n_demos is None and video_weight <= 0:
+    raise ValueError("protocol.apply: a stage without labeled demos (n_demos=None) needs video_weight > 0")
+  mixture = [] if n_demos is None else [(protocol.demos_name(n_demos), 1.0)]
   if video_weight > 0:
     mixture.append((protocol.VIDEO_NAME, float(video_weight)))
   config.data.mixture = tuple(mixture)

@@ -20,9 +20,10 @@ from wam_jax.models import heads
 
 PRESETS = ("pretrain_tiny", "policy_tiny", "pretrain_latent_tiny", "policy_latent_tiny",
            "pretrain_base", "policy_base")
-# The protocol (shared/PROTOCOL.md) at the tiny size: stage 1 on the N-demo set's frames + the
-# action-free video pool, stage 2 on the same datasets (less video), 2000 steps as the VLA's mt10.
-PROTOCOL_PRESETS = tuple(f"{stage}_mt10_n{n}" for stage in ("pretrain", "policy") for n in (2, 5, 20))
+# The protocol (shared/PROTOCOL.md) at the tiny size: stage 1 (``pretrain_mt10``) on the action-free
+# video pool only, so one pretraining serves every N and seed (as the protocol reuses it); stage 2
+# (``policy_mt10_n{N}``) on the N labeled demos + the pool (less video, the video loss only there).
+PROTOCOL_PRESETS = ("pretrain_mt10",) + tuple(f"policy_mt10_n{n}" for n in (2, 5, 20))
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -63,7 +64,7 @@ def get_config(arg: str = "pretrain_tiny") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown preset {arg!r} for video_wam; known: {', '.join(PRESETS + PROTOCOL_PRESETS)}")
   config = common.base_config()
   config.model = model_config()
-  mt10 = "_mt10_" in arg
+  mt10 = "_mt10" in arg
   stage, size = arg.split("_")[0], "tiny" if mt10 else arg.split("_")[-1]
   latent = "latent" in arg
   # Both stages see the same datasets (the dataset-id table transfers); stage 2 samples less video.
@@ -90,12 +91,12 @@ def get_config(arg: str = "pretrain_tiny") -> ml_collections.ConfigDict:
     config.eval.at_end = True
   if mt10:
     from experiments.configs import protocol  # pylint: disable=g-import-not-at-top
-    n = protocol.n_demos_of(arg[arg.index("mt10"):])
+    n = None if stage == "pretrain" else protocol.n_demos_of(arg[arg.index("mt10"):])
     protocol.apply(config, n, video_weight=1.0 if stage == "pretrain" else 0.3)
     config.eval.at_end = stage == "policy"
     # Measured idle (scripts/bench_train.py, bf16, the trunk, session 9): pretraining 350 ms/step,
     # 3000 steps ~17.5 min (the protocol's ~20-minute pretraining budget; reused across seeds);
     # the policy 404 ms/step, 2000 steps ~13.5 min (the ~15-minute policy budget).
     config.train.update(steps=3000 if stage == "pretrain" else 2000,
-                        init_from="" if stage == "pretrain" else f"runs/video_pretrain_mt10_n{n}")
+                        init_from="" if stage == "pretrain" else "runs/video_pretrain_mt10")
   return config

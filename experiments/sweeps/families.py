@@ -3,8 +3,10 @@ labeled data (N=20 demos per MT10 task) and the same action-free video pool, L1 
 preset's steps inside the protocol's budget (VLA 4000 at one frame; families 2000 at two frames:
 BUILD_NOTES, "Every protocol preset against its budget"), 3 seeds. Family 1: video pretraining then adaptation; family 3: joint prediction (joint
 readout) and its video_weight=0 ablation; family 2: latent actions learned from the video pool,
-a policy pretrained to predict them, then fine-tuned on the demos. Family 4 (hybrid) joins when it
-lands (issue 13)."""
+a policy pretrained to predict them, then fine-tuned on the demos. The pretraining stages (video model,
+latent-action model, latent policy) learn from the action-free pool only and are trained once, at
+seed 0, for every seed (``stage_seed``; the protocol reuses pretraining across seeds). Family 4
+(hybrid) is the instruction_following sweep (claim 4)."""
 
 from wam_jax.ablations.sweep import Cell, Sweep
 
@@ -12,21 +14,22 @@ N = 20
 
 SWEEP = Sweep(
     name="families",
-    version=3,  # v3: protocol presets read frames through the conv trunk protocol.STEM; the VLA: one frame, 4000 steps (session 9)
+    version=4,  # v4: the pretraining stages on the pool only, trained once for every seed (session 10)
+               # v3: protocol presets read frames through the conv trunk protocol.STEM; the VLA: one frame, 4000 steps (session 9)
                # v2: the protocol presets train on unaugmented frames (session 8)
     description=__doc__,
     cells=(
         Cell(name="vla", config=f"experiments/configs/vla_baseline.py:mt10_n{N}", method="vla", n_demos=N),
-        Cell(name="video_pretrain", config=f"experiments/configs/video_wam.py:pretrain_mt10_n{N}",
-             method="video_pretrain", n_demos=N),
+        Cell(name="video_pretrain", config="experiments/configs/video_wam.py:pretrain_mt10", stage_seed=0,
+             method="video_pretrain"),
         Cell(name="video_wam", config=f"experiments/configs/video_wam.py:policy_mt10_n{N}",
              init_from="video_pretrain", method="video_wam", n_demos=N),
         Cell(name="joint_wam", config=f"experiments/configs/joint_wam.py:mt10_n{N}", method="joint_wam", n_demos=N),
         Cell(name="joint_wam_no_video", config=f"experiments/configs/joint_wam.py:mt10_n{N}",
              overrides={"model.video_weight": 0.0}, method="joint_wam_no_video", n_demos=N),
-        Cell(name="latent_action", config=f"experiments/configs/idm_wam.py:latent_mt10_n{N}",
+        Cell(name="latent_action", config="experiments/configs/idm_wam.py:latent_mt10", stage_seed=0,
              method="latent_action"),
-        Cell(name="latent_policy", config=f"experiments/configs/idm_wam.py:latent_policy_mt10_n{N}",
+        Cell(name="latent_policy", config="experiments/configs/idm_wam.py:latent_policy_mt10", stage_seed=0,
              init_from="latent_action", method="latent_policy"),
         Cell(name="latent_finetune", config=f"experiments/configs/idm_wam.py:finetune_mt10_n{N}",
              init_from="latent_policy", method="latent_actions", n_demos=N),

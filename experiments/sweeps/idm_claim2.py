@@ -5,8 +5,8 @@ seed:
 - idm_n{N}: the IDM on the N demos (a stage: held-out action error, no closed loop);
 - label_n{N}: the video pool pseudo-labelled by that IDM (a label cell: scripts/label_video.py);
 - vla_pseudo_n{N}: the VLA baseline trained on the demos + the labelled pool (weights 1:1);
-- video_pretrain_n{N}: the video world model on the N-demo frames + the pool (a stage, the same
-  run as video_wam_data_efficiency's: linked from there when finished);
+- video_pretrain: the video world model on the action-free pool, once for every N and seed (a
+  stage, the same run as video_wam_data_efficiency's: linked from there when finished);
 - plan_idm_n{N}: plan with that video model, act with the IDM (an eval cell: eval.py --policy=plan_idm,
   the protocol's 200 episodes, no training);
 - vla_n{N}: the VLA on the demos only (the reference row, as baseline_data_efficiency: linked).
@@ -26,9 +26,7 @@ def _cells(n):
       Cell(name=f"vla_pseudo_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
            overrides={"data.mixture": ((demos, 1.0), (labelled, 1.0))}, data_from={labelled: f"label_n{n}"},
            method="vla_pseudo_labels", n_demos=n),
-      Cell(name=f"video_pretrain_n{n}", config=f"experiments/configs/video_wam.py:pretrain_mt10_n{n}",
-           method="video_pretrain", n_demos=n),
-      Cell(name=f"plan_idm_n{n}", kind="eval", init_from=f"idm_n{n}", video_from=f"video_pretrain_n{n}",
+      Cell(name=f"plan_idm_n{n}", kind="eval", init_from=f"idm_n{n}", video_from="video_pretrain",
            method="plan_idm", n_demos=n),
       Cell(name=f"vla_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}", method="vla_l1", n_demos=n),
   )
@@ -36,7 +34,10 @@ def _cells(n):
 
 SWEEP = Sweep(
     name="idm_claim2",
-    version=2,  # v2: protocol presets read frames through the conv trunk protocol.STEM (session 9)
+    version=3,  # v3: one video pretraining on the pool only, for every N and seed (session 10)
+               # v2: protocol presets read frames through the conv trunk protocol.STEM (session 9)
     description=__doc__,
-    cells=tuple(c for n in N_DEMOS for c in _cells(n)),
+    cells=(Cell(name="video_pretrain", config="experiments/configs/video_wam.py:pretrain_mt10", stage_seed=0,
+                method="video_pretrain"),)
+    + tuple(c for n in N_DEMOS for c in _cells(n)),
 )

@@ -1,9 +1,9 @@
 """Claim 2, latent-action part (shared/PROTOCOL.md): do latent actions learned from unlabeled video
-help when labels are scarce (N in {2, 5} demos per MT10 task)? Per seed: the latent-action model
-trained on the action-free video pool only (a stage shared by both N, as the protocol reuses
-pretraining across N), a policy pretrained to predict its latent actions from (o_t, l_t) on the
-N-demo frames + the pool, then fine-tuned to real actions on the N demos (2000 steps, ~9 min);
-beside the VLA baseline on the same labels (the reference row, as baseline_data_efficiency).
+help when labels are scarce (N in {2, 5} demos per MT10 task)? Two stages trained once on the
+action-free video pool only, shared by both N and every seed (the protocol reuses pretraining): the
+latent-action model, and a policy pretrained to predict its latent actions from (o_t, l_t); then
+per N and seed, that policy fine-tuned to real actions on the N demos (2000 steps, ~9 min), beside
+the VLA baseline on the same labels (the reference row, as baseline_data_efficiency).
 
 The other two claim-2 methods (a VLA on labels + IDM pseudo-labels, and plan-with-video-act-with-
 IDM) are the idm_claim2 sweep (label and eval cells)."""
@@ -14,16 +14,17 @@ N_DEMOS = (2, 5)
 
 SWEEP = Sweep(
     name="latent_actions",
-    version=3,  # v3: protocol presets read frames through the conv trunk protocol.STEM; the VLA: one frame, 4000 steps (session 9)
+    version=4,  # v4: the latent policy on the pool only, both stages trained once for every N and seed (session 10)
+               # v3: protocol presets read frames through the conv trunk protocol.STEM; the VLA: one frame, 4000 steps (session 9)
                # v2: the protocol presets train on unaugmented frames (session 8)
     description=__doc__,
-    cells=(Cell(name="latent_action", config="experiments/configs/idm_wam.py:latent_mt10_n2",
-                method="latent_action"),)  # trains on the pool only: the same stage for every N
+    cells=(Cell(name="latent_action", config="experiments/configs/idm_wam.py:latent_mt10", stage_seed=0,
+                method="latent_action"),
+           Cell(name="latent_policy", config="experiments/configs/idm_wam.py:latent_policy_mt10", stage_seed=0,
+                init_from="latent_action", method="latent_policy"))
     + tuple(c for n in N_DEMOS for c in (
-        Cell(name=f"latent_policy_n{n}", config=f"experiments/configs/idm_wam.py:latent_policy_mt10_n{n}",
-             init_from="latent_action", method="latent_policy", n_demos=n),
         Cell(name=f"latent_finetune_n{n}", config=f"experiments/configs/idm_wam.py:finetune_mt10_n{n}",
-             init_from=f"latent_policy_n{n}", method="latent_actions", n_demos=n),
+             init_from="latent_policy", method="latent_actions", n_demos=n),
         Cell(name=f"vla_l1_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
              method="vla_l1", n_demos=n),
     )),

@@ -23,7 +23,7 @@ from wam_jax.evaluation import report as eval_report
 REPO = pathlib.Path(__file__).resolve().parents[2]
 IDM = "experiments/configs/idm_wam.py:idm_mt10_n2"
 VLA = "experiments/configs/vla_baseline.py:mt10_n2"
-VIDEO = "experiments/configs/video_wam.py:pretrain_mt10_n2"
+VIDEO = "experiments/configs/video_wam.py:pretrain_mt10"
 LABELLED = "metaworld_video_pool_labeled_n2"
 
 
@@ -266,19 +266,21 @@ def test_dry_run_of_the_idm_claim2_sweep(tmp_path):
                        capture_output=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   lines = out.stdout.splitlines()
-  assert lines[0] == f"sweep idm_claim2 v{idm_claim2.SWEEP.version}: 12 cells x seeds [0, 1, 2] = 36 runs"
-  plan = [l.split() for l in lines[1:37]]
+  # The video model is a stage shared by every seed: one run, video_pretrain/seed_0 (stage_seed).
+  assert lines[0] == f"sweep idm_claim2 v{idm_claim2.SWEEP.version}: 11 cells x seeds [0, 1, 2] = 31 runs"
+  plan = [l.split() for l in lines[1:32]]
   by_name = {(p[0], int(p[p.index("seed") + 1])): p for p in plan}
-  assert len(by_name) == 36 and all(p[p.index("seed") + 2] == "pending" for p in plan)
+  assert len(by_name) == 31 and all(p[p.index("seed") + 2] == "pending" for p in plan)
+  assert [k for k in by_name if k[0] == "video_pretrain"] == [("video_pretrain", 0)]
   for s in (0, 1, 2):
     for n in (2, 5):
       assert by_name[(f"label_n{n}", s)][1] == "[label]" and by_name[(f"label_n{n}", s)][-1] == f"idm_n{n}"
       assert by_name[(f"plan_idm_n{n}", s)][1] == "[eval]"
-      assert by_name[(f"plan_idm_n{n}", s)][-3:] == ["after", f"idm_n{n},", f"video_pretrain_n{n}"]
+      assert by_name[(f"plan_idm_n{n}", s)][-3:] == ["after", f"idm_n{n},", "video_pretrain"]
       assert by_name[(f"vla_pseudo_n{n}", s)][-2:] == ["after", f"label_n{n}"]
   assert all(p[p.index("seed") + 3].startswith("~") for p in plan)  # an estimate for every run
-  assert lines[37].startswith("36 runs to do: ~")
+  assert lines[32].startswith("31 runs to do: ~")
   data = next(l for l in lines if l.startswith("protocol data"))
   assert f"{tmp_path / 'no_data'}/metaworld_video_pool" in data and f"{tmp_path / 'no_data'}/metaworld_mt10_n5" in data
-  assert lines[-1].startswith("first command: ") and "idm_mt10_n2" in lines[-1]
+  assert lines[-1].startswith("first command: ") and "pretrain_mt10 " in lines[-1]
   assert not (tmp_path / "idm_claim2").exists() and not (tmp_path / "no_data").exists()  # nothing written

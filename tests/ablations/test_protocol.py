@@ -99,13 +99,35 @@ def test_protocol_presets():
     assert registry.get_spec(name).directory == f"{name}/1.0.0"
 
 
+def test_pretraining_stages_see_the_video_pool_only_and_policies_restore_them():
+  """One pretraining per family serves every N (and seed): no labeled demos in its data."""
+  from experiments.configs import idm_wam, video_wam  # pylint: disable=g-import-not-at-top
+  pool = ((protocol.VIDEO_NAME, 1.0),)
+  stages = {"video_wam:pretrain_mt10": video_wam.get_config("pretrain_mt10"),
+            "idm_wam:latent_mt10": idm_wam.get_config("latent_mt10"),
+            "idm_wam:latent_policy_mt10": idm_wam.get_config("latent_policy_mt10")}
+  for name, cfg in stages.items():
+    assert cfg.data.mixture == pool, name
+    assert not cfg.eval.at_end, name
+  assert idm_wam.get_config("latent_policy_mt10").train.init_from == "runs/latent_mt10"
+  for n in (2, 5, 20):
+    policy = video_wam.get_config(f"policy_mt10_n{n}")
+    assert policy.data.mixture == ((f"metaworld_mt10_n{n}", 1.0), (protocol.VIDEO_NAME, 0.3))
+    assert policy.train.init_from == "runs/video_pretrain_mt10" and policy.eval.at_end
+    finetune = idm_wam.get_config(f"finetune_mt10_n{n}")
+    assert finetune.data.mixture == ((f"metaworld_mt10_n{n}", 1.0),)
+    assert finetune.train.init_from == "runs/latent_policy_mt10"
+  with pytest.raises(ValueError, match="video_weight > 0"):
+    protocol_config.apply(vla_baseline.get_config("mt10_n2"), None)
+
+
 def _family_protocol_configs():
   from experiments.configs import cnn_bc, hybrid, idm_wam, joint_wam, video_wam  # pylint: disable=g-import-not-at-top
   yield "vla_baseline:mt10_n2", vla_baseline.get_config("mt10_n2")
   yield "cnn_bc:mt10_n2", cnn_bc.get_config("mt10_n2")
   for mod in (video_wam, joint_wam, idm_wam, hybrid):
-    for preset in mod.PROTOCOL_PRESETS:
-      if preset.endswith("_n2") or preset.endswith("n2"):
+    for preset in mod.PROTOCOL_PRESETS:  # N=2, and the pretraining stages (no N)
+      if not preset.endswith(("_n5", "_n20")):
         yield f"{mod.__name__.split('.')[-1]}:{preset}", mod.get_config(preset)
 
 

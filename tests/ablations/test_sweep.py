@@ -255,6 +255,48 @@ def test_a_stage_cell_starts_after_its_init_from_run_and_is_restored_from_it(tmp
         sweep_lib.Cell("policy", "experiments/configs/video_wam.py:policy_tiny", init_from="nope"),))
 
 
+def test_a_stage_shared_by_every_seed_runs_once_and_every_seed_restores_it(tmp_path, monkeypatch):
+  """stage_seed=0: the stage's one run is pretrain/seed_0 (trained with --config.seed=0) even when the
+  sweep runs seed 1 only; the policy of every seed starts after it and restores that run."""
+  real_command = sweep_lib.command
+  started = []
+
+  def fake_command(cell, seed, run_dir):
+    argv = real_command(cell, seed, run_dir)
+    started.append((cell.name, seed, run_dir.name, [a for a in argv if a.startswith(("--config.seed=",
+                                                                                       "--config.train.init_from="))],
+                    sweep_lib.is_done(run_dir.parent.parent / "pretrain" / "seed_0")))
+    code = ("import pathlib, json; d = pathlib.Path(%r); (d / 'checkpoints' / '100000').mkdir(parents=True); "
+            "(d / 'eval').mkdir(); (d / 'eval' / 'results.json').write_text('{}')" % str(run_dir))
+    return [sys.executable, "-c", code]
+
+  monkeypatch.setattr(sweep_lib, "command", fake_command)
+  sweep = sweep_lib.Sweep(name="shared", version=1, seeds=(0, 1, 2), cells=(
+      sweep_lib.Cell("pretrain", "experiments/configs/video_wam.py:pretrain_tiny", stage_seed=0),
+      sweep_lib.Cell("policy", "experiments/configs/video_wam.py:policy_tiny", init_from="pretrain")))
+  assert json.loads(json.dumps(sweep.cells[0].spec()))["stage_seed"] == 0
+  assert "stage_seed" not in sweep.cells[1].spec()
+  jobs = sweep_lib.plan(sweep, tmp_path)
+  assert [j.label for j in jobs] == ["pretrain/seed_0", "policy/seed_0", "policy/seed_1", "policy/seed_2"]
+  assert jobs[2].config.train.init_from == str(tmp_path / "pretrain" / "seed_0")
+
+  summary = sweep_lib.run(sweep, tmp_path, seeds=[1], max_parallel=2, poll_seconds=0.05, log=[].append)
+  assert summary["done"] == ["pretrain/seed_0", "policy/seed_1"] and not summary["failed"]
+  stage = f"--config.train.init_from={tmp_path / 'pretrain' / 'seed_0'}"
+  assert started == [("pretrain", 0, "seed_0", ["--config.seed=0"], False),
+                     ("policy", 1, "seed_1", ["--config.seed=1", stage], True)]
+  started.clear()
+  summary = sweep_lib.run(sweep, tmp_path, max_parallel=2, poll_seconds=0.05, log=[].append)
+  assert sorted(summary["done"]) == ["policy/seed_0", "policy/seed_1", "policy/seed_2", "pretrain/seed_0"]
+  assert sorted(started) == [("policy", s, f"seed_{s}", [f"--config.seed={s}", stage], True) for s in (0, 2)]
+  assert sorted(p.name for p in (tmp_path / "pretrain").iterdir()) == ["seed_0"]
+
+  with pytest.raises(ValueError, match="stage_seed=0: a train cell"):
+    sweep_lib.Sweep(name="bad", version=1, cells=(
+        sweep_lib.Cell("idm", "experiments/configs/idm_wam.py:idm_tiny"),
+        sweep_lib.Cell("label", kind="label", init_from="idm", stage_seed=0)))
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in sweep_lib.SWEEPS_DIR.glob("*.py")))
 def test_every_shipped_sweep_plans_with_valid_cells(name, tmp_path):
   """Each train cell of each sweep in experiments/sweeps/ resolves to a config the trainer accepts

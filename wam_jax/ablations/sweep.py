@@ -24,8 +24,13 @@ same seed instead of training (claim 2's script-based methods), ``overrides`` be
       like a trained one (no training columns).
 
 A cell starts only once every run it uses (``init_from``, ``data_from``, ``video_from``: earlier
-cells, same seed) is DONE; if one of them failed, it is reported failed without starting. Layout
-of ``<workdir>``::
+cells, same seed) is DONE; if one of them failed, it is reported failed without starting.
+
+Stages shared by every seed: a train cell with ``stage_seed=s`` runs once, as ``<cell>/seed_<s>``
+(with ``--config.seed=<s>``), whatever seeds the sweep runs, and the cells that use it use that
+run at each of their seeds. The protocol reuses its pretraining stages (video model, latent actions)
+across seeds and N: a stage trained per seed would cost one ~15-minute run per seed for nothing
+the comparison asks for. Layout of ``<workdir>``::
 
   sweep.json                        the sweep's name, version and cells (the report reads it)
   <cell>/seed_<s>/                  the trainer's workdir: config.json, metrics.jsonl,
@@ -116,6 +121,10 @@ class Cell:
     data_from: train cells: {registry dataset of the mixture: an earlier label cell}: that
       dataset is read from the label run of the same seed (``--config.data.dataset_dirs``).
     video_from: eval cells: the earlier cell whose run of the same seed is the video model that plans.
+    stage_seed: train cells: a stage trained once, at this seed, and used by the cells that need it
+      at every seed (module doc); None (the default): one run per seed.
+    dep_seeds: filled in by ``Sweep`` (not a sweep file's field): {cell this one uses: the seed of
+      its one run} for the stage cells among them.
   """
   name: str
   config: str = ""
@@ -126,6 +135,16 @@ class Cell:
   kind: str = "train"
   data_from: Mapping[str, str] = dataclasses.field(default_factory=dict)
   video_from: str = ""
+  stage_seed: Optional[int] = None
+  dep_seeds: Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+  def seed_of(self, seed: int) -> int:
+    """The seed of this cell's run in a sweep run at ``seed`` (its stage seed, if it has one)."""
+    return seed if self.stage_seed is None else self.stage_seed
+
+  def dep_seed(self, name: str, seed: int) -> int:
+    """The seed of the run of cell ``name`` (one this cell uses) that this cell's run at ``seed`` uses."""
+    return self.dep_seeds.get(name, seed)
 
   @property
   def needs(self) -> tuple[str, ...]:
@@ -138,8 +157,8 @@ class Cell:
             "method": self.method or self.name, "n_demos": self.n_demos}
     # Only when set: sweep.json files written before these fields stay valid.
     for field, value in (("init_from", self.init_from), ("data_from", dict(self.data_from)),
-                         ("video_from", self.video_from)):
-      if value:
+                         ("video_from", self.video_from), ("stage_seed", self.stage_seed)):
+      if value or (field == "stage_seed" and value is not None):
         spec[field] = value
     if self.kind != "train":
       spec["kind"] = self.kind
@@ -168,10 +187,13 @@ class Sweep:
       if not c.name or not all(ch.isalnum() or ch in "_.-" for ch in c.name):
         raise ValueError(f"sweep {self.name!r}: cell name {c.name!r} must be [A-Za-z0-9_.-]+")
     kinds = {c.name: c.kind for c in self.cells}
+    stage_seeds = {c.name: c.stage_seed for c in self.cells if c.stage_seed is not None}
     for i, c in enumerate(self.cells):
       where = f"sweep {self.name!r}: cell {c.name!r}"
       if c.kind not in KINDS:
         raise ValueError(f"{where}: kind={c.kind!r}; known: {KINDS}")
+      if c.stage_seed is not None and (c.kind != "train" or not isinstance(c.stage_seed, int) or c.stage_seed < 0):
+        raise ValueError(f"{where}: stage_seed={c.stage_seed!r}: a train cell's seed (an int >= 0) or None")
       uses = [("init_from", c.init_from), ("video_from", c.video_from)] + [
           (f"data_from[{k!r}]", v) for k, v in c.data_from.items()]
       for field, dep in uses:
@@ -199,6 +221,9 @@ class Sweep:
       reserved = [k for k in c.overrides if k in HARNESS_FLAGS[c.kind]]
       if reserved:
         raise ValueError(f"{where}: overrides {reserved} are flags the harness sets for kind {c.kind!r}")
+    object.__setattr__(self, "cells", tuple(
+        dataclasses.replace(c, dep_seeds={d: stage_seeds[d] for d in c.needs if d in stage_seeds})
+        for c in self.cells))
 
 
 def load_sweep(name_or_path: str) -> Sweep:
@@ -293,9 +318,9 @@ def dependency_overrides(cell: Cell, seed: int, workdir) -> dict:
   workdir = pathlib.Path(workdir)
   out = {}
   if cell.init_from:
-    out["train.init_from"] = str(workdir / cell.init_from / f"seed_{seed}")
+    out["train.init_from"] = str(dep_dir(workdir, cell, cell.init_from, seed))
   if cell.data_from:
-    out["data.dataset_dirs"] = tuple((name, os.path.realpath(workdir / label / f"seed_{seed}" / LABELLED))
+    out["data.dataset_dirs"] = tuple((name, os.path.realpath(dep_dir(workdir, cell, label, seed) / LABELLED))
                                      for name, label in cell.data_from.items())
   return out
 
@@ -320,7 +345,7 @@ def command(cell: Cell, seed: int, run_dir: pathlib.Path) -> list[str]:
   """The subprocess of one run (by the cell's kind: module doc); dependencies are the runs of
   the same seed beside ``run_dir`` (``<workdir>/<cell>/seed_<s>``)."""
   workdir = pathlib.Path(run_dir).parent.parent
-  uses = lambda name: str(workdir / name / f"seed_{seed}")
+  uses = lambda name: str(dep_dir(workdir, cell, name, seed))
   if cell.kind == "label":
     src = protocol.dataset_dir(data_root(cell), protocol.VIDEO_NAME)
     return ([sys.executable, str(LABEL_PY), f"--idm={uses(cell.init_from)}", f"--src={src}",
@@ -354,7 +379,13 @@ def eval_results(rdir: pathlib.Path, eval_name: str = "") -> pathlib.Path:
 # Run state on disk.
 # ----------------------------------------------------------------------------
 def run_dir(workdir, cell: Cell, seed: int) -> pathlib.Path:
-  return pathlib.Path(workdir) / cell.name / f"seed_{seed}"
+  """``<workdir>/<cell>/seed_<s>``: the cell's run in the sweep's seed ``seed`` (a stage's: its stage seed)."""
+  return pathlib.Path(workdir) / cell.name / f"seed_{cell.seed_of(seed)}"
+
+
+def dep_dir(workdir, cell: Cell, name: str, seed: int) -> pathlib.Path:
+  """The run of cell ``name`` that ``cell``'s run at ``seed`` uses (same seed, or that stage's seed)."""
+  return pathlib.Path(workdir) / name / f"seed_{cell.dep_seed(name, seed)}"
 
 
 def _write_json(path: pathlib.Path, data) -> None:
@@ -452,11 +483,13 @@ def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
   unknown = [c for c in cells or () if c not in known]
   if unknown:
     raise ValueError(f"--cells: {unknown} not in sweep {sweep.name}; its cells: {known}")
-  jobs = []
-  for seed in seeds:
+  jobs, planned = [], set()
+  for sweep_seed in seeds:
     for cell in sweep.cells:
-      if cells and cell.name not in cells:
+      seed = cell.seed_of(sweep_seed)  # a stage shared by every seed: its one run, planned once
+      if (cells and cell.name not in cells) or (cell.name, seed) in planned:
         continue
+      planned.add((cell.name, seed))
       job = Job(cell, seed, run_dir(workdir, cell, seed).absolute())
       if cell.kind == "train":  # label and eval runs have no config: their script's flags
         try:
@@ -730,16 +763,17 @@ def _next_ready(queue: list, running: list, workdir: pathlib.Path, summary: dict
   for job in list(queue):
     # What it waits for: an extra evaluation for its own run, a cell for the runs it uses.
     deps = (job.cell.name,) if job.eval_name else job.cell.needs
-    waiting = [d for d in deps if not is_done(run_dir(workdir, Cell(d), job.seed))]
+    dep_seed = lambda d: job.seed if job.eval_name else job.cell.dep_seed(d, job.seed)
+    waiting = [d for d in deps if not is_done(workdir / d / f"seed_{dep_seed(d)}")]
     if not waiting:
       queue.remove(job)
       return job
-    is_dep = lambda j, d: j.cell.name == d and j.seed == job.seed and not j.eval_name
+    is_dep = lambda j, d: j.cell.name == d and j.seed == dep_seed(d) and not j.eval_name
     lost = [d for d in waiting if not (any(is_dep(j, d) for j in queue) or any(is_dep(r.job, d) for r in running))]
     if lost:
       queue.remove(job)
       what = "its run" if job.eval_name else "its stage"
-      log(f"[sweep] FAILED {job.label}: {what} {lost[0]}/seed_{job.seed} did not finish")
+      log(f"[sweep] FAILED {job.label}: {what} {lost[0]}/seed_{dep_seed(lost[0])} did not finish")
       summary["failed"].append(job.label)
   return None
 
