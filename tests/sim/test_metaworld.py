@@ -58,6 +58,26 @@ def test_observation_and_seeded_starts():
   assert not np.array_equal(obs["env_state"], other["env_state"])
 
 
+def test_the_goal_marker_is_where_the_goal_is_from_the_first_frame():
+  """Regression: MetaWorld writes the goal to model.site_pos, and the drawn marker waited for the
+  first physics step, so every episode's first frame showed it elsewhere (its start state's first
+  random draw). The green marker of push-v3 must not move when nothing moves it."""
+  env = mw.make_env("push-v3", 64)
+  green = lambda im: np.argwhere((im[..., 1] > 150) & (im[..., 0] < 80) & (im[..., 2] < 80)).mean(0)
+  marks = []
+  for seed in (100_000, 100_001, 100_002):
+    first = mw.observe(env, mw.reset(env, seed))["image_primary"]
+    raw, _, _ = mw.step(env, np.zeros(4))
+    second = mw.observe(env, raw)["image_primary"]
+    np.testing.assert_allclose(green(first), green(second), atol=0.5)
+    marks.append(green(first))
+  assert np.ptp(np.stack(marks), axis=0).max() > 1.5  # and it moves with the seed's goal
+  # The first frame depends on the seed only, not on what the env ran before.
+  fresh = mw.make_env("push-v3", 64)
+  np.testing.assert_array_equal(mw.observe(fresh, mw.reset(fresh, 100_001))["image_primary"],
+                                mw.observe(env, mw.reset(env, 100_001))["image_primary"])
+
+
 def test_frames_change_while_the_arm_moves():
   env = mw.cached_env("button-press-topdown-v3", RES)
   raw = mw.reset(env, 0)

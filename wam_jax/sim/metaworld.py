@@ -204,6 +204,11 @@ def reset(env, seed: int) -> np.ndarray:
   raw.seeded_rand_vec = True
   raw.seed(int(seed))
   raw_obs, _ = env.reset()
+  # MetaWorld moves the goal marker by writing model.site_pos; the marker's world position (what
+  # the renderer draws) is only recomputed by the next forward pass, so without this the first
+  # frame of an episode showed the previous episode's goal (in a cached env: whichever episode
+  # that worker ran last). Kinematics only: the simulation state is unchanged.
+  mujoco.mj_forward(raw.model, raw.data)
   return raw_obs
 
 
