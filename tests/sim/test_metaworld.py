@@ -62,7 +62,7 @@ def test_the_goal_marker_is_where_the_goal_is_from_the_first_frame():
   """Regression: MetaWorld writes the goal to model.site_pos, and the drawn marker waited for the
   first physics step, so every episode's first frame showed it elsewhere (its start state's first
   random draw). The green marker of push-v3 must not move when nothing moves it."""
-  env = mw.make_env("push-v3", 64)
+  env = mw.make_env("push-v3")
   green = lambda im: np.argwhere((im[..., 1] > 150) & (im[..., 0] < 80) & (im[..., 2] < 80)).mean(0)
   marks = []
   for seed in (100_000, 100_001, 100_002):
@@ -73,9 +73,23 @@ def test_the_goal_marker_is_where_the_goal_is_from_the_first_frame():
     marks.append(green(first))
   assert np.ptp(np.stack(marks), axis=0).max() > 1.5  # and it moves with the seed's goal
   # The first frame depends on the seed only, not on what the env ran before.
-  fresh = mw.make_env("push-v3", 64)
+  fresh = mw.make_env("push-v3")
   np.testing.assert_array_equal(mw.observe(fresh, mw.reset(fresh, 100_001))["image_primary"],
                                 mw.observe(env, mw.reset(env, 100_001))["image_primary"])
+
+
+def test_the_zoomed_camera_magnifies_corner4_about_its_centre():
+  """corner4_zoom: corner4's pose, field of view 60 -> 42.1 degrees: the goal marker's offset from
+  the image centre grows tan(30) / tan(21.05) = 1.5x."""
+  green = lambda im: np.argwhere((im[..., 1] > 150) & (im[..., 0] < 80) & (im[..., 2] < 80)).mean(0)
+  offsets = {}
+  for camera in ("corner4", "corner4_zoom"):
+    env = mw.make_env("push-v3", resolution=128, camera=camera)
+    offsets[camera] = np.stack([green(mw.observe(env, mw.reset(env, s))["image_primary"]) - 63.5
+                                for s in (100_000, 100_001)])
+  np.testing.assert_allclose(offsets["corner4_zoom"], 1.5 * offsets["corner4"], atol=1.0)
+  with pytest.raises(ValueError, match="corner4_zoom"):
+    mw.make_env("push-v3", camera="corner5")
 
 
 def test_frames_change_while_the_arm_moves():
