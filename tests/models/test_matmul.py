@@ -182,6 +182,19 @@ def test_peak_cache_round_trip(tmp_path, monkeypatch):
   assert calls == ["float32", "bfloat16"]
 
 
+def test_the_peak_cache_keeps_the_best_measurement(tmp_path, monkeypatch):
+  """A busy machine's low measurement never replaces an idle one; a higher one does."""
+  monkeypatch.setenv(peak.CACHE_ENV, str(tmp_path))
+  monkeypatch.setattr(peak, "_measure_host_peak", lambda kind: 22.0)  # measured under load
+  assert peak.matmul_peak_gflops("float32") == 22.0
+  assert peak.record_peak("float32", 139.0) == 139.0  # an idle benchmark offers its number
+  assert peak.matmul_peak_gflops("float32") == 139.0
+  assert peak.record_peak("float32", 90.0) == 139.0  # a lower one is not taken
+  assert peak.matmul_peak_gflops("float32") == 139.0
+  assert peak.record_peak("bfloat16", 80.0) == 80.0  # kinds are separate entries
+  assert peak.matmul_peak_gflops("float32") == 139.0
+
+
 def test_host_peak_with_virtual_devices_is_measured_on_one_device(monkeypatch):
   """N virtual CPU devices share the cores: MFU's denominator is the host, counted once."""
   if jax.local_device_count() > 1:
