@@ -158,7 +158,7 @@ class Cell:
     # Only when set: sweep.json files written before these fields stay valid.
     for field, value in (("init_from", self.init_from), ("data_from", dict(self.data_from)),
                          ("video_from", self.video_from), ("stage_seed", self.stage_seed)):
-      if value or (field == "stage_seed" and value is not None):
+      if value not in (None, "", {}):  # stage_seed 0 is set
         spec[field] = value
     if self.kind != "train":
       spec["kind"] = self.kind
@@ -763,8 +763,8 @@ def _next_ready(queue: list, running: list, workdir: pathlib.Path, summary: dict
   for job in list(queue):
     # What it waits for: an extra evaluation for its own run, a cell for the runs it uses.
     deps = (job.cell.name,) if job.eval_name else job.cell.needs
-    dep_seed = lambda d: job.seed if job.eval_name else job.cell.dep_seed(d, job.seed)
-    waiting = [d for d in deps if not is_done(workdir / d / f"seed_{dep_seed(d)}")]
+    dep_seed = lambda d: job.cell.dep_seed(d, job.seed)  # its own run (an extra eval): job.seed
+    waiting = [d for d in deps if not is_done(dep_dir(workdir, job.cell, d, job.seed))]
     if not waiting:
       queue.remove(job)
       return job

@@ -44,7 +44,8 @@ DEFAULT_CAMERA = "corner4"
 # frame (BUILD_NOTES, "How large the goal is in the frame").
 ZOOMED_CAMERAS = {"corner4_zoom": ("corner4", 42.1)}
 CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV") + tuple(ZOOMED_CAMERAS)
-_ROTATED_CAMERAS = ("corner", "corner2", "corner3", "corner4", "corner4_zoom")
+_ROTATED_CAMERAS = ("corner", "corner2", "corner3", "corner4")
+_ROTATED_CAMERAS += tuple(name for name, (base, _) in ZOOMED_CAMERAS.items() if base in _ROTATED_CAMERAS)
 STATE_DIM = 4         # hand xyz + gripper opening (raw_obs[:4]).
 ENV_STATE_DIM = 39    # the full MetaWorld observation (expert policies need it).
 ACTION_DIM = 4        # hand dxyz + gripper, in [-1, 1].
@@ -214,8 +215,8 @@ def reset(env, seed: int) -> np.ndarray:
   raw_obs, _ = env.reset()
   # MetaWorld moves the goal marker by writing model.site_pos; the marker's world position (what
   # the renderer draws) is only recomputed by the next forward pass, so without this the first
-  # frame of an episode showed the previous episode's goal (in a cached env: whichever episode
-  # that worker ran last). Kinematics only: the simulation state is unchanged.
+  # frame of an episode drew the marker where the reset's first random draw had put it, not at
+  # the episode's goal. Kinematics only: the simulation state is unchanged.
   mujoco.mj_forward(raw.model, raw.data)
   return raw_obs
 

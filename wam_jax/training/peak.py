@@ -94,11 +94,10 @@ def matmul_peak_gflops(kind: str = "float32",
   if device.platform != "cpu":
     return datasheet_peak_gflops(device.device_kind)
 
-  path = _cache_path(cache_dir)
-  table = _read_json(path)
-  if _cache_key(kind) not in table:
+  cached = _read_json(_cache_path(cache_dir)).get(_cache_key(kind))
+  if cached is None:
     return record_peak(kind, _measure_host_peak(kind), cache_dir)
-  return float(table[_cache_key(kind)])
+  return float(cached)
 
 
 def record_peak(kind: str, gflops: float, cache_dir: str | os.PathLike | None = None) -> float:
