@@ -13,8 +13,9 @@ preset (same steps, batch, eval) and restores ``runs/vlm_tiny`` under ``vlm/``.
 protocol presets; the stages before it are trained once and shared by every seed and N.
 Controls: ``--config.train.init_from=''`` (no stages 1-2), ``--config.model.video_weight=0``
 (no world module), ``--config.model.backbone_tuning=frozen|last_n_blocks``.
-``1b``: the ``lm.py:1b`` backbone (unrolled: the expert shares its keys and values
-layer by layer), a ViT-B/16 at 224 px, a 1024-wide expert: for TPU compilation.
+``1b``: the ``lm.py:1b`` backbone (scanned and rematerialized as that preset; the expert is scanned
+beside it, reading layer l's keys and values at its layer l), a ViT-B/16 at 224 px, a 1024-wide
+expert: for TPU compilation.
 """
 
 import ml_collections
@@ -38,7 +39,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config = common.base_config()
   stage2 = vlm.get_config(arg)
   backbone = stage2.model
-  backbone.update(vocab_size=stage2.data.vocab_size, scan=False, remat="none")
+  backbone.vocab_size = stage2.data.vocab_size
   world = video_wam.model_config()
   config.model = ml_collections.ConfigDict(dict(
       name="hybrid",

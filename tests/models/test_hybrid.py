@@ -11,7 +11,7 @@ import pytest
 
 from experiments.configs import hybrid as hybrid_configs
 from wam_jax.data import fake_batch
-from wam_jax.models import registry
+from wam_jax.models import layers, registry
 from wam_jax.training import state as state_lib
 
 
@@ -111,7 +111,53 @@ def test_config_errors_name_the_field():
     cfg = tiny_hybrid_config(**{field: value})
     with pytest.raises(ValueError, match=match):
       registry.check_model_config(cfg.model)
-  cfg = tiny_hybrid_config()
+  cfg = tiny_hybrid_config(backbone_tuning="last_n_blocks")
   cfg.model.vlm.scan = True
   with pytest.raises(ValueError, match="vlm.scan"):
     registry.check_model_config(cfg.model)
+
+
+def test_scanned_backbone_and_expert_equal_the_unrolled_ones():
+  """vlm.scan=True (the 1b preset's layout: the expert scanned beside the backbone, reading layer l's
+  keys and values) with the unrolled parameters stacked gives the same loss, gradients and chunk."""
+  cfg = tiny_hybrid_config()
+  model, params, batch = setup(cfg)
+  scanned_cfg = tiny_hybrid_config()
+  scanned_cfg.model.vlm.update(scan=True, remat="full")
+  scanned_model = registry.build_model(scanned_cfg, num_datasets=1)
+  depth = cfg.model.vlm.depth
+
+  def stack(tree):
+    tree = jax.tree.map(lambda x: x, tree)  # a copy to edit
+    tree["vlm"]["backbone"] = layers.stack_blocks(tree["vlm"]["backbone"], depth)
+    tree["expert"] = layers.stack_blocks(tree["expert"], depth)
+    return tree
+
+  stacked = stack(params)
+  assert jax.tree.structure(stacked) == jax.tree.structure(
+      nn.unbox(jax.jit(lambda b: registry.init_params(scanned_model, jax.random.key(0), b))(batch)))
+  grad = lambda m: jax.jit(jax.value_and_grad(lambda p: registry.loss_fn(m, p, batch, jax.random.key(1))[0]))
+  (l0, g0), (l1, g1) = grad(model)(params), grad(scanned_model)(stacked)
+  chex.assert_trees_all_close(l1, l0, rtol=1e-5)
+  chex.assert_trees_all_close(g1, stack(g0), rtol=1e-3, atol=1e-6)
+  act = lambda m, p: jax.jit(lambda b: registry.predict_actions(m, p, b, jax.random.key(3)))(batch)
+  chex.assert_trees_all_close(act(scanned_model, stacked), act(model, params), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow  # ~1 min: two train steps compiled
+def test_flops_of_the_scanned_hybrid_count_every_layer():
+  """XLA counts a scan's body once: the trainer counts the step with every nested ``scan`` field
+  (the hybrid's is ``model.vlm.scan``) unrolled, so scanned and unrolled report the same FLOPs."""
+  from wam_jax.training import sharding, trainer
+  assert trainer.scanned_fields(hybrid_configs.get_config("1b").model) == [("vlm", "scan")]
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+
+  def flops(scan):
+    cfg = tiny_hybrid_config()
+    cfg.model.vlm.scan = scan
+    cfg.train.batch_size = 2
+    spec = trainer.abstract_batch(cfg.data, 2)
+    run = trainer.setup_training(cfg, mesh, spec, num_datasets=1)
+    return run.step_flops(run.train_step.lower(run.abstract_state, spec).compile(), spec)
+
+  np.testing.assert_allclose(flops(True), flops(False), rtol=0.05)

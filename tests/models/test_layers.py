@@ -57,24 +57,46 @@ def test_conv_matches_linen_conv_values_and_gradients(size, stride, hw):
   chex.assert_trees_all_close(g_mine, g_ref, rtol=1e-4, atol=1e-5)
 
 
-def test_prefix_kv_attention_equals_one_pass_where_the_prefix_cannot_see_the_suffix():
-  """Block i of a stack attending to another stack's layer-i keys/values (pi0's action expert) is
+@pytest.mark.parametrize("scan", [False, True])
+def test_prefix_kv_attention_equals_one_pass_where_the_prefix_cannot_see_the_suffix(scan):
+  """Block l of a stack attending to another stack's layer-l keys/values (pi0's action expert) is
   the same computation as one pass over [prefix; suffix] in which prefix tokens never see the
-  suffix: with the same parameters, the suffix outputs agree."""
-  stack = layers.Transformer(2, 2, 32, norm="rms", activation="swiglu", rope_max_wavelength=100.0)
+  suffix: with the same parameters, the suffix outputs agree, unrolled and scanned."""
+  stack = layers.Transformer(2, 2, 32, norm="rms", activation="swiglu", rope_max_wavelength=100.0, scan=scan)
   pre = jax.random.normal(jax.random.key(0), (2, 5, 16))
   suf = jax.random.normal(jax.random.key(1), (2, 3, 16))
   key_mask = jnp.array([[True] * 5, [True] * 3 + [False] * 2])   # row 1: two padded prefix keys
   params = stack.init(jax.random.key(2), pre, train=False)
   prefix_mask = jnp.broadcast_to(key_mask[:, None, :], (2, 5, 5))
   _, kvs = stack.apply(params, pre, prefix_mask, train=False, return_kvs=True)
-  assert len(kvs) == 2 and kvs[0][0].shape == (2, 2, 5, 8)
+  assert isinstance(kvs, layers.LayerKV) and kvs.k.shape == kvs.v.shape == (2, 2, 2, 5, 8)  # [L, B, H, N, K]
   positions = jnp.broadcast_to(5 + jnp.arange(3), (2, 3))
-  split = stack.apply(params, suf, None, train=False, positions_BN=positions,
-                      prefix_kvs=[(k, v, key_mask) for k, v in kvs])
+  split = stack.apply(params, suf, None, train=False, positions_BN=positions, prefix_kvs=(kvs, key_mask))
   joint_keys = jnp.concatenate([key_mask, jnp.ones((2, 3), bool)], axis=1)
   sees = jnp.concatenate([jnp.concatenate([jnp.ones((5, 5)), jnp.zeros((5, 3))], 1), jnp.ones((3, 8))], 0) > 0
   joint = stack.apply(params, jnp.concatenate([pre, suf], 1), sees[None] & joint_keys[:, None, :], train=False)
   chex.assert_trees_all_close(split, joint[:, 5:], atol=1e-5)
-  with pytest.raises(ValueError, match="scan=False"):
-    layers.Transformer(2, 2, 32, scan=True).init(jax.random.key(0), pre, train=False, return_kvs=True)
+  with pytest.raises(ValueError, match="LayerKV with 2 layers"):
+    stack.apply(params, suf, None, train=False, prefix_kvs=(layers.LayerKV(kvs.k[:1], kvs.v[:1]), key_mask))
+
+
+def test_scanned_key_value_sharing_equals_unrolled_values_and_gradients():
+  """The scanned stack with return_kvs / prefix_kvs (stack_blocks of the same parameters) gives the
+  unrolled stack's outputs, keys/values and gradients."""
+  pre = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  suf = jax.random.normal(jax.random.key(1), (2, 3, 16))
+  mask = jnp.ones((2, 5), bool)
+  mk = lambda scan: layers.Transformer(3, 2, 32, rope_max_wavelength=100.0, scan=scan, remat="full" if scan else "none")
+  params = nn.unbox(mk(False).init(jax.random.key(2), pre, train=False))
+  scanned = {"params": layers.stack_blocks(params["params"], 3)}
+
+  def loss(p, scan):
+    h, kvs = mk(scan).apply(p, pre, mask, train=False, return_kvs=True)
+    out = mk(scan).apply(p, suf, None, train=False, prefix_kvs=(kvs, mask))
+    return jnp.sum(jnp.sin(out)) + jnp.sum(h ** 2) + jnp.sum(kvs.k * kvs.v), kvs
+
+  (l0, kv0), g0 = jax.value_and_grad(loss, has_aux=True)(params, False)
+  (l1, kv1), g1 = jax.value_and_grad(loss, has_aux=True)(scanned, True)
+  chex.assert_trees_all_close(l1, l0, rtol=1e-5)
+  chex.assert_trees_all_close(kv1, kv0, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(g1, {"params": layers.stack_blocks(g0["params"], 3)}, rtol=1e-4, atol=1e-6)

@@ -13,7 +13,7 @@ have a leading ``layers`` axis), ``remat`` none|full|dots_saveable.
 
 import functools
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -285,16 +285,29 @@ class TransformerBlock(nn.Module):
     return (x_BND, kv) if return_kv else x_BND
 
 
+class LayerKV(NamedTuple):
+  """Every layer's keys and values, stacked: ``k``, ``v`` [L, B, H, N, K] (rotated keys)."""
+  k: jax.Array
+  v: jax.Array
+
+
 class _ScanStep(nn.Module):
-  """One scanned layer: (x, None) -> (block(x), None); train/causal are static fields."""
+  """One scanned layer: (x, layer-l prefix keys/values or None) -> (block(x), its own keys/values or
+  None); train/causal/return_kv are static fields, the prefix key mask is shared by every layer."""
   block: Callable
   block_args: tuple
   train: bool
   causal: bool
+  return_kv: bool = False
 
   @nn.compact
-  def __call__(self, x_BND, mask_BN, positions_BN):
-    return self.block(*self.block_args, name="block")(x_BND, mask_BN, self.train, self.causal, positions_BN), None
+  def __call__(self, x_BND, mask_BN, positions_BN, prefix_mask_BM, prefix_kv):
+    block = self.block(*self.block_args, name="block")
+    if not (self.return_kv or prefix_kv is not None):
+      return block(x_BND, mask_BN, self.train, self.causal, positions_BN), None
+    prefix = None if prefix_kv is None else (*prefix_kv, prefix_mask_BM)
+    x_BND, kv = block(x_BND, mask_BN, self.train, self.causal, positions_BN, prefix, True)
+    return x_BND, kv if self.return_kv else None
 
 
 class Transformer(nn.Module):
@@ -307,9 +320,12 @@ class Transformer(nn.Module):
   each block's activations in the backward pass: ``full`` saves nothing,
   ``dots_saveable`` keeps the matmul outputs.
 
-  Layer-wise attention sharing (unrolled only): ``return_kvs`` also returns each
-  block's keys and values [(k, v) per layer]; ``prefix_kvs`` [(k, v, mask) per
-  layer] lets block i attend to another stack's layer-i keys and values.
+  Layer-wise attention sharing (pi0's action expert; unrolled or scanned):
+  ``return_kvs`` also returns every block's keys and values as one ``LayerKV``
+  ([L, B, H, N, K] each); ``prefix_kvs = (LayerKV, mask_BM)`` lets block l attend
+  to another stack's layer-l keys and values where ``mask_BM``. Scanned, both
+  are the scan's per-layer inputs and outputs, so compile time and memory stay
+  flat in depth (the hybrid's ``1b`` preset).
   """
   depth: int
   num_heads: int
@@ -329,11 +345,10 @@ class Transformer(nn.Module):
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r} is not a remat policy; known: {sorted(REMAT_POLICIES)}")
     sharing = prefix_kvs is not None or return_kvs
-    if sharing and self.scan:
-      raise ValueError("layer-wise key/value sharing (prefix_kvs / return_kvs) needs an unrolled "
-                       "Transformer: set scan=False")
-    if prefix_kvs is not None and len(prefix_kvs) != self.depth:
-      raise ValueError(f"prefix_kvs has {len(prefix_kvs)} layers, the Transformer {self.depth}")
+    prefix_kv, prefix_mask_BM = (None, None) if prefix_kvs is None else prefix_kvs
+    if prefix_kv is not None and (not isinstance(prefix_kv, LayerKV) or prefix_kv.k.shape[0] != self.depth):
+      got = prefix_kv.k.shape[0] if isinstance(prefix_kv, LayerKV) else type(prefix_kv).__name__
+      raise ValueError(f"prefix_kvs must be (LayerKV with {self.depth} layers, mask [B, M]); got {got}")
     block = TransformerBlock
     if self.remat != "none":  # argnums count self: 3 = train, 4 = causal, 7 = return_kv
       block = nn.remat(TransformerBlock, policy=REMAT_POLICIES[self.remat],
@@ -342,21 +357,24 @@ class Transformer(nn.Module):
             self.rope_max_wavelength, self.head_dim)
     if self.scan:
       stack = nn.scan(_ScanStep, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast, nn.broadcast), length=self.depth,
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=self.depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BND, _ = stack(block, args, train, causal, name="blocks")(x_BND, mask_BN, positions_BN)
+      per_layer = None if prefix_kv is None else tuple(prefix_kv)
+      x_BND, kv = stack(block, args, train, causal, return_kvs, name="blocks")(
+          x_BND, mask_BN, positions_BN, prefix_mask_BM, per_layer)
+      kvs = LayerKV(*kv) if return_kvs else None
     elif sharing:
-      kvs = []
+      own = []
       for i in range(self.depth):
-        prefix = None if prefix_kvs is None else prefix_kvs[i]
+        prefix = None if prefix_kv is None else (prefix_kv.k[i], prefix_kv.v[i], prefix_mask_BM)
         x_BND, kv = block(*args, name=f"block_{i}")(x_BND, mask_BN, train, causal, positions_BN, prefix, True)
-        kvs.append(kv)
-      x_BND = norm_layer(self.norm, "ln_final")(x_BND)
-      return (x_BND, kvs) if return_kvs else x_BND
+        own.append(kv)
+      kvs = LayerKV(jnp.stack([k for k, _ in own]), jnp.stack([v for _, v in own])) if return_kvs else None
     else:
       for i in range(self.depth):
         x_BND = block(*args, name=f"block_{i}")(x_BND, mask_BN, train, causal, positions_BN)
-    return norm_layer(self.norm, "ln_final")(x_BND)
+    x_BND = norm_layer(self.norm, "ln_final")(x_BND)
+    return (x_BND, kvs) if return_kvs else x_BND
 
 
 def stack_blocks(params, depth: int):

@@ -17,6 +17,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -203,12 +204,24 @@ class TrainingSetup:
 
   def step_flops(self, compiled_step, batch_spec) -> float:
     """FLOPs of one train step (all devices). XLA counts a scan's body once, so under grad
-    accumulation or with scanned layers (``config.model.scan``) the count comes from the same
+    accumulation or with scanned layers (any ``scan`` field of ``config.model``) the count comes from the same
     step lowered with microbatches and layers unrolled."""
     if self.unaccumulated_step is None:
       return metrics_lib.compiled_flops(compiled_step, self.mesh.size)
     state = self.abstract_state if self.flops_state is None else self.flops_state
     return metrics_lib.lowered_flops(self.unaccumulated_step.lower(state, batch_spec))
+
+
+def scanned_fields(model_cfg, path=()) -> list:
+  """Paths of every ``scan`` field set True in ``config.model`` and its sub-configs (the hybrid's
+  backbone is ``model.vlm.scan``): FLOP counting lowers the step with all of them False."""
+  found = []
+  for key, value in model_cfg.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      found += scanned_fields(value, path + (key,))
+    elif key == "scan" and value:
+      found.append(path + (key,))
+  return found
 
 
 def abstract_batch(data_cfg, batch_size: int) -> dict:
@@ -259,9 +272,12 @@ def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup
   step = jit_step()
   evaluate = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, batch_sh, None))
   count_step = count_state = None  # FLOP counting: the step with nothing scanned
-  if config.model.get("scan", False):
+  scanned = scanned_fields(config.model)
+  if scanned:
     unrolled = config.copy_and_resolve_references()
-    unrolled.model.scan, unrolled.train.grad_accum_steps = False, 1
+    for path in scanned:
+      functools.reduce(getattr, path[:-1], unrolled.model)[path[-1]] = False
+    unrolled.train.grad_accum_steps = 1
     counter = setup_training(unrolled, mesh, batch_spec, num_datasets)
     count_step, count_state = counter.train_step, counter.abstract_state
   elif tc.grad_accum_steps > 1:

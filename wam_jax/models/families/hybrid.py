@@ -54,11 +54,11 @@ class HybridWAM(VideoWAM):
     if model_cfg.video.objective != "regression":
       raise ValueError(f"config.model.video.objective={model_cfg.video.objective!r}: the hybrid's world "
                        "module predicts by regression only")
-    if model_cfg.vlm.scan:
-      raise ValueError("config.model.vlm.scan=True: the action expert shares the backbone's keys and "
-                       "values layer by layer, which needs the unrolled backbone (scan=False)")
     if model_cfg.backbone_tuning not in TUNING:
       raise ValueError(f"config.model.backbone_tuning={model_cfg.backbone_tuning!r} is not one of {list(TUNING)}")
+    if model_cfg.backbone_tuning == "last_n_blocks" and model_cfg.vlm.scan:
+      raise ValueError("config.model.backbone_tuning='last_n_blocks' needs the unrolled backbone "
+                       "(config.model.vlm.scan=False): a scanned stack keeps all its layers in one array")
     if model_cfg.backbone_tuning == "last_n_blocks" and not 1 <= model_cfg.last_n_blocks <= model_cfg.vlm.depth:
       raise ValueError(f"config.model.last_n_blocks={model_cfg.last_n_blocks} must be in [1, model.vlm.depth="
                        f"{model_cfg.vlm.depth}]")
@@ -74,9 +74,9 @@ class HybridWAM(VideoWAM):
     if self.predicts_frames:
       self._setup_world_model(action_conditioned=False)
       self.context_proj = layers.logical_dense(cfg.width, (None, "embed"), dot_general=self.dot_general)
-    self.expert = layers.Transformer(
+    self.expert = layers.Transformer(  # scanned and rematerialized as the backbone, layer l beside layer l
         v.depth, v.num_heads, e.mlp_dim, 0.0, self.dot_general, norm=v.norm, activation=v.activation,
-        rope_max_wavelength=v.rope_max_wavelength, head_dim=v.width // v.num_heads)
+        rope_max_wavelength=v.rope_max_wavelength, head_dim=v.width // v.num_heads, scan=v.scan, remat=v.remat)
     k, dg = data.action_horizon, self.dot_general
     self.proprio_in = layers.logical_dense(e.width, (None, "embed"), dot_general=dg)
     self.action_pos = self.param("action_pos", nn.with_logical_partitioning(nn.initializers.normal(0.02),
@@ -98,7 +98,7 @@ class HybridWAM(VideoWAM):
   # -- backbone -----------------------------------------------------------------------
   def _prefix(self, batch, train: bool):
     """The VLM over [current frame of each camera; instruction]:
-    (hidden [B, M, Dv], per-layer keys/values, key mask [B, M])."""
+    (hidden [B, M, Dv], every layer's keys/values (``layers.LayerKV``), key mask [B, M])."""
     frames = jnp.concatenate([batch["image_" + c][:, -1:] for c in self.data_config.cameras], axis=1)
     tokens, text_mask = batch["language_tokens"], batch["language_mask"]
     text_length = text_mask.sum(axis=1).astype(jnp.int32)
@@ -117,8 +117,7 @@ class HybridWAM(VideoWAM):
       act = act + self.action_in(x_BKA) + time[:, None]
     x = jnp.concatenate([self.proprio_in(proprio_BP)[:, None], act], axis=1)
     positions = jnp.broadcast_to(m + jnp.arange(x.shape[1]), x.shape[:2])  # after the prefix (RoPE)
-    prefix = [(k, v, key_mask_BM) for k, v in kvs]
-    return self.expert(x, None, train=train, positions_BN=positions, prefix_kvs=prefix)[:, 1:]
+    return self.expert(x, None, train=train, positions_BN=positions, prefix_kvs=(kvs, key_mask_BM))[:, 1:]
 
   def _sample_actions(self, kvs, key_mask_BM, proprio_BP):
     """Normalized chunk [B, K, A]: Euler steps of the flow head over the cached prefix, or one pass."""

@@ -46,8 +46,8 @@ class VisionLanguageModel(LanguageModel):
 
   def prefix_hidden(self, images_BTHWC, tokens_BL, text_length_B, train: bool, return_kvs: bool = False):
     """Backbone outputs over [image tokens; text]: (hidden [B, I + L, D], image tokens I), and with
-    ``return_kvs`` each layer's keys and values [(k, v) [B, H, I + L, K]] third (the hybrid's
-    action expert attends to them)."""
+    ``return_kvs`` every layer's keys and values third (``layers.LayerKV``, [L, B, H, I + L, K] each:
+    the hybrid's action expert attends to them)."""
     img_BID, _ = self.vision(images_BTHWC, train=train)
     i, l = img_BID.shape[1], tokens_BL.shape[1]
     x_BND = jnp.concatenate([img_BID, self.embed_tokens(tokens_BL)], axis=1)
