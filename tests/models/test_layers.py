@@ -100,3 +100,22 @@ def test_scanned_key_value_sharing_equals_unrolled_values_and_gradients():
   chex.assert_trees_all_close(l1, l0, rtol=1e-5)
   chex.assert_trees_all_close(kv1, kv0, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(g1, {"params": layers.stack_blocks(g0["params"], 3)}, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask_shape", [(1, 1, 6, 6), (3, 1, 6, 6), (3, 1, 1, 6)])
+def test_attend_backward_equals_autodiff(mask_shape):
+  """The hand-written attention backward == autodiff through einsum-softmax-einsum: outputs and
+  gradients of q, k, v, for key-padding, per-query and causal-like masks, incl. a fully masked row."""
+  kq, kk, kv, km, kg = jax.random.split(jax.random.key(0), 5)
+  q, k, v = (jax.random.normal(key, (3, 2, 6, 4)) for key in (kq, kk, kv))
+  allowed = jax.random.bernoulli(km, 0.7, mask_shape)
+  if mask_shape[-2] > 1:
+    allowed = allowed.at[..., 0, :].set(False)  # query 0 may attend nothing: uniform probs, no gradient
+  g = jax.random.normal(kg, (3, 2, 6, 4))
+  f = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v, allowed) * g)
+  chex.assert_trees_all_close(layers.attend(q, k, v, allowed), layers.attend_autodiff(q, k, v, allowed),
+                              rtol=1e-6, atol=1e-6)
+  want = jax.grad(f(layers.attend_autodiff), argnums=(0, 1, 2))(q, k, v)
+  got = jax.jit(jax.grad(f(layers.attend), argnums=(0, 1, 2)))(q, k, v)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(want[0]).max()) > 1e-2  # the gradients are not trivially zero

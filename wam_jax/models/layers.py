@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 DotGeneral = Optional[Callable[..., jax.Array]]
@@ -176,6 +177,45 @@ def rope(x_BHNK, positions_BN, max_wavelength: float):
   return out.astype(x_BHNK.dtype)
 
 
+def attend_autodiff(q_BHNK, k_BHMK, v_BHMK, allowed):
+  """softmax(q k^T where allowed) v: [B, H, N, K] (q already scaled); ``allowed`` broadcasts to [B, H, N, M]."""
+  logits_BHNM = jnp.einsum("bhnk,bhmk->bhnm", q_BHNK, k_BHMK)
+  logits_BHNM = jnp.where(allowed, logits_BHNM, jnp.finfo(logits_BHNM.dtype).min)
+  return jnp.einsum("bhnm,bhmk->bhnk", jax.nn.softmax(logits_BHNM, axis=-1), v_BHMK)
+
+
+@jax.custom_vjp
+def attend(q_BHNK, k_BHMK, v_BHMK, allowed):
+  """``attend_autodiff`` with a hand-written backward: the probabilities are the only saved
+  intermediate and each gradient is one batched dot in the canonical [batch, rows, contraction]
+  layout (dq = dS k, dk = dS^T q, dv = P^T do, dS = P (dP - rowsum(dP P)))."""
+  return _attend_fwd(q_BHNK, k_BHMK, v_BHMK, allowed)[0]
+
+
+def _attend_fwd(q, k, v, allowed):
+  batch = ((0, 1), (0, 1))
+  logits = jax.lax.dot_general(q, k, (((3,), (3,)), batch))
+  logits = jnp.where(allowed, logits, jnp.finfo(logits.dtype).min)
+  probs = jax.nn.softmax(logits, axis=-1)
+  out = jax.lax.dot_general(probs.astype(v.dtype), v, (((3,), (2,)), batch))
+  return out, (q, k, v, probs, allowed)
+
+
+def _attend_bwd(res, d_out):
+  q, k, v, probs, allowed = res
+  batch = ((0, 1), (0, 1))
+  d_v = jax.lax.dot_general(probs.astype(d_out.dtype), d_out, (((2,), (2,)), batch))
+  d_probs = jax.lax.dot_general(d_out, v, (((3,), (3,)), batch)).astype(probs.dtype)
+  d_logits = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True))
+  d_logits = jnp.where(allowed, d_logits, 0.0)  # a fully masked row's uniform probs carry no gradient
+  d_q = jax.lax.dot_general(d_logits.astype(q.dtype), k, (((3,), (2,)), batch))
+  d_k = jax.lax.dot_general(d_logits.astype(k.dtype), q, (((2,), (2,)), batch))
+  return d_q, d_k, d_v.astype(v.dtype), np.zeros(allowed.shape, jax.dtypes.float0)
+
+
+attend.defvjp(_attend_fwd, _attend_bwd)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention over [B, N, D].
 
@@ -227,10 +267,7 @@ class Attention(nn.Module):
       b = x_BND.shape[0]
       prefix_allowed = jnp.broadcast_to(pmask_BM[:, None, None, :], (b, 1, n, pmask_BM.shape[1]))
       allowed = jnp.concatenate([prefix_allowed, jnp.broadcast_to(allowed, (b, 1, n, n))], axis=-1)
-    logits_BHNM = jnp.einsum("bhnk,bhmk->bhnm", q_BHNK, k_BHNK)
-    logits_BHNM = jnp.where(allowed, logits_BHNM, jnp.finfo(logits_BHNM.dtype).min)
-    probs = jax.nn.softmax(logits_BHNM, axis=-1)
-    out_BNHK = jnp.einsum("bhnm,bhmk->bhnk", probs, v_BHNK).transpose(0, 2, 1, 3)
+    out_BNHK = attend(q_BHNK, k_BHNK, v_BHNK, allowed).transpose(0, 2, 1, 3)
     out = logical_dense(d, ("heads", "kv", "embed"), axis=(-2, -1),
                         dot_general=self.dot_general, name="out")(out_BNHK)
     return (out, own_kv) if return_kv else out
