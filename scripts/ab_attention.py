@@ -11,8 +11,6 @@ printed (< 1: the hand-written backward is faster). Interleaving keeps the ratio
 shared machine.
 """
 
-import importlib
-
 from absl import app
 from absl import flags
 import numpy as np
@@ -20,13 +18,6 @@ import numpy as np
 _PRESETS = flags.DEFINE_list("presets", ["vla_baseline.py:tiny"], "config_file.py:preset under experiments/configs.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 _ROUNDS = flags.DEFINE_integer("rounds", 4, "Interleaved rounds of 5 steps per variant.")
-
-
-def get_config(spec: str):
-  module, preset = spec.split(":")
-  config = importlib.import_module(f"experiments.configs.{module.removesuffix('.py')}").get_config(preset)
-  config.train.init_from = ""
-  return config
 
 
 def main(argv):
@@ -41,7 +32,7 @@ def main(argv):
     for name, fn in (("autodiff", layers.attend_autodiff), ("custom", custom)):
       layers.attend = fn  # read by layers.Attention when the step is traced
       try:
-        steps[name] = profile.compile_step(get_config(spec), _BATCH.value)
+        steps[name] = profile.compile_step(profile.preset_config(spec), _BATCH.value)
       finally:
         layers.attend = custom
     for name, step in steps.items():

@@ -35,6 +35,8 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from wam_jax.training import profile  # noqa: E402  (stdlib only at import: no jax yet)
+
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per case and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the best median is kept.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Train batch size.")
@@ -52,23 +54,14 @@ _FAMILIES = flags.DEFINE_list("families", ["video_wam", "joint_wam"], "World-mod
                               "latency is timed beside the VLA's (with and without decoding frames).")
 
 
-def get_config(spec: str):
-  import importlib
-  module, preset = spec.split(":")
-  config = importlib.import_module(f"experiments.configs.{module[:-3]}").get_config(preset)
-  config.train.init_from = ""
-  return config
-
-
 def num_datasets(config) -> int:
   return len(config.data.mixture)
 
 
 class TrainCase:
   def __init__(self, spec):
-    from wam_jax.training import profile
     self.name = spec
-    self._step = profile.compile_step(get_config(spec), _BATCH.value)
+    self._step = profile.compile_step(profile.preset_config(spec), _BATCH.value)
     self.flops = self._step.flops
     self._step.run(2)
 
@@ -93,7 +86,7 @@ class TorchTrainCase(TrainCase):
     import torch_video_wam
     import torch_vla
     from wam_jax.data.fake_batch import make_batch
-    config = get_config(torch_video_wam.PRESET)
+    config = profile.preset_config(torch_video_wam.PRESET)
     torch.manual_seed(0)
     self.name, self.jax_name = f"torch eager fp32 ({jax_case.name})", jax_case.name
     self.model = torch_video_wam.TorchVideoWAM(config, num_datasets(config))
@@ -145,7 +138,7 @@ def latency(spec, calls, **model_overrides):
   from wam_jax.data.fake_batch import make_batch
   from wam_jax.models import registry
   from wam_jax.training import sharding, trainer
-  config = get_config(spec)
+  config = profile.preset_config(spec)
   for key, value in model_overrides.items():  # dotted paths under config.model
     *path, field = key.split(".")
     node = config.model

@@ -13,7 +13,6 @@ the two cores run independent thunks concurrently, so the total can exceed the
 wall time) and writes them with the top thunks to --out as JSON.
 """
 
-import importlib
 import json
 import time
 
@@ -28,9 +27,8 @@ _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here.")
 
 
 def get_config(spec: str):
-  module, preset = spec.split(":")
-  config = importlib.import_module(f"experiments.configs.{module.removesuffix('.py')}").get_config(preset)
-  config.train.init_from = ""
+  from wam_jax.training import profile  # pylint: disable=g-import-not-at-top
+  config = profile.preset_config(spec)
   if _DTYPE.value:
     config.train.compute_dtype = _DTYPE.value
   return config

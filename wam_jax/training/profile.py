@@ -164,6 +164,16 @@ def markdown(result: dict, wall_ms: float) -> str:
   return "\n".join(lines)
 
 
+def preset_config(spec: str):
+  """``file.py:preset`` under ``experiments/configs`` -> its ConfigDict with ``train.init_from``
+  cleared: a step on a synthetic batch restores no earlier stage (the scripts' shared loader)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  module, preset = spec.split(":")
+  config = importlib.import_module(f"experiments.configs.{module.removesuffix('.py')}").get_config(preset)
+  config.train.init_from = ""
+  return config
+
+
 @dataclasses.dataclass
 class CompiledStep:
   """The trainer's own train step for a config, compiled for one device, on a synthetic batch."""
