@@ -177,11 +177,16 @@ def rope(x_BHNK, positions_BN, max_wavelength: float):
   return out.astype(x_BHNK.dtype)
 
 
-def attend_autodiff(q_BHNK, k_BHMK, v_BHMK, allowed):
-  """softmax(q k^T where allowed) v: [B, H, N, K] (q already scaled); ``allowed`` broadcasts to [B, H, N, M]."""
+def _attention_probs(q_BHNK, k_BHMK, allowed):
+  """softmax over keys of q k^T, -inf-like where not ``allowed``: [B, H, N, M]."""
   logits_BHNM = jnp.einsum("bhnk,bhmk->bhnm", q_BHNK, k_BHMK)
   logits_BHNM = jnp.where(allowed, logits_BHNM, jnp.finfo(logits_BHNM.dtype).min)
-  return jnp.einsum("bhnm,bhmk->bhnk", jax.nn.softmax(logits_BHNM, axis=-1), v_BHMK)
+  return jax.nn.softmax(logits_BHNM, axis=-1)
+
+
+def attend_autodiff(q_BHNK, k_BHMK, v_BHMK, allowed):
+  """softmax(q k^T where allowed) v: [B, H, N, K] (q already scaled); ``allowed`` broadcasts to [B, H, N, M]."""
+  return jnp.einsum("bhnm,bhmk->bhnk", _attention_probs(q_BHNK, k_BHMK, allowed), v_BHMK)
 
 
 @jax.custom_vjp
@@ -193,11 +198,8 @@ def attend(q_BHNK, k_BHMK, v_BHMK, allowed):
 
 
 def _attend_fwd(q, k, v, allowed):
-  batch = ((0, 1), (0, 1))
-  logits = jax.lax.dot_general(q, k, (((3,), (3,)), batch))
-  logits = jnp.where(allowed, logits, jnp.finfo(logits.dtype).min)
-  probs = jax.nn.softmax(logits, axis=-1)
-  out = jax.lax.dot_general(probs.astype(v.dtype), v, (((3,), (2,)), batch))
+  probs = _attention_probs(q, k, allowed)
+  out = jnp.einsum("bhnm,bhmk->bhnk", probs.astype(v.dtype), v)
   return out, (q, k, v, probs, allowed)
 
 
