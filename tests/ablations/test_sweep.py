@@ -433,3 +433,51 @@ def test_extra_evaluations_run_after_each_finished_run_and_have_their_own_report
                       f"--workdir={tmp_path / 'vla' / 'seed_0'}", "--as_trained",
                       f"--out={tmp_path / 'vla' / 'seed_0' / 'eval_paraphrase'}", "--instructions=paraphrase",
                       "--episodes=3"]
+
+
+def test_dry_run_prices_a_new_cell_by_a_finished_run_of_the_same_step(tmp_path):
+  """A cell with no finished seed takes its seconds/step and seconds/episode from a finished run of
+  another sweep whose step costs the same (same model, batch, frames, evaluation; other seed and N);
+  a cell with a different model falls back to the defaults."""
+  vla = "experiments/configs/vla_baseline.py:tiny"
+  done = sweep_lib.Sweep(name="done", version=1, seeds=(3,), cells=(sweep_lib.Cell("vla", vla, n_demos=20),))
+  rdir = tmp_path / "done" / "vla" / "seed_3"
+  (rdir / "eval").mkdir(parents=True)
+  (tmp_path / "done" / "sweep.json").write_text("{}")
+  (rdir / "config.json").write_text(sweep_lib.load_config(done.cells[0], 3).to_json_best_effort())
+  (rdir / "metrics.jsonl").write_text("\n".join(json.dumps({"train/steps_per_s": r}) for r in (4.0, 5.0, 6.0)))
+  (rdir / "eval" / "results.json").write_text(json.dumps({"seconds": 30.0, "episodes": [{}] * 10}))
+  (rdir / "DONE").write_text("{}")
+
+  new = sweep_lib.Sweep(name="new", version=1, seeds=(0,), cells=(
+      sweep_lib.Cell("same_step", vla, n_demos=2, overrides={"train.steps": 1000}),
+      sweep_lib.Cell("wider", vla, n_demos=2, overrides={"train.steps": 1000, "model.width": 64})))
+  jobs = {j.cell.name: j for j in sweep_lib.plan(new, tmp_path / "new")}
+  cfg = jobs["same_step"].config
+  episodes = len(cfg.eval.tasks or cfg.data.metaworld.tasks) * cfg.eval.episodes_per_task
+  assert jobs["same_step"].estimate_s == pytest.approx(sweep_lib.STARTUP_SECONDS + 1000 / 5.0 + 3.0 * episodes)
+  default = (sweep_lib.STARTUP_SECONDS + 1000 * sweep_lib.DEFAULT_SECONDS_PER_EXAMPLE * cfg.train.batch_size
+             + sweep_lib.DEFAULT_SECONDS_PER_EVAL_EPISODE * episodes)
+  assert jobs["wider"].estimate_s == pytest.approx(default)
+
+
+def test_a_reused_stage_makes_its_later_stage_reusable_in_the_same_plan(tmp_path, monkeypatch):
+  """A sweep whose pretraining stage and policy both finished in a sibling sweep reuses both in one
+  plan: the policy restores from a stage that is itself about to be linked (session 12: the policy
+  was planned as pending and retrained)."""
+  def fake_command(cell, seed, run_dir):
+    config = sweep_lib.load_config(cell, seed, run_dir.parent.parent).to_json_best_effort()
+    code = ("import pathlib; d = pathlib.Path(%r); (d / 'checkpoints' / '100000').mkdir(parents=True); "
+            "(d / 'config.json').write_text(%r)" % (str(run_dir), config))
+    return [sys.executable, "-c", code]
+
+  monkeypatch.setattr(sweep_lib, "command", fake_command)
+  cells = lambda: (sweep_lib.Cell("pretrain", "experiments/configs/video_wam.py:pretrain_tiny", stage_seed=0),
+                   sweep_lib.Cell("policy", "experiments/configs/video_wam.py:policy_tiny", init_from="pretrain",
+                                  overrides={"eval.at_end": False}))
+  sweep_lib.run(sweep_lib.Sweep(name="first", version=1, seeds=(0,), cells=cells()), tmp_path / "first",
+                poll_seconds=0.05, log=lambda _: None)
+  jobs = sweep_lib.plan(sweep_lib.Sweep(name="second", version=1, seeds=(0,), cells=cells()),
+                        tmp_path / "second", reuse=True)
+  assert [(j.cell.name, j.state) for j in jobs] == [("pretrain", "reusable"), ("policy", "reusable")]
+  assert jobs[1].reuse_from == (tmp_path / "first" / "policy" / "seed_0").absolute()

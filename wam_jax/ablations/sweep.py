@@ -485,6 +485,7 @@ def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
   if unknown:
     raise ValueError(f"--cells: {unknown} not in sweep {sweep.name}; its cells: {known}")
   jobs, planned = [], set()
+  reused = {}  # real path of a reusable job's run -> the finished run it will link to
   for sweep_seed in seeds:
     for cell in sweep.cells:
       seed = cell.seed_of(sweep_seed)  # a stage shared by every seed: its one run, planned once
@@ -505,9 +506,10 @@ def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
       if job.state == "pending" and cell.needs:
         job.detail = f"after {', '.join(cell.needs)}"
       if reuse and cell.kind == "train" and job.state in ("pending", "partial", "failed"):
-        job.reuse_from = find_reusable(job, workdir)
+        job.reuse_from = find_reusable(job, workdir, reused)
         if job.reuse_from is not None:
           job.state, job.detail = "reusable", f"same run finished in {job.reuse_from}"
+          reused[os.path.realpath(job.dir)] = str(job.reuse_from)
       job.estimate_s = estimate_seconds(job, workdir)
       jobs.append(job)
       if job.config is not None and job.config.eval.get("at_end", False):
@@ -533,12 +535,17 @@ def same_run(saved: dict, current: dict) -> bool:
   return stage(saved) == stage(current)
 
 
-def find_reusable(job: Job, workdir) -> Optional[pathlib.Path]:
+def find_reusable(job: Job, workdir, reused: Optional[Mapping[str, str]] = None) -> Optional[pathlib.Path]:
   """A finished run (DONE, not itself a link) of the same config and seed as ``job`` (a train
   job: its config has its dependencies' fields, ``plan``) in another sweep's workdir beside
-  ``workdir``, or None."""
+  ``workdir``, or None. ``reused``: runs of this plan that will be links (real path -> the run
+  they link to); a job restored from one of them is compared as restored from its target, so a
+  reused stage's later stages are reused too."""
   workdir = pathlib.Path(workdir).absolute()
   current = json.loads(job.config.to_json_best_effort())
+  init_from = current.get("train", {}).get("init_from")
+  if init_from and os.path.realpath(init_from) in (reused or {}):
+    current["train"]["init_from"] = reused[os.path.realpath(init_from)]
   if not workdir.parent.is_dir():
     return None
   for root in sorted(workdir.parent.iterdir()):
@@ -581,7 +588,9 @@ def _state_of(rdir: pathlib.Path) -> tuple[str, str]:
 
 
 def estimate_seconds(job: Job, workdir) -> float:
-  """Remaining wall time of a job: own rate if some seed of the cell finished, else defaults."""
+  """Remaining wall time of a job: the rates of the cell's finished seeds, else of a finished run of
+  the same step in a sweep beside it (``cost_key``), else defaults. Measured rates carry the load
+  their runs had (a sweep two at a time: about half a core's worth of the machine each)."""
   if job.state in ("done", "reusable"):
     return 0.0
   if job.cell.kind != "train":  # a finished seed's wall time, else defaults
@@ -597,6 +606,9 @@ def estimate_seconds(job: Job, workdir) -> float:
     return STARTUP_SECONDS + DEFAULT_SECONDS_PER_EVAL_EPISODE * len(tasks) * int(flags["episodes"])
   cfg = job.config
   per_step, per_episode = _measured_rates(pathlib.Path(workdir) / job.cell.name)
+  if not (per_step and per_episode):  # no finished seed of this cell: a run with the same step elsewhere
+    same_step, same_episode = _rates_of_the_same_step(cfg, workdir)
+    per_step, per_episode = per_step or same_step, per_episode or same_episode
   per_step = per_step or DEFAULT_SECONDS_PER_EXAMPLE * cfg.train.batch_size
   per_episode = per_episode or DEFAULT_SECONDS_PER_EVAL_EPISODE
   steps_done = checkpoint_steps(job.dir)[-1:] or [0]
@@ -633,6 +645,45 @@ def _measured_rates(cell_dir: pathlib.Path) -> tuple[float, float]:
   return mean(step_s), mean(episode_s)
 
 
+# The config fields that decide what one train step and one evaluation episode cost: two runs that
+# agree on them compile the same step and query the same policy (seed, demos, stage and schedule
+# differ freely).
+COST_FIELDS = ("model", "train.batch_size", "train.compute_dtype", "train.grad_accum_steps", "data.history",
+               "data.num_future", "data.image_size", "data.cameras", "data.action_horizon",
+               "data.max_text_len", "eval")
+
+
+def cost_key(config: Mapping) -> str:
+  """``COST_FIELDS`` of a config (a JSON dict or ConfigDict) as one comparable string."""
+  def get(path):
+    node = config
+    for part in path.split("."):
+      node = node.get(part) if hasattr(node, "get") else None
+    return node.to_dict() if hasattr(node, "to_dict") else node
+  return json.dumps({f: get(f) for f in COST_FIELDS}, sort_keys=True, default=str)
+
+
+def _rates_of_the_same_step(cfg, workdir) -> tuple[float, float]:
+  """(seconds/step, seconds/eval episode) measured by finished runs of any cell of any sweep beside
+  ``workdir`` (this one included) whose ``cost_key`` equals ``cfg``'s: e.g. the N=2 cell of a family
+  priced by its finished N=20 run in the families sweep. (0, 0) if there is none."""
+  root = pathlib.Path(workdir).absolute().parent
+  if not root.is_dir():
+    return 0.0, 0.0
+  key = cost_key(json.loads(cfg.to_json_best_effort()))
+  cells = {rdir.parent.resolve() for rdir in root.glob("*/*/seed_*")
+           if (rdir.parent.parent / "sweep.json").exists() and is_done(rdir)}
+  matches = []
+  for cell_dir in sorted(cells):
+    saved = next((read_json(r / "config.json") for r in sorted(cell_dir.glob("seed_*")) if is_done(r)), None)
+    if saved and cost_key(saved) == key:
+      matches.append(_measured_rates(cell_dir))
+  step_s = [s for s, _ in matches if s]
+  episode_s = [e for _, e in matches if e]
+  mean = lambda x: sum(x) / len(x) if x else 0.0
+  return mean(step_s), mean(episode_s)
+
+
 def read_jsonl(path: pathlib.Path) -> list[dict]:
   rows = []
   if pathlib.Path(path).exists():
@@ -657,7 +708,8 @@ def format_plan(sweep: Sweep, jobs: Sequence[Job], max_parallel: int) -> str:
     lines.append(f"  {name:28s} seed {j.seed}  {j.state:8s} {est:>10s}  {what}")
   todo = [j for j in jobs if j.state in ("pending", "partial", "failed")]
   total = sum(j.estimate_s for j in todo)
-  lines.append(f"{len(todo)} runs to do: ~{_fmt(total)} one after another"
+  lines.append(f"{len(todo)} runs to do: ~{_fmt(total)} one after another, at the rates finished runs of the "
+               "same step measured (else defaults)"
                + (f" (--max_parallel={max_parallel} shares the same cores: on 2 cores two trainers "
                   "side by side measured 1.15-1.18x the steps/s of one)" if max_parallel > 1 else ""))
   return "\n".join(lines)
