@@ -76,6 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
       # listed here, comma-separated ("train.steps,train.learning_rate"; "*": any field).
       allow_changes="",
       matmul_peak_gflops=0.0,  # 0: measure the CPU peak once and cache it.
+      # XLA/libtpu options for compiling the train and eval steps, per platform of the mesh's
+      # devices ({"tpu": {"xla_tpu_...": False}}); only the running platform's are passed (XLA
+      # rejects another platform's). A layout choice: resuming with other options is allowed.
+      compiler_options=ml_collections.ConfigDict({"cpu": {}, "gpu": {}, "tpu": {}}),
   ))
   config.mesh = ml_collections.ConfigDict(dict(
       shape=(-1, 1, 1),       # (data, fsdp, tensor); -1 takes the remaining devices.

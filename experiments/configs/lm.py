@@ -36,7 +36,7 @@ def model_config() -> ml_collections.ConfigDict:
       rope_max_wavelength=10_000.0,  # 0: no position information at all (no learned table either)
       tie_embeddings=True,        # logits through the transposed token embedding
       scan=False,                 # nn.scan over layers (compile time flat in depth; slower on CPU)
-      remat="none",               # none | full | dots_saveable
+      remat="none",               # none | full | dots_saveable | dots_with_no_batch_dims_saveable
   ))
 
 

@@ -174,6 +174,23 @@ def test_tiny_compiles_for_v5e_2x2(libtpu):
   assert report["collectives"]["all-reduce"]["bytes"] > 0  # data-parallel gradients
 
 
+def test_config_compiler_options_reach_the_tpu_compile(libtpu):
+  """train.compiler_options.tpu (and --compiler_option on top) are what the TPU step compiles with:
+  a misspelled option fails the compile, naming it; the report lists the merged set."""
+  cfg = tiny_config(8)
+  cfg.train.compiler_options.tpu.xla_tpu_no_such_option = True
+  with pytest.raises(Exception, match="xla_tpu_no_such_option"):
+    aot.compile_for_topology(cfg, "v5e:2x2")
+  cfg = tiny_config(8)
+  cfg.train.compiler_options.tpu.xla_tpu_enable_windowed_einsum_for_all_gather = False
+  report = aot.compile_for_topology(cfg, "v5e:2x2", compiler_options={
+      "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False})
+  assert report["status"] == "fits"
+  assert report["compiler_options"] == {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                                        "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+  assert not cfg.train.compiler_options.tpu.get("xla_tpu_enable_windowed_einsum_for_reduce_scatter")
+
+
 def test_batch_that_does_not_split_names_the_field(libtpu):
   with pytest.raises(ValueError, match="config.train.batch_size=6"):
     aot.compile_for_topology(tiny_config(6), "v5e:2x2")
@@ -198,7 +215,7 @@ def test_scanned_lm_compiles_with_loop_aware_costs(libtpu):
   report = aot.compile_for_topology(cfg, "v5e:2x2")
   assert report["status"] == "fits", report
   assert report["mesh"]["fsdp"] == 4 and report["batch_per_device"] == 2
-  assert cfg.model.depth in report["loop_trip_counts"]
+  assert cfg.model.depth in report["loop_trip_counts"] and report["remat"] == "remat=full"
   # XLA counts the scanned layers once; the report counts every layer.
   assert report["flops_per_device"] > 1.5 * report["flops_per_device_xla"]
   assert report["hbm_loop_scale"] > 1

@@ -353,3 +353,21 @@ def test_config_changes_ignores_free_fields_and_new_fields_at_their_off_default(
   now["data"]["registry_files"] = "mine.json"  # a new field set to something: a real change
   now["model"]["depth"] = 3
   assert set(trainer.config_changes(saved, now)) == {"data.registry_files", "model.depth"}
+
+
+def test_compiler_options_reach_the_step_of_their_platform_only(tmp_path):
+  """train.compiler_options: the running platform's options are compiled into the train step (a
+  misspelled CPU option fails the compile, naming it); another platform's never reach it (TPU
+  options on a CPU mesh compile as if absent)."""
+  cfg = tiny_config(tmp_path)
+  mesh = sharding.make_mesh((1, 1, 1), one_device())
+  spec = trainer.abstract_batch(cfg.data, cfg.train.batch_size)
+  cfg.train.compiler_options.tpu.xla_tpu_enable_windowed_einsum_for_all_gather = False
+  assert trainer.compiler_options(cfg.train, mesh) is None
+  run = trainer.setup_training(cfg, mesh, spec, 1)
+  run.train_step.lower(run.abstract_state, spec).compile()
+  cfg.train.compiler_options.cpu.xla_cpu_no_such_option = True
+  assert trainer.compiler_options(cfg.train, mesh) == {"xla_cpu_no_such_option": True}
+  run = trainer.setup_training(cfg, mesh, spec, 1)
+  with pytest.raises(Exception, match="xla_cpu_no_such_option"):
+    run.train_step.lower(run.abstract_state, spec).compile()

@@ -8,7 +8,7 @@ config switch (``wam_jax.models.matmul``) while parameters stay float32.
 ``Transformer`` options (defaults = the original block, same parameter paths):
 ``norm`` layer|rms, ``activation`` gelu|swiglu, ``rope_max_wavelength``
 (0: no rotary embedding), ``scan`` (one ``blocks`` module whose parameters
-have a leading ``layers`` axis), ``remat`` none|full|dots_saveable.
+have a leading ``layers`` axis), ``remat`` none|full|dots_saveable|dots_with_no_batch_dims_saveable.
 """
 
 import functools
@@ -146,8 +146,11 @@ def layer_norm(name=None):
 
 NORMS = ("layer", "rms")
 ACTIVATIONS = ("gelu", "swiglu")
+# dots_with_no_batch_dims_saveable: keep the weight matmuls' outputs, recompute the attention dots
+# (batched over [B, H]) and everything elementwise: the [B, H, N, N] logits are never saved.
 REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
-                  "dots_saveable": jax.checkpoint_policies.dots_saveable}
+                  "dots_saveable": jax.checkpoint_policies.dots_saveable,
+                  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def norm_layer(kind: str, name=None):

@@ -224,8 +224,13 @@ def compile_for_topology(config, topology, num_datasets: int = 1, unrolled_costs
   step (scanned layers / grad accumulation only) and take bytes and
   collectives from it (memory stays the real, scanned step's).
   ``hlo_path``: write the compiled HLO text there. ``compiler_options``: XLA/libtpu
-  options for ``compile()`` (e.g. {"xla_tpu_enable_windowed_einsum_for_all_gather": False}).
+  options (e.g. {"xla_tpu_enable_windowed_einsum_for_all_gather": False}) on top of the
+  config's ``train.compiler_options.tpu`` (the trainer's jit passes the merged set).
   """
+  if compiler_options:
+    config = config.copy_and_resolve_references()
+    config.train.compiler_options.tpu.update(dict(compiler_options))
+  compiler_options = dict(config.train.compiler_options.tpu)
   topo = parse_topology(topology) if isinstance(topology, str) else topology
   devices = topology_devices(topo)
   tc = config.train
@@ -255,7 +260,7 @@ def compile_for_topology(config, topology, num_datasets: int = 1, unrolled_costs
   report["lower_s"] = time.perf_counter() - start
   start = time.perf_counter()
   try:
-    compiled = lowered.compile(compiler_options=compiler_options or None)
+    compiled = lowered.compile()  # the trainer's jit carries train.compiler_options.tpu
   except Exception as e:  # jax raises JaxRuntimeError; only the HBM check is an answer.
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
@@ -276,8 +281,7 @@ def compile_for_topology(config, topology, num_datasets: int = 1, unrolled_costs
     try:
       with jax.set_mesh(mesh):
         state = run.abstract_state if run.flops_state is None else run.flops_state
-        unrolled = run.unaccumulated_step.lower(state, batch_spec).compile(
-            compiler_options=compiler_options or None)
+        unrolled = run.unaccumulated_step.lower(state, batch_spec).compile()
     except Exception as e:  # unrolled (or unaccumulated) may need more HBM than the real step
       if "RESOURCE_EXHAUSTED" not in str(e):
         raise
@@ -318,6 +322,18 @@ def unrolled_step_flops(config, batch_spec, num_datasets: int = 1) -> float:
   return run.step_flops(None, batch_spec)
 
 
+def model_fields(model_config, name: str, path=()) -> list:
+  """[(path, value)] of every field called ``name`` in the (nested) model config, e.g. the hybrid's
+  ("vlm", "remat")."""
+  found = []
+  for key, value in model_config.items():
+    if hasattr(value, "items"):
+      found += model_fields(value, name, path + (key,))
+    elif key == name:
+      found.append((path + (key,), value))
+  return found
+
+
 def _describe(config, topo, devices, mesh, hosts, split, compiler_options=None) -> dict:
   return {
       "model": config.model.name, "topology": topo.name, "topology_name": topo.topology_name,
@@ -327,7 +343,7 @@ def _describe(config, topo, devices, mesh, hosts, split, compiler_options=None) 
       "batch_size": int(config.train.batch_size), "batch_per_device": config.train.batch_size // split,
       "grad_accum_steps": int(config.train.grad_accum_steps),
       "compute_dtype": config.train.compute_dtype,
-      "remat": config.model.get("remat", ""),
+      "remat": ", ".join(f"{'.'.join(path)}={value}" for path, value in model_fields(config.model, "remat")),
       "compiler_options": dict(compiler_options or {}),
       "hbm_capacity_gib": topo.spec.hbm_gib,
   }

@@ -12,7 +12,7 @@ import json
 import pathlib
 import signal
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -126,7 +126,7 @@ RESUME_FREE_FIELDS = (
     "train.log_every", "train.val_every", "train.val_batches", "train.ckpt_every", "train.keep_last",
     "train.keep_every", "train.summary_every", "train.matmul_peak_gflops", "train.init_from", "train.init_from_map",
     "train.allow_changes", "data.data_dir", "data.cache_dir", "data.episode_cache_mb",
-    "data.read_threads", "mesh.", "eval.")
+    "data.read_threads", "mesh.", "eval.", "train.compiler_options.")
 
 
 def config_changes(saved: dict, current: dict) -> dict:
@@ -235,6 +235,15 @@ def abstract_batch(data_cfg, batch_size: int) -> dict:
   return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
 
 
+def compiler_options(train_config, mesh) -> Optional[dict]:
+  """``train.compiler_options`` of the platform of ``mesh``'s devices ("cpu", "tpu", ...), or None."""
+  platform = mesh.devices.flat[0].platform
+  by_platform = train_config.get("compiler_options") or {}
+  options = by_platform.get(platform) or {}
+  options = options.to_dict() if hasattr(options, "to_dict") else dict(options)
+  return options or None
+
+
 def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup:
   """Builds the model, optimizer, sharded init and the jitted steps for ``mesh``.
 
@@ -266,11 +275,13 @@ def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup
     return wrapped
 
   init = jax.jit(lambda rng: state_lib.unbox(boxed_state(rng)), out_shardings=state_sh)
+  options = compiler_options(tc, mesh)
   def jit_step(accum=None):
     return jax.jit(make_train_step(model, tx, tc, batch_axes, accum), in_shardings=(state_sh, batch_sh),
-                   out_shardings=(state_sh, None), donate_argnums=0)
+                   out_shardings=(state_sh, None), donate_argnums=0, compiler_options=options)
   step = jit_step()
-  evaluate = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, batch_sh, None))
+  evaluate = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, batch_sh, None),
+                     compiler_options=options)
   count_step = count_state = None  # FLOP counting: the step with nothing scanned
   scanned = scanned_fields(config.model)
   if scanned:
