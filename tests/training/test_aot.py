@@ -183,6 +183,7 @@ def test_config_compiler_options_reach_the_tpu_compile(libtpu):
     aot.compile_for_topology(cfg, "v5e:2x2")
   cfg = tiny_config(8)
   cfg.train.compiler_options.tpu.xla_tpu_enable_windowed_einsum_for_all_gather = False
+  cfg.lock()  # as scripts/aot_compile.py's flag-parsed config
   report = aot.compile_for_topology(cfg, "v5e:2x2", compiler_options={
       "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False})
   assert report["status"] == "fits"

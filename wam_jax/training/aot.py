@@ -229,7 +229,8 @@ def compile_for_topology(config, topology, num_datasets: int = 1, unrolled_costs
   """
   if compiler_options:
     config = config.copy_and_resolve_references()
-    config.train.compiler_options.tpu.update(dict(compiler_options))
+    with config.unlocked():  # a flag-parsed config is locked against new keys
+      config.train.compiler_options.tpu.update(dict(compiler_options))
   compiler_options = dict(config.train.compiler_options.tpu)
   topo = parse_topology(topology) if isinstance(topology, str) else topology
   devices = topology_devices(topo)
