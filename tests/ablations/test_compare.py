@@ -92,3 +92,34 @@ def test_the_shipped_claims_name_existing_sweeps_and_cells():
       assert side.cell in {c.name for c in sweep.cells}, side
       if row.eval_name:
         assert row.eval_name in sweep.extra_evals, side
+
+
+def test_rollout_consistency_pools_seeds_by_frames_and_is_tabled(root, tmp_path):
+  """Claim 3's frame table: each seed's eval consistency pooled frame-weighted (overall, per task,
+  along the episode); a cell without it is 'not run'; the table shows predicted minus copy."""
+  stats = lambda psnr, copy, frames: {"psnr_db": psnr, "mse": 0.01, "copy_psnr_db": copy, "copy_mse": 0.02,
+                                      "frames": frames}
+  for seed, (a, b) in {0: (stats(30.0, 28.0, 10), stats(20.0, 21.0, 10)),
+                       1: (stats(24.0, 28.0, 30), stats(22.0, 21.0, 10))}.items():
+    path = root / "s" / "wam" / f"seed_{seed}" / "eval" / "results.json"
+    results = json.loads(path.read_text())
+    results["consistency"] = {"mean": stats(0.0, 0.0, 0) | a, "tasks": {"reach-v3": a},
+                              "along_episode": {"0-39": a, "40-79": b} if seed == 0 else {"0-39": a}}
+    path.write_text(json.dumps(results))
+  c = compare.rollout_consistency(root, Side("s", "wam"))
+  assert c["seeds"] == [0, 1] and c["mean"]["frames"] == 40
+  assert c["mean"]["psnr_db"] == pytest.approx((30 * 10 + 24 * 30) / 40)  # frame-weighted, not per seed
+  assert c["along_episode"]["40-79"] == stats(20.0, 21.0, 10) | {"mse": pytest.approx(0.01), "copy_mse": pytest.approx(0.02)}
+  assert compare.rollout_consistency(root, Side("s", "vla")) is None
+  compare.write(root, [], str(tmp_path / "out"), consistency=[("wam", Side("s", "wam")), ("vla", Side("s", "vla"))])
+  md = (tmp_path / "out" / "claims.md").read_text()
+  assert "| wam (`s/wam`) | 2 | 40 | 25.50 (28.00) | -2.50 dB | 0.500 | -2.50 | -1.00 |" in md
+  assert "| vla (`s/vla`) | not run |" in md
+
+
+def test_the_shipped_consistency_cells_exist():
+  import importlib  # pylint: disable=g-import-not-at-top
+  for _, side in claims.consistency():
+    name, version = side.sweep.rsplit("_v", 1)
+    sweep = importlib.import_module(f"experiments.sweeps.{name}").SWEEP
+    assert int(version) == sweep.version and side.cell in {c.name for c in sweep.cells}, side
