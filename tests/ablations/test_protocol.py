@@ -138,6 +138,8 @@ def test_every_family_reads_protocol_frames_the_same_way():
   for name, cfg in _family_protocol_configs():
     assert not cfg.data.augment.enabled, name
     assert cfg.data.image_size == protocol.RESOLUTION, name
+    # Room for every decoded protocol episode (demos + pool, ~1.2 GB): no re-decoding while training.
+    assert cfg.data.episode_cache_mb == protocol_config.EPISODE_CACHE_MB >= 1536, name
     if "stem" not in cfg.model:
       continue
     assert tuple(cfg.model.stem) == protocol_config.STEM, name

@@ -148,3 +148,16 @@ def test_each_process_draws_its_own_augmentation(syn_data_dir, monkeypatch):
   assert sum(a == b for a, b in zip(host0, host1)) <= 1  # Independent draws (a chance match at most).
   # A single-process run draws what process 0 of a multi-process run draws.
   assert _recorded_crops(monkeypatch, cfg) == host0
+
+
+def test_cache_budget_follows_dataset_size_and_never_changes_batches(syn_data_dir):
+  """The decoded-episode cache is split over a mixture in proportion to each dataset's steps; its
+  size decides only what is re-decoded: a starved cache gives the same batches as an ample one."""
+  assert pipeline.cache_shares(1000, [100, 300]) == [250, 750]
+  assert pipeline.cache_shares(1000, [0, 0]) == [500, 500]
+  batches = {}
+  for mb in (0, 1024):  # 0: one episode per dataset kept, every other visit decodes again
+    cfg = synthetic.data_cfg(syn_data_dir, (("metaworld_demos", 0.3), ("metaworld_video", 0.7)))
+    cfg.episode_cache_mb = mb
+    batches[mb] = _take(pipeline.make_pipeline(cfg, split="train", batch_size=16, seed=3, train=True), 4)
+  _assert_batches_equal(batches[0], batches[1024])

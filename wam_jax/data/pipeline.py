@@ -28,7 +28,7 @@ exactly; the state depends on ``data.num_workers`` (part of a run's identity).
 import dataclasses
 import os
 import pathlib
-from typing import Optional
+from typing import Optional, Sequence
 
 from absl import logging
 import grain
@@ -186,6 +186,16 @@ def derive_seeds(seed: int, offset: int, num_datasets: int,
   return words[:num_datasets], int(words[num_datasets + process_index])
 
 
+def cache_shares(cache_bytes: int, steps: Sequence[int]) -> list[int]:
+  """The decoded-episode cache budget split over a mixture's datasets in proportion to their steps
+  (decoded size is frames): an even split left a small demo set with room it never used while the
+  video pool beside it was re-decoded on every visit."""
+  total = sum(steps)
+  if total <= 0:
+    return [cache_bytes // max(len(steps), 1)] * len(steps)
+  return [cache_bytes * n // total for n in steps]
+
+
 def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bool,
                   process_index: int = 0, process_count: int = 1,
                   normalizer: Optional[normalization.Normalizer] = None) -> Pipeline:
@@ -227,9 +237,9 @@ def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bo
   shuffle_seeds, aug_seed = derive_seeds(seed, int(data_cfg.get("shuffle_seed_offset", 0)),
                                          len(names), process_index)
   parts, weights = [], []
+  shares = cache_shares(cache_bytes, [int(sum(r.episode_lengths())) for r in readers])
   for j, (item, reader) in enumerate(zip(mixture, readers)):
-    source = windows.WindowSource(reader, wspec, normalizer, j,
-                                  cache_bytes=cache_bytes // len(names))
+    source = windows.WindowSource(reader, wspec, normalizer, j, cache_bytes=shares[j])
     idx = grain.MapDataset.range(len(source))[process_index::process_count]
     if len(idx) == 0:
       raise ValueError(f"dataset {item.name!r} split {split!r}: no windows for process "
