@@ -275,6 +275,39 @@ def test_rollout_consistency_scores_the_frame_predicted_for_query_plus_offset():
   assert summary["along_episode"]["8-15"]["frames"] == 2
 
 
+class _LeanCopyLastPredictor(_CopyLastPredictor):
+  """The copy predictor as the checkpoint policies are: one input frame, a prediction 3 steps ahead
+  (not a query step, with 4 executed per chunk), and a chunk that depends on the frame."""
+  future_offset = 3
+  input_frames = 1
+
+  def __call__(self, obs, instruction):
+    super().__call__(obs, instruction)
+    push = np.tanh(obs["image_primary"].astype(np.float32).mean() / 64.0 - 1.0)
+    return np.tile(np.array([push, -push, 0.5 * push, 1.0], np.float32), (8, 1))
+
+
+def test_consistency_renders_only_queries_and_prediction_targets_and_scores_the_same(monkeypatch):
+  """A frame-predicting policy with consistency on: the query steps and each prediction's target
+  step are rendered, nothing else (session 12: every step was, twice the rendering), and the
+  episode and its consistency rows equal those of rendering every step."""
+  from wam_jax.sim import metaworld as mw
+  env = mw.cached_env("drawer-close-v3", 32)
+  observe, rendered = mw.observe, []
+  monkeypatch.setattr(mw, "observe", lambda e, raw: rendered.append(1) or observe(e, raw))
+  runs = {}
+  for every_step in (True, False):
+    rendered.clear()
+    ep = rollout.run_episode(env, _LeanCopyLastPredictor(), "drawer-close-v3", 5, max_steps=30,
+                             execute_steps=4, keep_frames=every_step, consistency=True)
+    runs[every_step] = (ep, len(rendered))
+  (full, n_full), (lean, n_lean) = runs[True], runs[False]
+  assert (lean["success"], lean["length"]) == (full["success"], full["length"]) == (False, 30)
+  assert [e[0] for e in lean["consistency"]] == list(range(3, 30, 4))  # the query at 28 aims past the end
+  np.testing.assert_allclose(lean["consistency"], full["consistency"])
+  assert (n_full, n_lean) == (31, 8 + 7 + 1)  # 30 steps + the last; 8 queries + 7 targets + the last
+
+
 class _TwoPartPolicy(policy_lib.RandomPolicy):
   """A random chunk whose call reports two parts, as plan_idm's frame generation and IDM."""
 

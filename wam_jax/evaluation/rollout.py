@@ -88,7 +88,8 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   holds (``policy.input_frames``: the checkpoint policies) gets a frame only where one can reach
   that input: at each query and on the ``input_frames - 1`` steps before it; the steps in between
   are simulated, not rendered (the episode is the same: rendering reads the simulation).
-  Every step is rendered with ``keep_frames``, ``consistency`` (of a policy that predicts frames), temporal ensembling (a query
+  With ``consistency``, each prediction's target step (query + ``future_offset``) is rendered too.
+  Every step is rendered with ``keep_frames``, temporal ensembling (a query
   every step) or a policy without ``input_frames``. The frozen-renderer check runs on the rendered
   frames.
   """
@@ -101,15 +102,17 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   frames, states, latencies, predictions = [], [], [], {}
   success, length = False, 0
   predicts_frames = hasattr(policy, "predicted_frame") and bool(getattr(policy, "predicts_frames", True))
-  every_step = (keep_frames or (consistency and predicts_frames) or temporal_ensemble
-                or not hasattr(policy, "input_frames"))
+  every_step = keep_frames or temporal_ensemble or not hasattr(policy, "input_frames")
   input_frames = max(1, int(getattr(policy, "input_frames", 1)))
+  scored = {}  # step -> real frame, for consistency: each query's frame and each prediction's target
   for t in range(max_steps):
     to_query = executor.steps_to_query()
-    if every_step or to_query < input_frames:  # else no policy input will hold this step's frame
+    # Else no policy input holds this step's frame and no prediction is scored against it.
+    if every_step or to_query < input_frames or t in predictions:
       obs = mw.observe(env, raw_obs)
       frames.append(obs["image_primary"])
       states.append(obs["env_state"])
+      scored[t] = obs["image_primary"]
       if to_query == 0:
         start = time.perf_counter()
         chunk = np.asarray(policy(obs, instruction))
@@ -128,8 +131,9 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
   final = mw.observe(env, raw_obs)
   frames.append(final["image_primary"])
   states.append(final["env_state"])
+  scored[length] = final["image_primary"]
   frozen = mw.check_frames_live(np.stack(frames), np.stack(states))
-  errors = prediction_errors(np.stack(frames), predictions, policy.future_offset) if predictions else []
+  errors = prediction_errors(scored, predictions, policy.future_offset) if predictions else []
   if predictions and keep_frames:
     frames = beside_predictions(np.stack(frames), predictions)
   return {"task": task, "seed": int(seed), "instruction": instruction, "success": bool(success), "length": length,
@@ -138,11 +142,15 @@ def run_episode(env, policy, task: str, seed: int, *, max_steps: int = 200, exec
           "frames": np.stack(frames) if keep_frames else None, "consistency": errors}
 
 
-def prediction_errors(frames_THWC: np.ndarray, predictions: dict, offset: int) -> list:
+def prediction_errors(frames, predictions: dict, offset: int) -> list:
   """[[step, PSNR dB, MSE, copy PSNR dB, copy MSE], ...] of each {step: uint8 [S, S, 3] prediction}
   against the real frame of that step resized to S x S (the model's resolution), MSE in [0, 1]
   units; "copy" scores the copy-the-last-frame guess (the real frame ``offset`` steps earlier,
-  when the prediction was made) the same way. Steps past the episode's end are skipped."""
+  when the prediction was made) the same way. ``frames``: every step's frame [T, H, W, 3], or
+  {step: frame} of the steps rendered. Steps without a real frame (past the episode's end) are
+  skipped."""
+  if not isinstance(frames, dict):
+    frames = dict(enumerate(frames))
   def small(frame, shape):
     return np.asarray(Image.fromarray(frame).resize(shape[1::-1], Image.BILINEAR), np.float32) / 255.0
 
@@ -152,11 +160,11 @@ def prediction_errors(frames_THWC: np.ndarray, predictions: dict, offset: int) -
 
   out = []
   for step, pred in sorted(predictions.items()):
-    if step >= len(frames_THWC):
+    if step not in frames or max(step - offset, 0) not in frames:
       continue
     pred = np.asarray(pred, np.float32) / 255.0
-    real = small(frames_THWC[step], pred.shape)
-    copy = small(frames_THWC[max(step - offset, 0)], pred.shape)
+    real = small(frames[step], pred.shape)
+    copy = small(frames[max(step - offset, 0)], pred.shape)
     out.append([int(step), *score(pred, real), *score(copy, real)])
   return out
 
