@@ -323,18 +323,6 @@ def unrolled_step_flops(config, batch_spec, num_datasets: int = 1) -> float:
   return run.step_flops(None, batch_spec)
 
 
-def model_fields(model_config, name: str, path=()) -> list:
-  """[(path, value)] of every field called ``name`` in the (nested) model config, e.g. the hybrid's
-  ("vlm", "remat")."""
-  found = []
-  for key, value in model_config.items():
-    if hasattr(value, "items"):
-      found += model_fields(value, name, path + (key,))
-    elif key == name:
-      found.append((path + (key,), value))
-  return found
-
-
 def _describe(config, topo, devices, mesh, hosts, split, compiler_options=None) -> dict:
   return {
       "model": config.model.name, "topology": topo.name, "topology_name": topo.topology_name,
@@ -344,7 +332,7 @@ def _describe(config, topo, devices, mesh, hosts, split, compiler_options=None) 
       "batch_size": int(config.train.batch_size), "batch_per_device": config.train.batch_size // split,
       "grad_accum_steps": int(config.train.grad_accum_steps),
       "compute_dtype": config.train.compute_dtype,
-      "remat": ", ".join(f"{'.'.join(path)}={value}" for path, value in model_fields(config.model, "remat")),
+      "remat": ", ".join(f"{'.'.join(path)}={value}" for path, value in trainer.model_fields(config.model, "remat")),
       "compiler_options": dict(compiler_options or {}),
       "hbm_capacity_gib": topo.spec.hbm_gib,
   }

@@ -212,16 +212,22 @@ class TrainingSetup:
     return metrics_lib.lowered_flops(self.unaccumulated_step.lower(state, batch_spec))
 
 
-def scanned_fields(model_cfg, path=()) -> list:
-  """Paths of every ``scan`` field set True in ``config.model`` and its sub-configs (the hybrid's
-  backbone is ``model.vlm.scan``): FLOP counting lowers the step with all of them False."""
+def model_fields(model_cfg, name: str, path=()) -> list:
+  """[(path, value)] of every field called ``name`` in ``config.model`` and its sub-configs (the
+  hybrid's backbone keeps its own under ``model.vlm``)."""
   found = []
   for key, value in model_cfg.items():
     if isinstance(value, ml_collections.ConfigDict):
-      found += scanned_fields(value, path + (key,))
-    elif key == "scan" and value:
-      found.append(path + (key,))
+      found += model_fields(value, name, path + (key,))
+    elif key == name:
+      found.append((path + (key,), value))
   return found
+
+
+def scanned_fields(model_cfg) -> list:
+  """Paths of every ``scan`` field set True (e.g. ``model.vlm.scan``): FLOP counting lowers the
+  step with all of them False."""
+  return [path for path, value in model_fields(model_cfg, "scan") if value]
 
 
 def abstract_batch(data_cfg, batch_size: int) -> dict:
