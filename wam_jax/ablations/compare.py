@@ -52,17 +52,21 @@ def newcombe_interval(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float,
   return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
-def _episodes(root: pathlib.Path, side: Side, tasks: tuple, eval_name: str, loaded: dict) -> dict:
-  """{training seed: [episode, ...]} of the cell's finished runs (tasks filtered); {} if none.
-  ``loaded`` caches each (sweep, evaluation)'s runs across the comparisons of one table."""
-  workdir = root / side.sweep
+def _runs(root: pathlib.Path, sweep: str, eval_name: str, loaded: dict) -> list:
+  """The sweep's finished runs ([] if no such sweep); ``loaded`` caches each (sweep, evaluation)'s
+  runs across the rows of one claims file."""
+  workdir = root / sweep
   if not (workdir / "sweep.json").exists():
-    return {}
-  if (side.sweep, eval_name) not in loaded:
-    loaded[side.sweep, eval_name] = report.load_runs(workdir, eval_name)[1]
-  runs = loaded[side.sweep, eval_name]
+    return []
+  if (sweep, eval_name) not in loaded:
+    loaded[sweep, eval_name] = report.load_runs(workdir, eval_name)[1]
+  return loaded[sweep, eval_name]
+
+
+def _episodes(root: pathlib.Path, side: Side, tasks: tuple, eval_name: str, loaded: dict) -> dict:
+  """{training seed: [episode, ...]} of the cell's finished runs (tasks filtered); {} if none."""
   out = {}
-  for run in runs:
+  for run in _runs(root, side.sweep, eval_name, loaded):
     if run.cell == side.cell:
       out[run.seed] = [e for e in run.episodes if not tasks or e["task"] in tasks]
   return out
@@ -126,16 +130,14 @@ def _pool_frame_stats(parts: Sequence[dict]) -> dict:
   return dict(pooled, frames=frames)
 
 
-def rollout_consistency(root, side: Side) -> Optional[dict]:
+def rollout_consistency(root, side: Side, loaded: Optional[dict] = None) -> Optional[dict]:
   """Claim 3's measurement for one cell: the predicted t+k frame of every executed chunk against the
   frame the simulator showed at t+k (eval/results.json "consistency", beside copying the frame at
   t), pooled over the cell's finished seeds, frame-weighted: {"seeds", "mean", "along_episode":
-  {steps: stats}, "tasks": {task: stats}}. None while no finished run of the cell has it."""
-  workdir = pathlib.Path(root) / side.sweep
-  if not (workdir / "sweep.json").exists():
-    return None
+  {steps: stats}, "tasks": {task: stats}}. None while no finished run of the cell has it.
+  ``loaded``: runs already read (``write`` shares it with the comparisons)."""
   found = {}
-  for run in report.load_runs(workdir)[1]:
+  for run in _runs(pathlib.Path(root), side.sweep, "", {} if loaded is None else loaded):
     if run.cell == side.cell:
       results = report.sweep_lib.read_json(report.sweep_lib.eval_results(run.dir, ""), {}) or {}
       if results.get("consistency"):
@@ -184,6 +186,7 @@ def write(root, comparisons: Sequence[Comparison], out_dir: Optional[str] = None
                "beside copying the frame at t (a predictor that does not beat the copy has learned no "
                "dynamics to stay consistent with); pooled over finished seeds, weighted by frames. Along the "
                "episode: predicted minus copy PSNR (dB) per 40-step bin.\n\n"
-               + consistency_markdown([(what, side, rollout_consistency(root, side)) for what, side in consistency]))
+               + consistency_markdown([(what, side, rollout_consistency(root, side, loaded))
+                                       for what, side in consistency]))
     (out / "claims.md").write_text(text)
   return rows
