@@ -237,9 +237,10 @@ def make_pipeline(data_cfg, *, split: str, batch_size: int, seed: int, train: bo
   shuffle_seeds, aug_seed = derive_seeds(seed, int(data_cfg.get("shuffle_seed_offset", 0)),
                                          len(names), process_index)
   parts, weights = [], []
-  shares = cache_shares(cache_bytes, [int(sum(r.episode_lengths())) for r in readers])
-  for j, (item, reader) in enumerate(zip(mixture, readers)):
-    source = windows.WindowSource(reader, wspec, normalizer, j, cache_bytes=shares[j])
+  sources = [windows.WindowSource(reader, wspec, normalizer, j) for j, reader in enumerate(readers)]
+  for source, share in zip(sources, cache_shares(cache_bytes, [len(s) for s in sources])):
+    source.cache_bytes = share  # a window per step: the split follows the decoded frames
+  for j, (item, source) in enumerate(zip(mixture, sources)):
     idx = grain.MapDataset.range(len(source))[process_index::process_count]
     if len(idx) == 0:
       raise ValueError(f"dataset {item.name!r} split {split!r}: no windows for process "
