@@ -43,9 +43,9 @@ SWEEP = Sweep(name="tiny_test", version=1, seeds=(0, 1), cells=(
 '''
 
 
-def _sweep_cmd(sweep_file, workdir):
+def _sweep_cmd(sweep_file, workdir, max_parallel=2):
   return [sys.executable, str(REPO / "experiments" / "ablations.py"), f"--sweep={sweep_file}",
-          f"--workdir={workdir}"]
+          f"--workdir={workdir}", f"--max_parallel={max_parallel}"]
 
 
 def _env(cache_dir):
@@ -72,9 +72,10 @@ def test_sweep_killed_midway_resumes_without_redoing_finished_runs(syn_data_dir,
   fast0, slow0 = workdir / "fast" / "seed_0", workdir / "slow" / "seed_0"
   env = _env(tmp_path / "jax_cache")
 
-  # Run order: fast/0, slow/0, fast/1, slow/1. Kill everything (SIGKILL to the process
-  # group: no chance to clean up) once fast/0 is done and slow/0 has saved a checkpoint.
-  proc = subprocess.Popen(_sweep_cmd(sweep_file, workdir), env=env, cwd=REPO, text=True,
+  # Run order: fast/0, slow/0, fast/1, slow/1, one at a time (two at once, slow/0 can train all
+  # its steps while fast/0 evaluates). Kill everything (SIGKILL to the process group: no chance
+  # to clean up) once fast/0 is done and slow/0 has saved a checkpoint.
+  proc = subprocess.Popen(_sweep_cmd(sweep_file, workdir, max_parallel=1), env=env, cwd=REPO, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
   try:
     _wait_for(lambda: (fast0 / "DONE").exists(), proc, 300, "the first run to finish")
