@@ -7,9 +7,10 @@ actions are de-normalized by the same ``Normalizer``.
 """
 
 import collections
+import dataclasses
 import pathlib
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import ml_collections
@@ -21,6 +22,70 @@ from wam_jax.data import registry_files
 from wam_jax.models import heads, registry
 from wam_jax.training import checkpoint as ckpt_lib
 from wam_jax.training import sharding, trainer
+
+
+@dataclasses.dataclass
+class RestoredRun:
+  """A trained run as its checkpoint holds it: the model (built from the saved config on one
+  device), its params (EMA if asked and present) and what the data path needs."""
+  workdir: pathlib.Path
+  step: int
+  config: ml_collections.ConfigDict
+  normalizer: normalization.Normalizer
+  dataset_names: list
+  model: object
+  params: object
+
+  @property
+  def checkpoint_id(self) -> str:
+    return f"{self.workdir}@{self.step}"
+
+
+def restore_run(workdir, step: Optional[int] = None, *, use_ema: bool = True, model_name: Optional[str] = None,
+                edit_config: Optional[Callable[[ml_collections.ConfigDict], None]] = None,
+                flag: str = "workdir") -> RestoredRun:
+  """Restores a run from ``workdir`` (its newest readable step, or exactly ``step``).
+
+  Everything comes from the checkpoint (config, statistics, dataset names): nothing can drift.
+  ``model_name``: the expected ``config.model.name``; ``edit_config`` changes inference-only fields
+  (sampling steps, skip_video) before the model is built. Errors are one-line ValueErrors that start
+  with ``<flag>=<workdir>:`` and say what is missing.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  where = f"{flag}={workdir}"
+  if not workdir.is_dir():
+    raise ValueError(f"{where}: no such run directory")
+  if not (workdir / "checkpoints").is_dir():
+    raise ValueError(f"{where}: the run has no checkpoint (no {workdir / 'checkpoints'}); train it first")
+  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True)
+  try:
+    if step is not None and step not in ckpt.all_steps():
+      raise ValueError(f"{where}: no checkpoint step {step}; steps: {ckpt.all_steps()}")
+    try:
+      assets, step = ckpt.restore_assets(step)
+    except FileNotFoundError:
+      raise ValueError(f"{where}: the run has no readable checkpoint in {workdir / 'checkpoints'}; "
+                       "train it first") from None
+    config = ml_collections.ConfigDict(assets["config"])
+    if model_name is not None and config.model.name != model_name:
+      raise ValueError(f"{where}: config.model.name={config.model.name!r}, expected {model_name!r}")
+    if edit_config is not None:
+      edit_config(config)
+    names = list(assets["dataset_names"])
+    registry_files.load_all(config.data.get("registry_files", ""))  # the run's own entries
+    # A 1-device setup: the same model/state structure the trainer saved.
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    run = trainer.setup_training(config, mesh, trainer.abstract_batch(config.data, 1), num_datasets=len(names))
+    restored = ckpt.restore(run.abstract_state, step=step)
+    if restored is None:
+      raise ValueError(f"{where}: the run has no readable checkpoint in {workdir / 'checkpoints'}")
+    state, _, step = restored
+  finally:
+    ckpt.close()
+  return RestoredRun(workdir=workdir, step=int(step), config=config,
+                     normalizer=normalization.Normalizer.from_dict(assets["normalizer"]), dataset_names=names,
+                     model=run.model,
+                     params=state.ema_params if (use_ema and state.ema_params is not None) else state.params)
 
 
 class CheckpointPolicy:
@@ -35,21 +100,19 @@ class CheckpointPolicy:
   def __init__(self, workdir, step: Optional[int] = None, dataset_name: Optional[str] = None,
                use_ema: bool = True, seed: int = 0, sampling_steps: Optional[int] = None,
                skip_video: Optional[bool] = None):
-    workdir = pathlib.Path(workdir)
-    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True)
-    assets, step = ckpt.restore_assets(step)
-    self.config = ml_collections.ConfigDict(assets["config"])
-    if sampling_steps:  # a generative head's steps at inference: same params, no retraining
-      heads.set_sampling_steps(self.config.model.head, sampling_steps)
-    if skip_video is not None:  # a world model's two inference paths: same params, no retraining
-      owner = self.config.model.get("policy", self.config.model)  # video_wam: model.policy; joint_wam: model
-      if "skip_video" not in owner:
-        raise ValueError(f"skip_video: config.model.name={self.config.model.name!r} has no skip_video field "
-                         "(config.model.policy.skip_video of video_wam, config.model.skip_video of joint_wam)")
-      owner.skip_video = bool(skip_video)
-    self.normalizer = normalization.Normalizer.from_dict(assets["normalizer"])
-    names = list(assets["dataset_names"])
-    registry_files.load_all(self.config.data.get("registry_files", ""))  # the run's own entries
+    def edit(config):
+      if sampling_steps:  # a generative head's steps at inference: same params, no retraining
+        heads.set_sampling_steps(config.model.head, sampling_steps)
+      if skip_video is not None:  # a world model's two inference paths: same params, no retraining
+        owner = config.model.get("policy", config.model)  # video_wam: model.policy; joint_wam: model
+        if "skip_video" not in owner:
+          raise ValueError(f"skip_video: config.model.name={config.model.name!r} has no skip_video field "
+                           "(config.model.policy.skip_video of video_wam, config.model.skip_video of joint_wam)")
+        owner.skip_video = bool(skip_video)
+
+    run = restore_run(workdir, step, use_ema=use_ema, edit_config=edit)
+    self.config, self.normalizer, self.step, self.params = run.config, run.normalizer, run.step, run.params
+    names = run.dataset_names
     if dataset_name is None:  # The first dataset with actions: the one a policy acts in.
       dataset_name = next(n for n in names if data_registry.get_spec(n).action_key is not None)
     if dataset_name not in names:
@@ -57,14 +120,6 @@ class CheckpointPolicy:
     self.dataset_name = dataset_name
     self.data_cfg = self.config.data
     self.history = int(self.data_cfg.history)
-
-    # A 1-device setup: the same model/state structure the trainer saved.
-    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    run = trainer.setup_training(self.config, mesh, trainer.abstract_batch(self.data_cfg, 1),
-                                 num_datasets=len(names))
-    state, _, self.step = ckpt.restore(run.abstract_state, step=step)
-    ckpt.close()
-    self.params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
     model = run.model
     self._predict = jax.jit(lambda p, b, r: registry.predict_actions(model, p, b, r))
     self._predict_frames = None  # families that generate frames (predicted_frame)

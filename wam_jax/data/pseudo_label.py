@@ -111,48 +111,19 @@ class IDMLabeler:
 def load_idm(workdir, step: Optional[int] = None, dataset_name: Optional[str] = None,
              use_ema: bool = True) -> IDMLabeler:
   """Restores an ``idm`` run from ``workdir`` (newest readable step, or ``step``)."""
-  from wam_jax.models import registry as model_registry  # pylint: disable=g-import-not-at-top  (jax models)
-  from wam_jax.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from wam_jax.training import sharding, trainer  # pylint: disable=g-import-not-at-top
+  from wam_jax import inference  # pylint: disable=g-import-not-at-top  (jax models)
+  from wam_jax.models import registry as model_registry  # pylint: disable=g-import-not-at-top
 
-  workdir = pathlib.Path(workdir).absolute()
-  if not workdir.is_dir():
-    raise ValueError(f"--idm={workdir}: no such run directory")
-  if not (workdir / "checkpoints").is_dir():
-    raise ValueError(f"--idm={workdir}: the run has no checkpoint (no {workdir / 'checkpoints'}); train it first")
-  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True)
-  try:
-    if step is not None and step not in ckpt.all_steps():
-      raise ValueError(f"--idm={workdir}: no checkpoint step {step}; steps: {ckpt.all_steps()}")
-    try:
-      assets, step = ckpt.restore_assets(step)
-    except FileNotFoundError:
-      raise ValueError(f"--idm={workdir}: the run has no readable checkpoint in {workdir / 'checkpoints'}; "
-                       "train it first") from None
-    config = ml_collections.ConfigDict(assets["config"])
-    if config.model.name != "idm":
-      raise ValueError(f"--idm={workdir}: config.model.name={config.model.name!r}, expected 'idm' "
-                       "(an inverse-dynamics run, e.g. experiments/configs/idm_wam.py:idm_tiny)")
-    names = list(assets["dataset_names"])
-    registry_files.load_all(config.data.get("registry_files", ""))  # the run's own entries
-    if dataset_name is None:
-      dataset_name = next((n for n in names if not registry.get_spec(n).action_free), None)
-    if dataset_name not in names:
-      raise ValueError(f"--idm={workdir}: no labelled dataset {dataset_name!r} in its training mixture {names}")
-    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    run = trainer.setup_training(config, mesh, trainer.abstract_batch(config.data, 1), num_datasets=len(names))
-    restored = ckpt.restore(run.abstract_state, step=step)
-    if restored is None:
-      raise ValueError(f"--idm={workdir}: the run has no readable checkpoint in {workdir / 'checkpoints'}")
-    state, _, step = restored
-  finally:
-    ckpt.close()
+  run = inference.restore_run(workdir, step, use_ema=use_ema, model_name="idm", flag="--idm")
+  names = run.dataset_names
+  if dataset_name is None:
+    dataset_name = next((n for n in names if not registry.get_spec(n).action_free), None)
+  if dataset_name not in names:
+    raise ValueError(f"--idm={run.workdir}: no labelled dataset {dataset_name!r} in its training mixture {names}")
   model = run.model
   return IDMLabeler(
-      workdir=workdir, step=int(step), config=config,
-      normalizer=normalization.Normalizer.from_dict(assets["normalizer"]), dataset_name=dataset_name,
-      dataset_id=names.index(dataset_name),
-      params=state.ema_params if (use_ema and state.ema_params is not None) else state.params,
+      workdir=run.workdir, step=run.step, config=run.config, normalizer=run.normalizer, dataset_name=dataset_name,
+      dataset_id=names.index(dataset_name), params=run.params,
       predict=jax.jit(lambda p, b, r: model_registry.predict_actions(model, p, b, r)))
 
 

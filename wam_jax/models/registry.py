@@ -65,6 +65,11 @@ def predict_actions(model, params, batch, rng):
   return model.apply({"params": params}, batch, rngs=_rngs(rng), method="predict_actions")
 
 
+def predict_latent_actions(model, params, batch, rng):
+  """Latent actions of a latent-action model or latent policy: codes int [B, Q] or z [B, Q, Z]."""
+  return model.apply({"params": params}, batch, rngs=_rngs(rng), method="predict_latent_actions")
+
+
 def predicts_frames(model) -> bool:
   """Whether the model generates future frames: a family with ``predict_frames`` whose config
   trains a video objective (a family may set ``predicts_frames`` False, e.g. the joint WAM at
