@@ -47,6 +47,7 @@ def main(argv):
   print(f"{r['lam']} on {r['dataset']} ({r['windows']} windows, {r['tasks']} tasks):")
   for name, value in r["r2"].items():
     print(f"  held-out R^2 of the chunk from {name:<10}: {value:+.3f}")
+  print(f"  task read from z: {100 * r['task_accuracy']:.1f}% (chance {100 / r['tasks']:.1f}%)")
   for name, value in r["decoder"].items():
     print(f"  decoder {name:<16}: {value:.5f}")
   if _OUT.value:

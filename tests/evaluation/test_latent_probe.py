@@ -39,6 +39,10 @@ def test_ridge_r2_is_one_for_a_linear_target_and_zero_for_noise():
   assert latent_probe.ridge_r2(x[:4000], y[:4000], x[4000:], y[4000:], ridge=1e-6) == pytest.approx(1.0, abs=1e-6)
   noise = rng.normal(size=(5000, 2))
   assert abs(latent_probe.ridge_r2(x[:4000], noise[:4000], x[4000:], noise[4000:])) < 0.01
+  labels = np.argmax(x @ [[3.0, -3.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 3.0]], 1)  # linearly separable
+  assert latent_probe.ridge_accuracy(x[:4000], labels[:4000], x[4000:], labels[4000:], 3) > 0.85
+  random = rng.integers(0, 3, 5000)
+  assert abs(latent_probe.ridge_accuracy(x[:4000], random[:4000], x[4000:], random[4000:], 3) - 1 / 3) < 0.05
 
 
 def test_probe_encodes_every_window_and_reports_the_controls(lam_run):
@@ -46,7 +50,7 @@ def test_probe_encodes_every_window_and_reports_the_controls(lam_run):
   n = sum(max(length - K, 0) for length in DEMO_LENGTHS)  # every t with o_t+k inside the episode
   assert r["windows"] == {"train": n, "val": n}
   assert set(r["r2"]) == {"z", "task", "task + z", "shuffled z", "state change"}
-  assert all(np.isfinite(v) for v in r["r2"].values())
+  assert all(np.isfinite(v) for v in r["r2"].values()) and 0 <= r["task_accuracy"] <= 1
   assert set(r["decoder"]) == {"recon_loss", "shuffled_z_loss", "copy_last_loss"}
   assert 1 <= r["code_tuples_used"]["test"] <= r["code_tuples_used"]["possible"] == 8 ** 2
   assert r["lam"] == f"{lam_run.workdir}@2"

@@ -19,7 +19,9 @@ and ridge regressions predict the standardized chunk [k * A] from
              encoded the hand's motion perfectly would give (the ceiling of a transition code)
 
 fitted on the ``fit`` split and scored by held-out R^2 (mean over the chunk's
-dimensions) on the ``test`` split. The decoder's errors on the same test windows
+dimensions) on the ``test`` split. The reverse question, how much of the scene z
+encodes, is ``task_accuracy``: the task read from z by the same ridge regression
+(one-hot targets, argmax), against chance 1 / tasks. The decoder's errors on the same test windows
 (true z, shuffled z, copy-last) are reported beside it.
 """
 
@@ -117,6 +119,16 @@ def ridge_r2(x_fit, y_fit, x_test, y_test, ridge: float = 1.0) -> float:
   return float(np.mean(1.0 - resid / total))
 
 
+def ridge_accuracy(x_fit, labels_fit, x_test, labels_test, num_classes: int, ridge: float = 1.0) -> float:
+  """Held-out accuracy of a ridge regression onto one-hot labels, read by argmax."""
+  mu_x, sd_x = x_fit.mean(0), x_fit.std(0) + 1e-6
+  xf, xt = (x_fit - mu_x) / sd_x, (x_test - mu_x) / sd_x
+  xf, xt = (np.concatenate([a, np.ones((len(a), 1), a.dtype)], 1) for a in (xf, xt))  # intercept
+  y = np.eye(num_classes)[labels_fit]
+  w = np.linalg.solve(xf.T @ xf + ridge * np.eye(xf.shape[1]), xf.T @ y)
+  return float(np.mean(np.argmax(xt @ w, 1) == labels_test))
+
+
 def probe(lam, dataset: str, *, step: Optional[int] = None, fit_split: str = "train",
           test_split: str = "val", stride: int = 1, max_episodes: Optional[int] = None, batch_size: int = 64,
           ridge: float = 1.0, seed: int = 0, log=print) -> dict:
@@ -138,7 +150,8 @@ def probe(lam, dataset: str, *, step: Optional[int] = None, fit_split: str = "tr
     tasks[split] = win.tasks
     decoder[split] = {k: v / sums["windows"] for k, v in sums.items() if k != "windows"} if sums else {}
   names = sorted(set(tasks[fit_split]) | set(tasks[test_split]))
-  task = {s: np.eye(len(names), dtype=np.float32)[[names.index(t) for t in tasks[s]]] for s in tasks}
+  task_ids = {s: np.asarray([names.index(t) for t in tasks[s]]) for s in tasks}
+  task = {s: np.eye(len(names), dtype=np.float32)[task_ids[s]] for s in tasks}
   perm = np.random.default_rng(seed).permutation(len(feats[fit_split]))
   x = {"z": feats, "task": task, "task + z": {s: np.concatenate([task[s], feats[s]], 1) for s in feats},
        "shuffled z": {fit_split: feats[fit_split][perm], test_split: feats[test_split]},
@@ -147,6 +160,8 @@ def probe(lam, dataset: str, *, step: Optional[int] = None, fit_split: str = "tr
         for name, v in x.items()}
   result = dict(lam=run.checkpoint_id, dataset=dataset, fit_split=fit_split, test_split=test_split,
                 latent=dict(lat), windows={s: len(chunks[s]) for s in chunks}, tasks=len(names), r2=r2,
+                task_accuracy=ridge_accuracy(feats[fit_split], task_ids[fit_split], feats[test_split],
+                                             task_ids[test_split], len(names), ridge),
                 decoder=decoder[test_split], seconds=time.perf_counter() - start)
   if vq:
     used = np.unique(np.argmax(feats[test_split], 1))
