@@ -26,6 +26,7 @@ closed-loop success, depends on the predictor's frame quality.
 """
 
 import collections
+import dataclasses
 import pathlib
 import time
 from typing import Optional
@@ -71,7 +72,7 @@ def _run_assets(workdir, step: Optional[int], flag: str) -> tuple[ml_collections
 
 def check_runs(video_workdir, idm_workdir, *, video_step: Optional[int] = None, idm_step: Optional[int] = None,
                dataset_name: Optional[str] = None) -> dict:
-  """Checks two runs can be chained; returns {"dataset", "frame_index", "video_step", "idm_step"}.
+  """Checks two runs can be chained; returns {"dataset", "video_dataset", "frame_index", "video_step", "idm_step"}.
 
   Reads only the checkpoints' assets. Raises a one-line ValueError naming the field when a workdir
   holds the wrong model family or the runs disagree (``check_compatible``).
@@ -85,7 +86,8 @@ def check_runs(video_workdir, idm_workdir, *, video_step: Optional[int] = None, 
 
 def check_compatible(video_cfg, video_names, video_norm, idm_cfg, idm_names, idm_norm,
                      dataset_name: Optional[str] = None) -> dict:
-  """Configs, dataset names and normalizers of the two runs -> {"dataset", "frame_index"} (``check_runs``)."""
+  """Configs, dataset names and normalizers of the two runs -> {"dataset", "video_dataset", "frame_index"}
+  (``check_runs``)."""
   name = video_cfg.model.name
   if name not in VIDEO_FAMILIES:
     raise ValueError(f"--video_workdir: config.model.name={name!r}, expected one of {list(VIDEO_FAMILIES)} "
@@ -111,14 +113,33 @@ def check_compatible(video_cfg, video_names, video_norm, idm_cfg, idm_names, idm
     dataset_name = next((n for n in idm_names if not data_registry.get_spec(n).action_free), None)
   if dataset_name not in idm_names:
     raise ValueError(f"dataset: {dataset_name!r} is not in the IDM run's mixture {idm_names}")
-  if dataset_name not in video_names:
-    raise ValueError(f"dataset: the IDM acts in {dataset_name!r}, which the video run never saw "
-                     f"(its mixture: {video_names})")
-  a_idm, a_video = idm_norm.action_dim(dataset_name), video_norm.action_dim(dataset_name)
-  if a_video and a_video != a_idm:
-    raise ValueError(f"action dims: dataset {dataset_name!r} has {a_idm} action dims in the IDM run, "
-                     f"{a_video} in the video run")
-  return {"dataset": dataset_name, "frame_index": offsets.index(k)}
+  video_dataset = video_dataset_for(dataset_name, video_names)
+  if video_dataset == dataset_name:
+    a_idm, a_video = idm_norm.action_dim(dataset_name), video_norm.action_dim(dataset_name)
+    if a_video and a_video != a_idm:
+      raise ValueError(f"action dims: dataset {dataset_name!r} has {a_idm} action dims in the IDM run, "
+                       f"{a_video} in the video run")
+  return {"dataset": dataset_name, "video_dataset": video_dataset, "frame_index": offsets.index(k)}
+
+
+def _observations(name: str) -> tuple:
+  """What a dataset's observations are made of: cameras, proprio parts and slice."""
+  spec = data_registry.get_spec(name)
+  return spec.cameras, spec.proprio_key, spec.proprio_dims
+
+
+def video_dataset_for(dataset_name: str, video_names) -> str:
+  """The dataset of the video run's mixture that plans for observations of ``dataset_name``: itself
+  if the video run trained on it, else the first one recorded the same way (same cameras and
+  proprio: e.g. the protocol's action-free video pool for its MT10 demos). The video model then
+  sees what it trained on (its dataset id and statistics); the IDM keeps the demos' own."""
+  if dataset_name in video_names:
+    return dataset_name
+  same = [n for n in video_names if _observations(n) == _observations(dataset_name)]
+  if not same:
+    raise ValueError(f"dataset: the IDM acts in {dataset_name!r}, which the video run never saw, and no dataset "
+                     f"of its mixture {video_names} has the same cameras and proprio")
+  return same[0]
 
 
 class PlanWithVideoPolicy:
@@ -142,11 +163,12 @@ class PlanWithVideoPolicy:
                          dataset_name=dataset_name)
     self.frames_from = frames_from
     self.dataset_name = checked["dataset"]
+    self.video_dataset_name = checked["video_dataset"]  # what the video run calls these observations
     self._frame_index = checked["frame_index"]
     self.video = None  # copy_last never asks the video model: its params are not even restored
     if frames_from == "video":
       self.video = inference.CheckpointPolicy(video_workdir, step=checked["video_step"],
-                                              dataset_name=self.dataset_name, use_ema=use_ema)
+                                              dataset_name=self.video_dataset_name, use_ema=use_ema)
     self.idm = inference.CheckpointPolicy(idm_workdir, step=checked["idm_step"], dataset_name=self.dataset_name,
                                           use_ema=use_ema)
     self.cameras = tuple(self.idm.data_cfg.cameras)
@@ -182,7 +204,7 @@ class PlanWithVideoPolicy:
       planned = {cam: idm_in[batch_lib.image_key(cam)][-1] for cam in self.cameras}
     else:
       video_in = windows.history_inputs(self._frames, instruction, self.video.data_cfg, self.video.normalizer,
-                                        self.dataset_name)
+                                        self.video_dataset_name)
       frames = self.generate({k: np.asarray(v)[None] for k, v in video_in.items()}, rng)
       planned = {cam: f[0] for cam, f in frames.items()}
     return {k: np.asarray(v)[None] for k, v in idm_in.items()}, planned
@@ -254,11 +276,11 @@ def offline_action_errors(video_workdir, idm_workdir, *, split: str = "val", max
     raise ValueError("offline_action_errors needs a policy with frames_from='video' (it scores all three sources)")
   ds = policy.dataset_name
   sides = {}
-  for side in ("video", "idm"):
+  for side, name in (("video", policy.video_dataset_name), ("idm", ds)):
     run = getattr(policy, side)
     wspec = windows.WindowSpec.from_config(run.data_cfg)
     names = [n for n, _ in pipeline.parse_mixture(run.data_cfg)]
-    sides[side] = (run, wspec, names.index(ds), tokenizer_lib.for_spec(wspec))
+    sides[side] = (run, wspec, names.index(name), tokenizer_lib.for_spec(wspec), name)
   idm_run, idm_spec = sides["idm"][:2]
   reader = pipeline.open_reader(idm_run.data_cfg, ds, split)
   n_eps = len(reader) if max_episodes is None else min(max_episodes, len(reader))
@@ -292,8 +314,10 @@ def offline_action_errors(video_workdir, idm_workdir, *, split: str = "val", max
   pending = []
   for e in range(n_eps):
     raw = reader.decode(e, cameras=idm_spec.cameras, image_size=idm_spec.image_size)
-    eps = {side: windows.prepare_episode(raw, wspec, run.normalizer, ds, tok)
-           for side, (run, wspec, _, tok) in sides.items()}
+    # The video side reads the episode as its own dataset (video_dataset_for); it never needs actions.
+    eps = {side: windows.prepare_episode(raw if name == ds else dataclasses.replace(raw, actions=None), wspec,
+                                         run.normalizer, name, tok)
+           for side, (run, wspec, _, tok, name) in sides.items()}
     for t in range(max(raw.length - k, 0)):  # o_t+k inside the episode
       w_idm = windows.cut_window(eps["idm"], t, idm_spec, sides["idm"][2])
       if not w_idm["action_mask"].any():

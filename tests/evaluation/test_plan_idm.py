@@ -40,11 +40,15 @@ def shrink(cfg, data_dir):
 
 @pytest.fixture(scope="module")
 def runs(syn_data_dir, tmp_path_factory):  # noqa: F811
-  """A video stage-1 run (demos + action-free video) and an IDM run (demos), 3 steps each."""
+  """A video stage-1 run on action-free video only (as the protocol's pretraining on the video pool:
+  it never sees the demos the IDM acts in) and an IDM run (demos), 3 steps each."""
   out = {}
   for name, cfg in (("video", video_wam.get_config("pretrain_tiny")), ("idm", idm_wam.get_config("idm_tiny"))):
     workdir = tmp_path_factory.mktemp(name)
-    trainer.train(shrink(cfg, syn_data_dir), workdir, devices=jax.devices()[:1])
+    cfg = shrink(cfg, syn_data_dir)
+    if name == "video":
+      cfg.data.mixture = (("metaworld_video", 1.0),)
+    trainer.train(cfg, workdir, devices=jax.devices()[:1])
     out[name] = workdir
   return out
 
@@ -116,17 +120,23 @@ def normalizer(action_dim=4):
       proprio=stats(4), action=stats(action_dim), action_normalize_mask=(True,) * action_dim)})
 
 
-def check(video_edit=None, idm_edit=None, dataset_name=None, video_actions=4, video_preset="pretrain_tiny"):
+def check(video_edit=None, idm_edit=None, dataset_name=None, video_actions=4, video_preset="pretrain_tiny",
+          video_names=("metaworld_demos", "metaworld_video")):
   """check_compatible on the shipped presets, edited."""
   video, idm = video_wam.get_config(video_preset), idm_wam.get_config("idm_tiny")
   (video_edit or (lambda c: None))(video)
   (idm_edit or (lambda c: None))(idm)
-  return plan_idm.check_compatible(video, ["metaworld_demos", "metaworld_video"], normalizer(video_actions),
+  return plan_idm.check_compatible(video, list(video_names), normalizer(video_actions),
                                    idm, ["metaworld_demos"], normalizer(), dataset_name)
 
 
 def test_the_presets_chain_and_mismatches_fail_in_one_line_naming_the_field():
-  assert check() == {"dataset": "metaworld_demos", "frame_index": 0}
+  assert check() == {"dataset": "metaworld_demos", "video_dataset": "metaworld_demos", "frame_index": 0}
+  # A video model pretrained on action-free video only plans as that video: same cameras and proprio.
+  assert check(video_names=("bridge", "metaworld_video"))["video_dataset"] == "metaworld_video"
+  with pytest.raises(ValueError, match=r"^dataset: the IDM acts in 'metaworld_demos', which the video run never "
+                                       r"saw, and no dataset of its mixture \['bridge'\] has the same cameras"):
+    check(video_names=("bridge",))
   assert check(video_preset="policy_tiny")["frame_index"] == 0  # a stage-2 video WAM plans as well
   # A video model predicting t+2, t+4: the IDM's k = 4 is its second frame.
   assert check(lambda c: c.data.update(future_offset=2, num_future=2))["frame_index"] == 1
