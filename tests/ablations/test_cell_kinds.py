@@ -48,7 +48,7 @@ def test_the_command_of_each_kind(tmp_path, monkeypatch):
   label = sweep_lib.command(cells["label"], 2, run("label"))
   assert label == [sys.executable, str(REPO / "scripts" / "label_video.py"), f"--idm={run('idm')}",
                    f"--src={tmp_path / 'data' / 'metaworld_video_pool' / '1.0.0'}",
-                   f"--out={run('label') / 'dataset'}", "--batch_size=16"]
+                   f"--out={run('label') / 'dataset' / '1.0.0'}", "--batch_size=16"]
   # Without data_dir the pool is where the trainer reads protocol data: $WAM_DATA_DIR, else ./wam_data.
   bare = sweep_lib.Cell("label", kind="label", init_from="idm")
   assert f"--src={pathlib.Path('wam_data').absolute() / 'metaworld_video_pool' / '1.0.0'}" in sweep_lib.command(
@@ -74,7 +74,7 @@ def test_the_command_of_each_kind(tmp_path, monkeypatch):
   (tmp_path / "link").symlink_to(tmp_path / "real")
   linked = tmp_path / "link" / "pseudo" / "seed_2"
   argv = sweep_lib.command(cells["pseudo"], 2, linked)
-  real = os.path.realpath(tmp_path / "real" / "label" / "seed_2" / "dataset")
+  real = os.path.realpath(tmp_path / "real" / "label" / "seed_2" / sweep_lib.LABELLED)
   assert argv[1:5] == [str(REPO / "experiments" / "train.py"), f"--config={REPO / VLA}", f"--workdir={linked}",
                        "--config.seed=2"]
   assert f"--config.data.dataset_dirs={((LABELLED, real),)!r}" in argv
@@ -97,7 +97,7 @@ def test_dataset_dirs_flag_round_trips_and_the_pipeline_reads_there(tmp_path):
   fv(["prog"] + argv[2:])
   parsed = holder.value
   assert parsed.to_dict() == sweep_lib.load_config(cell, 1, tmp_path).to_dict()
-  labelled = pathlib.Path(os.path.realpath(tmp_path / "label" / "seed_1" / "dataset"))
+  labelled = pathlib.Path(os.path.realpath(tmp_path / "label" / "seed_1" / sweep_lib.LABELLED))
   assert pipeline.dataset_dir(parsed.data, LABELLED) == labelled
   root = pipeline.resolve_data_dir(parsed.data)
   assert pipeline.dataset_dir(parsed.data, "metaworld_mt10_n2") == root / "metaworld_mt10_n2" / "1.0.0"
@@ -116,8 +116,8 @@ def test_finished_is_judged_per_kind(tmp_path):
   (rdir / ".dataset.partial").mkdir(parents=True)  # what an interrupted label_video.py leaves
   ok, why = sweep_lib._finished(rdir, None, "label")
   assert not ok and "no complete" in why
-  (rdir / "dataset").mkdir()
-  (rdir / "dataset" / "dataset_info.json").write_text("{}")
+  (rdir / sweep_lib.LABELLED).mkdir(parents=True)
+  (rdir / sweep_lib.LABELLED / "dataset_info.json").write_text("{}")
   assert sweep_lib._finished(rdir, None, "label") == (True, "")
   ok, why = sweep_lib._finished(rdir, None, "eval")
   assert not ok and "no eval/results.json" in why
@@ -144,7 +144,7 @@ def _fake_outputs(cell, run_dir, seed) -> str:
   1 of 4 on push)."""
   d = f"d = pathlib.Path({str(run_dir)!r}); d.mkdir(parents=True, exist_ok=True); "
   if cell.kind == "label":
-    return d + "(d / 'dataset').mkdir(); (d / 'dataset' / 'dataset_info.json').write_text('{}')"
+    return d + "(d / 'dataset' / '1.0.0').mkdir(parents=True); (d / 'dataset' / '1.0.0' / 'dataset_info.json').write_text('{}')"
   results = _results({"reach-v3": (3 - seed, 4), "push-v3": (1, 4)})
   if cell.kind == "eval":
     return d + f"(d / 'eval').mkdir(); (d / 'eval' / 'results.json').write_text({json.dumps(results)!r})"
@@ -189,7 +189,7 @@ def test_cells_start_after_every_run_they_use_and_the_report_reads_eval_runs(tmp
   assert {(n, s) for n, s, _, _ in started} == {(c, s) for c in ("idm", "label", "video") for s in (0, 1)} | {
       ("pseudo", 1), ("plan", 0)}  # pseudo/0 (its labels failed) and plan/1 (its video failed) never started
   pseudo_argv = next(argv for n, s, _, argv in started if (n, s) == ("pseudo", 1))
-  labelled = os.path.realpath(tmp_path / "label" / "seed_1" / "dataset")
+  labelled = os.path.realpath(tmp_path / "label" / "seed_1" / sweep_lib.LABELLED)
   assert f"--config.data.dataset_dirs={((LABELLED, labelled),)!r}" in pseudo_argv  # its seed's labels
   failed = json.loads((tmp_path / "label" / "seed_0" / "FAILED").read_text())
   assert failed["returncode"] == 0 and "no complete" in failed["summary"]

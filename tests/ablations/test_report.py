@@ -9,6 +9,7 @@ import pathlib
 import pytest
 
 from wam_jax.ablations import report
+from wam_jax.ablations import sweep as sweep_lib
 from wam_jax.evaluation import metrics
 
 TASKS = ("reach-v3", "push-v3")
@@ -121,7 +122,7 @@ def test_an_eval_cell_is_a_policy_row_and_a_label_cell_is_not(tmp_path):
        "n_demos": 2, "config": "", "overrides": {}},
       {"name": "vla", "method": "vla", "n_demos": 2, "config": "", "overrides": {}}]}
   (tmp_path / "sweep.json").write_text(json.dumps(meta))
-  (tmp_path / "label" / "seed_0" / "dataset").mkdir(parents=True)
+  (tmp_path / "label" / "seed_0" / sweep_lib.LABELLED).mkdir(parents=True)
   (tmp_path / "label" / "seed_0" / "DONE").write_text("{}")
   settings = dict(seed_offset=100_000, num_workers=1, resolution=64, camera="corner4", episodes_per_task=4,
                   max_steps=200, execute_steps=4, temporal_ensemble=False, ensemble_decay=0.01,

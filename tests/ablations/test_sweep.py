@@ -314,7 +314,7 @@ def test_every_shipped_sweep_plans_with_valid_cells(name, tmp_path):
     if job.cell.video_from:
       assert f"--video_workdir={tmp_path.absolute() / job.cell.video_from / 'seed_0'}" in argv
     for dataset, label in job.cell.data_from.items():
-      assert (dataset, os.path.realpath(tmp_path / label / "seed_0" / "dataset")) in job.config.data.dataset_dirs
+      assert (dataset, os.path.realpath(tmp_path / label / "seed_0" / sweep_lib.LABELLED)) in job.config.data.dataset_dirs
 
 
 def test_a_run_finished_by_a_sibling_sweep_is_linked_not_retrained(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ trainer labels a tiny action-free dataset; the output reads through the data pat
 IDM's own predictions and its metadata, and an interrupted labelling resumes to the identical result."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from experiments.configs import idm_wam
 from tests.data import synthetic
-from wam_jax.data import pipeline, pseudo_label, rlds, windows
+from wam_jax.data import pipeline, pseudo_label, registry, rlds, windows
 from wam_jax.data import tokenizer as tokenizer_lib
 from wam_jax.training import checkpoint as ckpt_lib
 from wam_jax.training import trainer
@@ -176,6 +177,9 @@ def test_bad_inputs_name_what_is_wrong(runs, tmp_path, monkeypatch):
     pseudo_label.label_dataset(tmp_path / "no_run", runs["src"], out)
   with pytest.raises(ValueError, match="not action-free"):
     pseudo_label.label_dataset(runs["workdir"], runs["root"] / "metaworld_demos" / "1.0.0", out)
+  # Refused before any labelling (TFDS reads the last directory as the version when it finishes).
+  with pytest.raises(ValueError, match=r"--out=\S*/labeled: the last directory is the dataset's TFDS version"):
+    pseudo_label.label_dataset(runs["workdir"], runs["src"], out.parent)
   monkeypatch.setattr(pseudo_label, "METADATA_FILE", "missing.json")  # an existing output, not by this IDM
   with pytest.raises(ValueError, match="exists and was not labelled by"):
     pseudo_label.label_dataset(runs["workdir"], runs["src"], runs["out"], log=lambda _: None)
@@ -200,3 +204,24 @@ def test_script_reports_bad_input_in_one_line(runs, tmp_path):
   assert r.returncode == 2, r.stderr
   assert r.stderr.strip().splitlines()[-1].startswith("label_video: --src=")
   assert "no dataset_info.json" in r.stderr
+
+
+def test_the_sweep_harness_label_command_writes_a_finished_dataset(runs, tmp_path):
+  """The exact command a sweep's label cell runs (experiments/sweeps/idm_claim2.py), end to end: its
+  output is a complete RLDS dataset where the harness and the data path look for it."""
+  from wam_jax.ablations import protocol
+  from wam_jax.ablations import sweep as sweep_lib
+  root = tmp_path / "protocol_data"  # the protocol's pool, synthetic and short
+  synthetic.write_metaworld(root, protocol.VIDEO_NAME, with_action=False, lengths=(5, 3), textured=True)
+  workdir = tmp_path / "sweep"
+  (workdir / "idm").mkdir(parents=True)
+  (workdir / "idm" / "seed_0").symlink_to(runs["workdir"])
+  cell = sweep_lib.Cell("label", kind="label", init_from="idm", overrides={"data_dir": str(root), "batch_size": 4})
+  rdir = workdir / "label" / "seed_0"
+  rdir.mkdir(parents=True)
+  out = subprocess.run(sweep_lib.command(cell, 0, rdir), cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  assert sweep_lib._finished(rdir, None, "label") == (True, "")
+  reader = rlds.RldsReader(rdir / sweep_lib.LABELLED, "train", registry.get_spec(LABELED))
+  assert len(reader) == 2 and reader.decode(0).actions.shape == (5, 4)

@@ -83,7 +83,7 @@ SWEEPS_DIR = REPO / "experiments" / "sweeps"
 TRAIN_PY = REPO / "experiments" / "train.py"
 EVAL_PY = REPO / "experiments" / "eval.py"
 LABEL_PY = REPO / "scripts" / "label_video.py"
-LABELLED = "dataset"  # a label run's output dataset: <cell>/seed_<s>/dataset
+LABELLED = "dataset/1.0.0"  # a label run's output dataset, RLDS layout <name>/<version>: <cell>/seed_<s>/dataset/1.0.0
 
 KINDS = ("train", "label", "eval")
 # Flags the harness sets for a label / eval cell (not overrides).

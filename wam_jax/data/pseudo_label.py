@@ -54,6 +54,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 import time
 from typing import Callable, Optional
@@ -249,6 +250,9 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
   if not (src / "dataset_info.json").exists():
     raise ValueError(f"--src={src}: not an RLDS dataset directory (no dataset_info.json)")
   rlds.check_disjoint(src, out)
+  if not re.fullmatch(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)", out.name):
+    raise ValueError(f"--out={out}: the last directory is the dataset's TFDS version, x.y.z (e.g. "
+                     f"{out / '1.0.0'}); '{out.name}' is not one")
   if batch_size < 1 or episodes_per_shard < 1 or (max_episodes is not None and max_episodes < 0):
     raise ValueError(f"batch_size={batch_size}, episodes_per_shard={episodes_per_shard} must be >= 1 and "
                      f"max_episodes={max_episodes} >= 0")
