@@ -41,7 +41,7 @@ from wam_jax.models import registry as model_registry
 @dataclasses.dataclass
 class Windows:
   """Every probe window of one split: model inputs (unbatched) and what the probe regresses on."""
-  inputs: list          # dicts of batch.py keys, actions and proprio zeroed (the model never reads them)
+  inputs: list          # dicts of batch.py keys; actions zeroed and masked (the model never reads them)
   chunks_NKA: np.ndarray  # float32 true chunks in the dataset's units
   state_change_NP: np.ndarray  # float32 raw proprio at t+k minus at t
   tasks: list           # instruction per window
@@ -77,8 +77,10 @@ def split_windows(run: inference.RestoredRun, dataset: str, split: str, *, strid
   return Windows(inputs, np.asarray(chunks, np.float32), np.asarray(changes, np.float32), tasks)
 
 
-def encode(run: inference.RestoredRun, win: Windows, batch_size: int = 64) -> tuple[np.ndarray, dict]:
-  """(latents: codes int [N, Q] or z float [N, Q, Z], decoder error sums over the windows)."""
+def encode(run: inference.RestoredRun, win: Windows, batch_size: int = 64,
+           decoder_errors: bool = True) -> tuple[np.ndarray, dict]:
+  """(latents: codes int [N, Q] or z float [N, Q, Z], decoder error sums over the windows; {} when
+  ``decoder_errors`` is False: the decoder then never runs)."""
   model = run.model
   rng = jax.random.key(0)  # unused by the deterministic encoder; the registry's calls take one
   latents = jax.jit(lambda p, b: model_registry.predict_latent_actions(model, p, b, rng))
@@ -89,7 +91,7 @@ def encode(run: inference.RestoredRun, win: Windows, batch_size: int = 64) -> tu
     rows = part + [part[-1]] * (batch_size - len(part))  # one compiled shape; the padding is dropped
     batch = {key: np.stack([w[key] for w in rows]) for key in rows[0]}
     out.append(np.asarray(latents(run.params, batch))[:len(part)])
-    if len(part) == batch_size:  # full batches only: the shuffled-z metric rolls within the batch
+    if decoder_errors and len(part) == batch_size:  # full batches only: the shuffled-z metric rolls within the batch
       metrics = losses(run.params, batch)
       for name in ("recon_loss", "shuffled_z_loss", "copy_last_loss"):
         sums[name] = sums.get(name, 0.0) + float(metrics[name]) * batch_size
@@ -106,13 +108,17 @@ def _features(latents, vq: bool, num_codes: int) -> np.ndarray:
   return latents.reshape(len(latents), -1).astype(np.float32)
 
 
+def _standardized(fit, test):
+  """Both splits standardized by the fit split's per-dimension mean and spread."""
+  mu, sd = fit.mean(0), fit.std(0) + 1e-6
+  return (fit - mu) / sd, (test - mu) / sd
+
+
 def ridge_r2(x_fit, y_fit, x_test, y_test, ridge: float = 1.0) -> float:
   """Held-out R^2 of a ridge regression (intercept unpenalized), mean over y's dimensions, y
   standardized by the fit split."""
-  mu_x, sd_x = x_fit.mean(0), x_fit.std(0) + 1e-6
-  mu_y, sd_y = y_fit.mean(0), y_fit.std(0) + 1e-6
-  xf, xt = (x_fit - mu_x) / sd_x, (x_test - mu_x) / sd_x
-  yf, yt = (y_fit - mu_y) / sd_y, (y_test - mu_y) / sd_y
+  xf, xt = _standardized(x_fit, x_test)
+  yf, yt = _standardized(y_fit, y_test)
   w = np.linalg.solve(xf.T @ xf + ridge * np.eye(xf.shape[1]), xf.T @ yf)
   resid = ((yt - xt @ w) ** 2).sum(0)
   total = ((yt - yt.mean(0)) ** 2).sum(0) + 1e-12
@@ -121,8 +127,7 @@ def ridge_r2(x_fit, y_fit, x_test, y_test, ridge: float = 1.0) -> float:
 
 def ridge_accuracy(x_fit, labels_fit, x_test, labels_test, num_classes: int, ridge: float = 1.0) -> float:
   """Held-out accuracy of a ridge regression onto one-hot labels, read by argmax."""
-  mu_x, sd_x = x_fit.mean(0), x_fit.std(0) + 1e-6
-  xf, xt = (x_fit - mu_x) / sd_x, (x_test - mu_x) / sd_x
+  xf, xt = _standardized(x_fit, x_test)
   xf, xt = (np.concatenate([a, np.ones((len(a), 1), a.dtype)], 1) for a in (xf, xt))  # intercept
   y = np.eye(num_classes)[labels_fit]
   w = np.linalg.solve(xf.T @ xf + ridge * np.eye(xf.shape[1]), xf.T @ y)
@@ -139,16 +144,17 @@ def probe(lam, dataset: str, *, step: Optional[int] = None, fit_split: str = "tr
       lam, step, model_name="latent_action", flag="--lam")
   lat = run.config.model.latent
   vq = lat.kind == "vq"
-  feats, chunks, changes, tasks, decoder = {}, {}, {}, {}, {}
+  feats, chunks, changes, tasks, decoder = {}, {}, {}, {}, {}  # per split; decoder: test split only
   for split in (fit_split, test_split):
     win = split_windows(run, dataset, split, stride=stride, max_episodes=max_episodes)
-    latents, sums = encode(run, win, batch_size)
+    latents, sums = encode(run, win, batch_size, decoder_errors=split == test_split)
     log(f"[latent_probe] {dataset} {split}: {len(win.inputs)} windows encoded")
     feats[split] = _features(latents, vq, int(lat.num_codes))
     chunks[split] = win.chunks_NKA.reshape(len(win.chunks_NKA), -1)
     changes[split] = win.state_change_NP
     tasks[split] = win.tasks
-    decoder[split] = {k: v / sums["windows"] for k, v in sums.items() if k != "windows"} if sums else {}
+    if sums:  # the test split's (the fit split skips the decoder)
+      decoder = {k: v / sums["windows"] for k, v in sums.items() if k != "windows"}
   names = sorted(set(tasks[fit_split]) | set(tasks[test_split]))
   task_ids = {s: np.asarray([names.index(t) for t in tasks[s]]) for s in tasks}
   task = {s: np.eye(len(names), dtype=np.float32)[task_ids[s]] for s in tasks}
@@ -162,7 +168,7 @@ def probe(lam, dataset: str, *, step: Optional[int] = None, fit_split: str = "tr
                 latent=dict(lat), windows={s: len(chunks[s]) for s in chunks}, tasks=len(names), r2=r2,
                 task_accuracy=ridge_accuracy(feats[fit_split], task_ids[fit_split], feats[test_split],
                                              task_ids[test_split], len(names), ridge),
-                decoder=decoder[test_split], seconds=time.perf_counter() - start)
+                decoder=decoder, seconds=time.perf_counter() - start)
   if vq:
     used = np.unique(np.argmax(feats[test_split], 1))
     result["code_tuples_used"] = dict(test=int(len(used)), possible=int(feats[test_split].shape[1]))
