@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+from wam_jax.ablations import records  # noqa: E402
 from wam_jax.ablations import sweep as sweep_lib  # noqa: E402
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep name (experiments/sweeps/<name>.py) or .py path.",
@@ -34,6 +35,10 @@ _CELLS = flags.DEFINE_list("cells", None, "Only these cells of the sweep (defaul
 _REUSE = flags.DEFINE_bool(
     "reuse", True, "Link runs that a sibling sweep (another directory with a sweep.json beside "
     "--workdir) already finished with the same config and seed, instead of retraining them.")
+_RECORDS = flags.DEFINE_bool(
+    "records", True, "Skip runs finished on another machine, whose record is committed in "
+    "experiments/results/<sweep>/records/v<version>/ (wam_jax/ablations/records.py), unless a run to do "
+    "needs their checkpoint.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan with estimated times; run nothing.")
 
 
@@ -90,9 +95,11 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   if _MAX_PARALLEL.value < 1:
     raise app.UsageError(f"--max_parallel={_MAX_PARALLEL.value} must be >= 1")
+  recorded = records.recorded(records.records_dir(sweep.name, sweep.version)) if _RECORDS.value else {}
   if _DRY_RUN.value:
     try:
-      jobs = sweep_lib.plan(sweep, _WORKDIR.value, seeds, check, _CELLS.value, reuse=_REUSE.value)
+      jobs = sweep_lib.plan(sweep, _WORKDIR.value, seeds, check, _CELLS.value, reuse=_REUSE.value,
+                            recorded=recorded)
     except ValueError as e:
       raise app.UsageError(str(e)) from None
     print(sweep_lib.format_plan(sweep, jobs, _MAX_PARALLEL.value))
@@ -105,7 +112,7 @@ def main(argv):
   try:
     summary = sweep_lib.run(sweep, _WORKDIR.value, seeds=seeds, max_parallel=_MAX_PARALLEL.value,
                             cells=_CELLS.value, check=check, prepare=prepare,
-                            reuse=_REUSE.value)
+                            reuse=_REUSE.value, recorded=recorded)
   except ValueError as e:  # unknown --cells, a workdir of another sweep/version, a changed cell
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -5,8 +5,9 @@ r"""The four claims of shared/PROTOCOL.md as comparisons of finished sweep runs 
 Each row is a method cell against its reference cell (``wam_jax/ablations/compare.py``): the
 difference in pooled success with Newcombe's 95% interval, per-seed differences, and the verdict
 (supported / contradicted / unresolved; "not run" until both sides have a finished run). A sweep's
-workdir is ``<sweeps_root>/<sweep>_v<version>`` (as ``runs/queue_session9.sh`` runs them). Reads
-files only: rerun it whenever more runs have finished.
+workdir is ``<sweeps_root>/<sweep>_v<version>`` (as ``runs/queue_session9.sh`` runs them); its runs
+finished on other machines are read from their committed records (``--records_root``,
+``wam_jax/ablations/records.py``). Reads files only: rerun it whenever more runs have finished.
 """
 
 import importlib
@@ -19,6 +20,9 @@ from wam_jax.ablations.compare import Comparison, Side
 
 _ROOT = flags.DEFINE_string("sweeps_root", "runs/sweeps", "Directory holding the sweeps' workdirs.")
 _OUT = flags.DEFINE_string("out", "", "Where to write claims.md ('' = print only).")
+_RECORDS = flags.DEFINE_string("records_root", "experiments/results", "Where the sweeps' committed run records "
+                               "are (<root>/<sweep>/records/v<version>/, wam_jax/ablations/records.py): runs "
+                               "finished on other machines; '' = the workdirs only.")
 
 
 def workdir(sweep: str) -> str:
@@ -76,7 +80,7 @@ def comparisons() -> list[Comparison]:
 
 def main(argv):
   del argv
-  rows = compare.write(_ROOT.value, comparisons(), _OUT.value or None, consistency())
+  rows = compare.write(_ROOT.value, comparisons(), _OUT.value or None, consistency(), _RECORDS.value or None)
   print(compare.markdown(rows, _ROOT.value))
 
 

@@ -4,7 +4,7 @@ and what it says about a claim (shared/PROTOCOL.md: supported, contradicted or u
 A ``Comparison`` names two cells (a sweep workdir + cell name each) and optionally a subset of
 tasks and an extra evaluation (``eval_<name>/``, e.g. the paraphrase evaluation of claim 4).
 ``compare`` pools every evaluation episode of every finished seed of each cell (as the report
-does) and returns:
+does; a sweep's runs are its workdir's and its committed records', records.py) and returns:
 
   rate, ci95            each side's pooled success and Wilson interval
   diff, diff_ci95       method - reference, with Newcombe's interval for a difference of two
@@ -21,8 +21,10 @@ differences are printed beside it so a reader sees when the seeds disagree. Read
 import dataclasses
 import math
 import pathlib
+import re
 from typing import Optional, Sequence
 
+from wam_jax.ablations import records
 from wam_jax.ablations import report
 from wam_jax.evaluation import metrics
 
@@ -52,31 +54,45 @@ def newcombe_interval(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float,
   return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
-def _runs(root: pathlib.Path, sweep: str, eval_name: str, loaded: dict) -> list:
-  """The sweep's finished runs ([] if no such sweep); ``loaded`` caches each (sweep, evaluation)'s
-  runs across the rows of one claims file."""
-  workdir = root / sweep
-  if not (workdir / "sweep.json").exists():
+def records_of(records_root, sweep: str) -> Optional[pathlib.Path]:
+  """The records of a sweep workdir named ``<sweep>_v<version>`` under ``records_root`` (records.py),
+  None without a root or for a name without a version."""
+  m = re.fullmatch(r"(.+)_v(\d+)", sweep)
+  return records.records_dir(m.group(1), int(m.group(2)), records_root) if records_root and m else None
+
+
+def _runs(root: pathlib.Path, sweep: str, eval_name: str, loaded: dict, records_root=None) -> list:
+  """The sweep's finished runs: its workdir under ``root`` and its records under ``records_root``
+  ([] if neither exists); ``loaded`` caches each (sweep, evaluation)'s runs across the rows of one
+  claims file."""
+  workdir, rdir = root / sweep, records_of(records_root, sweep)
+  if not (workdir / "sweep.json").exists() and not (rdir and (rdir / "sweep.json").exists()):
     return []
   if (sweep, eval_name) not in loaded:
-    loaded[sweep, eval_name] = report.load_runs(workdir, eval_name)[1]
+    loaded[sweep, eval_name] = report.load_runs(workdir, eval_name, rdir)[1]
   return loaded[sweep, eval_name]
 
 
-def _episodes(root: pathlib.Path, side: Side, tasks: tuple, eval_name: str, loaded: dict) -> dict:
-  """{training seed: [episode, ...]} of the cell's finished runs (tasks filtered); {} if none."""
+def _episodes(root: pathlib.Path, side: Side, tasks: tuple, eval_name: str, loaded: dict,
+              records_root=None) -> dict:
+  """{training seed: [episode, ...]} of the cell's finished runs (tasks filtered); {} if none. With
+  ``tasks``, a run whose record kept no per-task split (task None, records.py) is left out."""
   out = {}
-  for run in _runs(root, side.sweep, eval_name, loaded):
+  for run in _runs(root, side.sweep, eval_name, loaded, records_root):
     if run.cell == side.cell:
-      out[run.seed] = [e for e in run.episodes if not tasks or e["task"] in tasks]
+      eps = [e for e in run.episodes if not tasks or e["task"] in tasks]
+      if eps:
+        out[run.seed] = eps
   return out
 
 
-def compare(root, c: Comparison, loaded: Optional[dict] = None) -> dict:
-  """One comparison's row (module docstring); ``loaded``: runs already read (``write`` shares it)."""
+def compare(root, c: Comparison, loaded: Optional[dict] = None, records_root=None) -> dict:
+  """One comparison's row (module docstring); ``loaded``: runs already read (``write`` shares it);
+  ``records_root``: where the sweeps' committed records are (records.py; None: workdirs only)."""
   root = pathlib.Path(root)
   loaded = {} if loaded is None else loaded
-  sides = {k: _episodes(root, getattr(c, k), c.tasks, c.eval_name, loaded) for k in ("method", "reference")}
+  sides = {k: _episodes(root, getattr(c, k), c.tasks, c.eval_name, loaded, records_root)
+           for k in ("method", "reference")}
   row = {"claim": c.claim, "name": c.name, "method": f"{c.method.sweep}/{c.method.cell}",
          "reference": f"{c.reference.sweep}/{c.reference.cell}", "tasks": list(c.tasks),
          "eval": c.eval_name or "train"}
@@ -130,18 +146,16 @@ def _pool_frame_stats(parts: Sequence[dict]) -> dict:
   return dict(pooled, frames=frames)
 
 
-def rollout_consistency(root, side: Side, loaded: Optional[dict] = None) -> Optional[dict]:
+def rollout_consistency(root, side: Side, loaded: Optional[dict] = None, records_root=None) -> Optional[dict]:
   """Claim 3's measurement for one cell: the predicted t+k frame of every executed chunk against the
   frame the simulator showed at t+k (eval/results.json "consistency", beside copying the frame at
   t), pooled over the cell's finished seeds, frame-weighted: {"seeds", "mean", "along_episode":
   {steps: stats}, "tasks": {task: stats}}. None while no finished run of the cell has it.
   ``loaded``: runs already read (``write`` shares it with the comparisons)."""
   found = {}
-  for run in _runs(pathlib.Path(root), side.sweep, "", {} if loaded is None else loaded):
-    if run.cell == side.cell:
-      results = report.sweep_lib.read_json(report.sweep_lib.eval_results(run.dir, ""), {}) or {}
-      if results.get("consistency"):
-        found[run.seed] = results["consistency"]
+  for run in _runs(pathlib.Path(root), side.sweep, "", {} if loaded is None else loaded, records_root):
+    if run.cell == side.cell and run.consistency:
+      found[run.seed] = run.consistency
   if not found:
     return None
   parts = list(found.values())
@@ -171,11 +185,11 @@ def consistency_markdown(rows: Sequence[tuple[str, Side, Optional[dict]]]) -> st
 
 
 def write(root, comparisons: Sequence[Comparison], out_dir: Optional[str] = None,
-          consistency: Sequence[tuple[str, Side]] = ()) -> list[dict]:
+          consistency: Sequence[tuple[str, Side]] = (), records_root=None) -> list[dict]:
   """The comparisons' rows; with ``out_dir``, claims.md: their table, then the rollout-consistency
   table of the ``consistency`` cells ((what, side) pairs: claim 3's frame measurement)."""
   loaded = {}
-  rows = [compare(root, c, loaded) for c in comparisons]
+  rows = [compare(root, c, loaded, records_root) for c in comparisons]
   if out_dir:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +200,7 @@ def write(root, comparisons: Sequence[Comparison], out_dir: Optional[str] = None
                "beside copying the frame at t (a predictor that does not beat the copy has learned no "
                "dynamics to stay consistent with); pooled over finished seeds, weighted by frames. Along the "
                "episode: predicted minus copy PSNR (dB) per 40-step bin.\n\n"
-               + consistency_markdown([(what, side, rollout_consistency(root, side, loaded))
+               + consistency_markdown([(what, side, rollout_consistency(root, side, loaded, records_root))
                                        for what, side in consistency]))
     (out / "claims.md").write_text(text)
   return rows

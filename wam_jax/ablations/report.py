@@ -1,6 +1,8 @@
 """Finished sweep runs -> results.csv, runs.csv, results.md and plots. Reads files only: never trains.
 
-Per run (``<workdir>/<cell>/seed_<s>/`` with a ``DONE`` marker, see sweep.py) it reads:
+Every run is read as its record (records.py: the summary that is committed, so seeds finished on
+other machines pool with this machine's); with an output directory the report reads and writes
+the records under it. Per run (``<workdir>/<cell>/seed_<s>/`` with a ``DONE`` marker, see sweep.py) it reads:
   config.json          train.steps, train.batch_size
   metrics.jsonl        run/flops_per_step (compiled step), train/examples_per_s, and, for models
                        that predict frames, the last val/video_psnr, val/video_ssim and the
@@ -29,6 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from wam_jax.ablations import records
 from wam_jax.ablations import sweep as sweep_lib
 from wam_jax.evaluation import metrics
 
@@ -39,10 +42,9 @@ FRAME_KEYS = ("video_psnr", "video_ssim", "copy_last_psnr", "copy_last_ssim")
 class Run:
   cell: str
   seed: int
-  dir: pathlib.Path
   steps: Optional[int]    # None: not a training run (an eval cell's)
   batch_size: Optional[int]
-  episodes: list          # [{"task", "seed", "success", "length", ...}] from eval/results.json
+  episodes: list          # [{"task", "seed", "success", "length"}]; task None: rebuilt without it (records.py)
   latency_ms: float       # mean policy call (one chunk at batch 1)
   eval_seconds: float
   wall_seconds: float
@@ -51,6 +53,8 @@ class Run:
   frames: dict            # FRAME_KEYS -> value (missing keys absent)
   execute_steps: int
   code: str = ""          # the commit(s) its attempts ran (run.json; "a -> b" when they differ)
+  consistency: Optional[dict] = None  # eval/results.json "consistency" (frame-predicting policies)
+  source: str = "run"     # "run": read from its directory or its record; else how its record was rebuilt
 
   @property
   def successes(self) -> int:
@@ -61,62 +65,92 @@ class Run:
     return self.successes / max(len(self.episodes), 1)
 
 
-def load_run(cell: str, seed: int, rdir: pathlib.Path, eval_name: str = "") -> Run:
-  """A finished run; ``eval_name``: read the sweep's extra evaluation eval_<name>/ instead of eval/."""
-  config = sweep_lib.read_json(rdir / "config.json", {})
-  path = sweep_lib.eval_results(rdir, eval_name)
-  results = sweep_lib.read_json(path)
-  if results is None:
-    raise ValueError(f"{rdir}: finished (DONE) but has no {path.parent.name}/results.json: the report "
-                     "needs closed-loop results")
+def read_record(meta: dict, cell: str, seed: int, rdir: pathlib.Path) -> dict:
+  """A finished run directory as its record (records.py): what the report and the claims use."""
+  config = sweep_lib.read_json(rdir / "config.json", {}) or {}
   rows = sweep_lib.read_jsonl(rdir / "metrics.jsonl")
   flops = next((r["run/flops_per_step"] for r in rows if "run/flops_per_step" in r), float("nan"))
   rates = [r["train/examples_per_s"] for r in rows if "train/examples_per_s" in r]
-  frames = {}
-  for r in rows:  # the last value of each frame metric
-    frames.update({k: r[f"val/{k}"] for k in FRAME_KEYS if f"val/{k}" in r})
+  val = {}
+  for r in rows:  # the last value of each held-out metric
+    val.update({k[4:]: v for k, v in r.items() if k.startswith("val/")})
   run_info = sweep_lib.read_json(rdir / "run.json", {}) or {}
   train = config.get("train")
-  return Run(cell=cell, seed=seed, dir=rdir, steps=int(train.get("steps", 0)) if train else None,
-             batch_size=int(train.get("batch_size", 0)) if train else None,
-             episodes=results["episodes"], latency_ms=float(results["latency"]["mean_ms"]),
-             eval_seconds=float(results["seconds"]),
-             wall_seconds=float(run_info.get("wall_seconds", float("nan"))),
-             flops_per_step=float(flops), examples_per_s=float(np.median(rates)) if rates else float("nan"),
-             frames=frames, execute_steps=int(results["settings"]["execute_steps"]),
-             code=" -> ".join(dict.fromkeys(a.get("code", "") for a in run_info.get("attempts", []) if a.get("code"))))
+  evals = {}
+  for name in [""] + sorted(meta.get("extra_evals", {})):
+    results = sweep_lib.read_json(sweep_lib.eval_results(rdir, name))
+    if results is not None:
+      evals[name] = {"episodes": records.compact_episodes(results["episodes"]),
+                     "latency_ms": float(results["latency"]["mean_ms"]), "eval_seconds": float(results["seconds"]),
+                     "execute_steps": int(results["settings"]["execute_steps"]),
+                     "consistency": results.get("consistency")}
+  kind = next((c.get("kind", "train") for c in meta["cells"] if c["name"] == cell), "train")
+  if kind != "label" and "" not in evals and (kind != "train" or _evaluates(config)):
+    raise ValueError(f"{rdir}: finished (DONE) but has no eval/results.json: the report needs "
+                     "closed-loop results")
+  return {"sweep": meta["name"], "version": meta["version"], "cell": cell, "seed": seed, "source": "run",
+          "code": " -> ".join(dict.fromkeys(a.get("code", "") for a in run_info.get("attempts", []) if a.get("code"))),
+          "steps": int(train.get("steps", 0)) if train else None,
+          "batch_size": int(train.get("batch_size", 0)) if train else None,
+          "flops_per_step": float(flops), "examples_per_s": float(np.median(rates)) if rates else float("nan"),
+          "wall_seconds": float(run_info.get("wall_seconds", float("nan"))), "val": val, "evals": evals}
 
 
-def load_runs(workdir, eval_name: str = "") -> tuple[dict, list[Run]]:
-  """(sweep.json, finished runs in cell order then seed order); with ``eval_name``, the runs whose
-  extra evaluation eval_<name>/ finished, with its results."""
+def run_of(record: dict, eval_name: str = "") -> Run:
+  """A record's run as evaluated by ``eval_name`` ("" = its training evaluation)."""
+  ev = record["evals"][eval_name]
+  return Run(cell=record["cell"], seed=int(record["seed"]), steps=record["steps"], batch_size=record["batch_size"],
+             episodes=ev["episodes"], latency_ms=ev["latency_ms"], eval_seconds=ev["eval_seconds"],
+             wall_seconds=record["wall_seconds"], flops_per_step=record["flops_per_step"],
+             examples_per_s=record["examples_per_s"],
+             frames={k: record["val"][k] for k in FRAME_KEYS if k in record.get("val", {})},
+             execute_steps=ev["execute_steps"], code=record.get("code", ""),
+             consistency=ev.get("consistency"), source=record.get("source", "run"))
+
+
+def load_records(workdir, records_dir=None) -> tuple[dict, dict, set]:
+  """(sweep.json, {(cell, seed): record} in cell then seed order, the keys read from ``workdir``).
+
+  Every finished run of ``workdir``, then, for the runs not there, the records in ``records_dir``
+  (records.py; None: none). Either may be missing, not both: a report or claim can be regenerated
+  from the committed records alone."""
   workdir = pathlib.Path(workdir)
   meta = sweep_lib.read_json(workdir / "sweep.json")
+  rdir = pathlib.Path(records_dir) if records_dir else None
+  if meta is None and rdir is not None:
+    meta = records.read_meta(rdir)
   if meta is None:
-    raise ValueError(f"{workdir} is not a sweep directory (no sweep.json): pass the --workdir "
-                     "of experiments/ablations.py")
+    raise ValueError(f"{workdir} is not a sweep directory (no sweep.json)"
+                     + (f" and {rdir} holds no records" if rdir else "")
+                     + ": pass the --workdir of experiments/ablations.py")
+  found = {(r["cell"], int(r["seed"])): r for r in (records.load_all(rdir, meta) if rdir and rdir.is_dir() else [])}
+  local = set()
+  if (workdir / "sweep.json").exists():
+    for cell in meta["cells"]:  # a label run's record says it finished (a dataset, not a policy)
+      for seed, run_d in _finished(workdir, cell["name"]):
+        found[cell["name"], seed] = read_record(meta, cell["name"], seed, run_d)
+        local.add((cell["name"], seed))
+  order = {c["name"]: i for i, c in enumerate(meta["cells"])}
+  keys = sorted((k for k in found if k[0] in order), key=lambda k: (order[k[0]], k[1]))
+  return meta, {k: found[k] for k in keys}, local
+
+
+def load_runs(workdir, eval_name: str = "", records_dir=None) -> tuple[dict, list[Run]]:
+  """(sweep.json, finished runs with a closed-loop evaluation, in cell order then seed order): the
+  runs of ``workdir`` and the records of ``records_dir`` (``load_records``); with ``eval_name``, the
+  runs whose extra evaluation eval_<name>/ finished, with its results."""
+  meta, found, _ = load_records(workdir, records_dir)
   if eval_name and eval_name not in meta.get("extra_evals", {}):
     raise ValueError(f"--eval={eval_name}: sweep {meta['name']} has no such extra evaluation; it has "
                      f"{sorted(meta.get('extra_evals', {})) or 'none'}")
-  runs = []
-  for cell in meta["cells"]:
-    kind = cell.get("kind", "train")
-    if kind == "label":  # a labelled dataset, not a policy
-      continue
-    for seed, rdir, config in _finished(workdir, cell["name"]):
-      if kind == "train" and not _evaluates(config):  # a stage without evaluation (e.g. pretraining)
-        continue
-      if eval_name and not sweep_lib.eval_results(rdir, eval_name).exists():
-        continue  # its extra evaluation has not run yet
-      runs.append(load_run(cell["name"], seed, rdir, eval_name))
-  return meta, runs
+  return meta, [run_of(r, eval_name) for r in found.values() if eval_name in r["evals"]]
 
 
 def _finished(workdir, cell_name: str):
-  """(seed, run dir, its config.json) of each finished (DONE) run of a cell, in seed order."""
+  """(seed, run dir) of each finished (DONE) run of a cell, in seed order."""
   for rdir in sorted((pathlib.Path(workdir) / cell_name).glob("seed_*"), key=lambda p: int(p.name[5:])):
     if sweep_lib.is_done(rdir):
-      yield int(rdir.name[5:]), rdir, sweep_lib.read_json(rdir / "config.json", {}) or {}
+      yield int(rdir.name[5:]), rdir
 
 
 def _evaluates(config: dict) -> bool:
@@ -143,7 +177,7 @@ def aggregate(meta: dict, runs: Sequence[Run]) -> list[dict]:
     if not cruns:
       continue
     episodes = [e for r in cruns for e in r.episodes]
-    tasks = list(dict.fromkeys(e["task"] for e in episodes))
+    tasks = list(dict.fromkeys(e["task"] for e in episodes if e["task"] is not None))
     per_task = {t: rate_with_ci(sum(bool(e["success"]) for e in episodes if e["task"] == t),
                                 sum(e["task"] == t for e in episodes)) for t in tasks}
     rows.append({
@@ -203,11 +237,11 @@ def write_csv(rows: Sequence[dict], runs: Sequence[Run], out_dir: pathlib.Path, 
   with open(out_dir / "runs.csv", "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["cell", "seed", "episodes", "successes", "success_rate", "steps", "flops_per_step",
-                "examples_per_s", "wall_seconds", "eval_seconds", "latency_ms", "dir", "code"])
+                "examples_per_s", "wall_seconds", "eval_seconds", "latency_ms", "dir", "code", "source"])
     for r in runs:
       w.writerow([r.cell, r.seed, len(r.episodes), r.successes, r.success_rate, r.steps,
                   r.flops_per_step, r.examples_per_s, r.wall_seconds, r.eval_seconds,
-                  r.latency_ms, f"{r.cell}/seed_{r.seed}", r.code])
+                  r.latency_ms, f"{r.cell}/seed_{r.seed}", r.code, r.source])
 
 
 def _pct(x) -> str:
@@ -222,11 +256,12 @@ def _short_task(task: str) -> str:
   return task.removesuffix("-v3")
 
 
-def markdown(meta: dict, rows: Sequence[dict], runs: Sequence[Run], workdir) -> str:
+def markdown(meta: dict, rows: Sequence[dict], runs: Sequence[Run], found: dict, where: str) -> str:
+  """``found``: ``load_records``'s records; ``where``: what they were read from, for the header."""
   lines = [f"# {meta['name']} v{meta['version']}", ""]
   if meta.get("description"):
     lines += [" ".join(meta["description"].split()), ""]
-  lines += [f"{len(runs)} finished run(s) in `{workdir}`; generated {time.strftime('%Y-%m-%d %H:%M')} "
+  lines += [f"{len(runs)} finished run(s) from {where}; generated {time.strftime('%Y-%m-%d %H:%M')} "
             "by `experiments/report.py` (reads files, never trains). Success pools every "
             "evaluation episode of every seed, with its 95% Wilson interval; per-seed means in "
             "seed order. FLOPs: the compiled train step (XLA cost analysis); wall: one run, "
@@ -256,21 +291,26 @@ def markdown(meta: dict, rows: Sequence[dict], runs: Sequence[Run], workdir) -> 
       cells = [f"{_pct(row['per_task'][t]['rate'])} ({row['per_task'][t]['episodes']})"
                if t in row["per_task"] else "-" for t in tasks]
       lines.append(f"| {row['cell']} | " + " | ".join(cells) + " |")
-  lines += ["", "Runs:", "", "| cell | seed | success | episodes | steps | examples/s | wall | eval | latency |",
-            "|---|---|---|---|---|---|---|---|---|"]
+  untasked = [r for r in runs if any(e["task"] is None for e in r.episodes)]
+  if untasked:
+    lines += ["", "Per-task columns leave out run(s) whose record kept the total but not the per-task split: "
+              + "; ".join(f"{r.cell} seed {r.seed} ({r.source})" for r in untasked) + "."]
+  lines += ["", "Runs:", "", "| cell | seed | success | episodes | steps | examples/s | wall | eval | latency | code |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
   for r in runs:
     lines.append(f"| {r.cell} | {r.seed} | {_pct(r.success_rate)} | {len(r.episodes)} | "
                  f"{r.steps if r.steps is not None else '-'} | "
                  f"{_num(r.examples_per_s, '{:.0f}')} | {_num(r.wall_seconds / 60, '{:.1f} min')} | "
-                 f"{_num(r.eval_seconds / 60, '{:.1f} min')} | {_num(r.latency_ms, '{:.1f} ms')} |")
+                 f"{_num(r.eval_seconds / 60, '{:.1f} min')} | {_num(r.latency_ms, '{:.1f} ms')} | "
+                 f"{r.code or '-'} |")
   missing = [c["name"] for c in meta["cells"] if c["name"] not in {row["cell"] for row in rows}
-             and not any(sweep_lib.is_done(d) for d in (pathlib.Path(workdir) / c["name"]).glob("seed_*"))]
+             and not any(name == c["name"] for name, _ in found)]
   stages = [c["name"] for c in meta["cells"] if c["name"] not in {row["cell"] for row in rows}
             and c["name"] not in missing]
   if stages:
     lines += ["", f"Finished runs without closed-loop evaluation (stages used by later cells, or "
               f"models that are not policies): {', '.join(stages)}."]
-    held_out = stage_metrics(meta, workdir)
+    held_out = stage_metrics(meta, found)
     if held_out:
       lines += ["", "Their held-out metrics (`val/*` at the last validation; mean over seeds, then per seed):", "",
                 "| cell | seeds | steps | metric | mean | per-seed |", "|---|---|---|---|---|---|"]
@@ -282,23 +322,17 @@ def markdown(meta: dict, rows: Sequence[dict], runs: Sequence[Run], workdir) -> 
   return "\n".join(lines) + "\n"
 
 
-def stage_metrics(meta: dict, workdir) -> list[dict]:
+def stage_metrics(meta: dict, found: dict) -> list[dict]:
   """For each cell whose finished runs have no closed-loop evaluation (``eval.at_end`` False: a
   pretraining stage, an inverse-dynamics model...): one row per held-out metric, the last
   validation's ``val/<metric>`` of each seed and their mean. Per-step breakdowns (``*_step<i>``)
-  and ``loss_weight`` are left out."""
+  and ``loss_weight`` are left out. ``found``: ``load_records``'s records."""
   rows = []
   for cell in meta["cells"]:
     if cell.get("kind", "train") != "train":  # label and eval runs log no validation
       continue
-    per_run = []
-    for seed, rdir, config in _finished(workdir, cell["name"]):
-      if _evaluates(config):
-        continue
-      last = {}
-      for r in sweep_lib.read_jsonl(rdir / "metrics.jsonl"):
-        last.update({k[4:]: v for k, v in r.items() if k.startswith("val/")})
-      per_run.append((seed, int(config.get("train", {}).get("steps", 0)), last))
+    per_run = [(seed, int(r["steps"] or 0), r.get("val", {})) for (name, seed), r in found.items()
+               if name == cell["name"] and "" not in r["evals"]]
     keys = sorted({k for _, _, last in per_run for k in last
                    if k != "loss_weight" and not re.search(r"_step\d+$", k)})
     for key in keys:
@@ -392,19 +426,47 @@ def plot_success_vs_latency(rows: Sequence[dict], path: pathlib.Path) -> bool:
   return True
 
 
+def _records_dir(workdir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+  """``<out>/records/v<version>``: the version of ``workdir``'s sweep.json, else of its name
+  ``<sweep>_v<version>`` (a workdir not on this machine: the report of the records alone)."""
+  meta = sweep_lib.read_json(workdir / "sweep.json")
+  if meta is not None:
+    return out / "records" / f"v{meta['version']}"
+  m = re.fullmatch(r".+_v(\d+)", workdir.name)
+  if m is None:
+    raise ValueError(f"{workdir} is not a sweep directory (no sweep.json), and its name does not say the "
+                     "version of the records to report (<sweep>_v<version>)")
+  return out / "records" / f"v{m.group(1)}"
+
+
 def write_report(workdir, out_dir: Optional[str] = None, *, plots: bool = True, eval_name: str = "") -> dict:
   """Writes the report of ``workdir``'s finished runs to ``out_dir`` (default <workdir>/report, or
   report_<eval_name> for an extra evaluation of the sweep).
 
-  Returns {"rows": [...], "runs": [...], "files": [paths written]}.
+  With ``out_dir`` (the committed results, experiments/results/<sweep>), the runs are pooled with
+  the records in ``<out_dir>/records/v<version>`` (records.py: runs finished on other machines),
+  and the records of ``workdir``'s finished runs are written there (a local run replaces its record).
+
+  Returns {"rows": [...], "runs": [...], "files": [paths written], "records": [records written]}.
   """
   workdir = pathlib.Path(workdir)
-  meta, runs = load_runs(workdir, eval_name)
-  rows = aggregate(meta, runs)
   out = pathlib.Path(out_dir) if out_dir else workdir / (f"report_{eval_name}" if eval_name else "report")
+  rdir = _records_dir(workdir, out) if out_dir else None
+  meta, found, local = load_records(workdir, rdir)
+  if eval_name and eval_name not in meta.get("extra_evals", {}):
+    raise ValueError(f"--eval={eval_name}: sweep {meta['name']} has no such extra evaluation; it has "
+                     f"{sorted(meta.get('extra_evals', {})) or 'none'}")
+  runs = [run_of(r, eval_name) for r in found.values() if eval_name in r["evals"]]
+  rows = aggregate(meta, runs)
   out.mkdir(parents=True, exist_ok=True)
+  written = []
+  if rdir is not None and local:
+    records.write_meta(rdir, meta)
+    written = [records.write(rdir, found[k]) for k in sorted(local)]
   write_csv(rows, runs, out, meta["name"])
-  text = markdown(meta, rows, runs, workdir)
+  where = (f"`{workdir}`" if not rdir else f"`{workdir}` ({len(local)}) and the records in `{rdir}` "
+           f"({len(found) - len(local)})")
+  text = markdown(meta, rows, runs, found, where)
   if eval_name:  # say which evaluation this is, under the title
     title, rest = text.split("\n", 1)
     text = (f"{title}: extra evaluation `{eval_name}`\n\nEvery run re-evaluated as trained, with "
@@ -416,4 +478,4 @@ def write_report(workdir, out_dir: Optional[str] = None, *, plots: bool = True, 
       files.append(out / "success_vs_demos.png")
     if plot_success_vs_latency(rows, out / "success_vs_latency.png"):
       files.append(out / "success_vs_latency.png")
-  return {"rows": rows, "runs": runs, "files": files}
+  return {"rows": rows, "runs": runs, "files": files, "records": written}

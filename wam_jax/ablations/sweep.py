@@ -455,7 +455,7 @@ class Job:
   dir: pathlib.Path
   config: Any = None
   error: str = ""           # a config error: the job cannot run
-  state: str = "pending"    # pending | done | partial | failed | running | invalid | reusable
+  state: str = "pending"    # pending | done | partial | failed | running | invalid | reusable | recorded
   detail: str = ""
   estimate_s: float = 0.0
   reuse_from: Optional[pathlib.Path] = None  # a finished identical run of a sibling sweep
@@ -472,12 +472,14 @@ class Job:
 
 def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
          check: Optional[Callable] = None, cells: Optional[Sequence[str]] = None,
-         reuse: bool = False) -> list[Job]:
+         reuse: bool = False, recorded: Optional[Mapping] = None) -> list[Job]:
   """Jobs in run order (all cells at the first seed, then the next seed...), with their state.
 
   ``check(config)`` raises ValueError for a config that would fail at start-up (the trainer's
   semantic check); such jobs are 'invalid' and never started. ``cells``: only these cell names.
   ``reuse``: unfinished jobs that a sibling sweep already ran are 'reusable' (``find_reusable``).
+  ``recorded``: {(cell, seed): evaluation names} of the runs finished elsewhere (records.py); an
+  unfinished job among them is 'recorded' (not run) unless a job to run needs its run (``skip_recorded``).
   """
   seeds = tuple(sweep.seeds if seeds is None else seeds)
   known = [c.name for c in sweep.cells]
@@ -519,7 +521,35 @@ def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
               "running" if _running_pid(ev.dir, ev.info_path) else "pending")
           ev.estimate_s = 0.0 if ev.state == "done" else estimate_seconds(ev, workdir)
           jobs.append(ev)
+  if recorded:
+    skip_recorded(jobs, recorded)
   return jobs
+
+
+def skip_recorded(jobs: Sequence[Job], recorded: Mapping) -> None:
+  """Marks 'recorded' the unfinished jobs whose run (or extra evaluation) a committed record holds
+  (records.py: finished on another machine), except those a job still to run needs: a pretraining
+  stage's checkpoint is not in its record, so a later cell at a new seed retrains it here."""
+  todo = lambda j: j.state in ("pending", "partial", "failed")
+  was = {}
+  for j in jobs:
+    key = (j.cell.name, j.seed)  # a run's record; an extra evaluation: recorded in it
+    if todo(j) and key in recorded and (not j.eval_name or j.eval_name in recorded[key]):
+      was[id(j)] = j.state
+      j.state, j.detail = "recorded", "finished elsewhere: its committed record"
+  changed = True
+  while changed:  # un-record what a job to run needs, until nothing changes
+    changed = False
+    needed = {}
+    for j in jobs:
+      if todo(j):
+        for d in ((j.cell.name,) if j.eval_name else j.cell.needs):
+          needed.setdefault((d, j.cell.dep_seed(d, j.seed)), j.label)
+    for j in jobs:
+      if j.state == "recorded" and not j.eval_name and (j.cell.name, j.seed) in needed:
+        j.state = was[id(j)]
+        j.detail = f"recorded, but {needed[j.cell.name, j.seed]} needs its run here"
+        changed = True
 
 
 def same_run(saved: dict, current: dict) -> bool:
@@ -591,7 +621,7 @@ def estimate_seconds(job: Job, workdir) -> float:
   """Remaining wall time of a job: the rates of the cell's finished seeds, else of a finished run of
   the same step in a sweep beside it (``cost_key``), else defaults. Measured rates carry the load
   their runs had (a sweep two at a time: about half a core's worth of the machine each)."""
-  if job.state in ("done", "reusable"):
+  if job.state in ("done", "reusable", "recorded"):
     return 0.0
   if job.cell.kind != "train":  # a finished seed's wall time, else defaults
     walls = [(read_json(d / "run.json", {}) or {}).get("wall_seconds")
@@ -702,7 +732,7 @@ def format_plan(sweep: Sweep, jobs: Sequence[Job], max_parallel: int) -> str:
            + (f" + {evals} extra evaluations ({', '.join(sweep.extra_evals)})" if evals else "")]
   for j in jobs:
     what = j.error or j.detail
-    est = f"~{_fmt(j.estimate_s)}" if j.state not in ("done", "invalid", "running", "reusable") else ""
+    est = f"~{_fmt(j.estimate_s)}" if j.state not in ("done", "invalid", "running", "reusable", "recorded") else ""
     name = j.cell.name + (f" +eval_{j.eval_name}" if j.eval_name else
                           f" [{j.cell.kind}]" if j.cell.kind != "train" else "")
     lines.append(f"  {name:28s} seed {j.seed}  {j.state:8s} {est:>10s}  {what}")
@@ -869,7 +899,7 @@ def write_sweep_json(sweep: Sweep, workdir: pathlib.Path) -> None:
 
 
 def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_parallel: int = 1,
-        cells: Optional[Sequence[str]] = None, reuse: bool = False,
+        cells: Optional[Sequence[str]] = None, reuse: bool = False, recorded: Optional[Mapping] = None,
         check: Optional[Callable] = None, prepare: Optional[Callable] = None,
         env: Optional[Mapping[str, str]] = None, poll_seconds: float = 1.0,
         log: Callable[[str], None] = print) -> dict:
@@ -882,12 +912,13 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
   """
   workdir = pathlib.Path(workdir).absolute()
   write_sweep_json(sweep, workdir)
-  jobs = plan(sweep, workdir, seeds, check, cells, reuse=reuse)
+  jobs = plan(sweep, workdir, seeds, check, cells, reuse=reuse, recorded=recorded)
   label = lambda j: j.label
   for j in jobs:
     if j.state == "reusable":
       link_reused(j, log)
-  summary = {"done": [label(j) for j in jobs if j.state == "done"], "failed": [], "skipped": []}
+  summary = {"done": [label(j) for j in jobs if j.state == "done"], "failed": [], "skipped": [],
+             "recorded": [label(j) for j in jobs if j.state == "recorded"]}
   for j in jobs:
     if j.state == "invalid":
       log(f"[sweep] INVALID {label(j)}: {j.error}")
@@ -898,7 +929,8 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
       summary["skipped"].append(label(j))
   queue = [j for j in jobs if j.state in ("pending", "partial", "failed")]
   log(f"[sweep] {sweep.name} v{sweep.version} in {workdir}: {len(summary['done'])} finished, "
-      f"{len(queue)} to run, max_parallel {max_parallel}")
+      + (f"{len(summary['recorded'])} finished elsewhere (committed records), " if summary["recorded"] else "")
+      + f"{len(queue)} to run, max_parallel {max_parallel}")
   if queue and prepare is not None:
     prepare(queue)
   env = dict(os.environ if env is None else env)
