@@ -28,7 +28,10 @@ predict its latent actions from (o_t, instruction) on all video, the
 latent-action model frozen; ``finetune_tiny`` is the VLA family restored from it
 by path (encoder + backbone), learning real actions from the labelled demos.
 The continuous latent: ``--config.model.latent.kind=continuous`` in stage 1 and
-``--config.model.lam.latent.kind=continuous`` in stage 2.
+``--config.model.lam.latent.kind=continuous`` in stage 2. Finite scalar quantization (no codebook,
+no auxiliary loss), e.g. 125 codes per token: ``--config.model.latent.kind=fsq
+--config.model.latent.levels='(5,5,5)' --config.model.latent.code_dim=3
+--config.model.latent.num_codes=125`` (stage 2: the same under ``model.lam.latent``).
 """
 
 import ml_collections
@@ -69,13 +72,14 @@ def latent_action_config() -> ml_collections.ConfigDict:
       use_language=False,
       frame_difference=True,
       latent=ml_collections.ConfigDict(dict(
-          kind="vq",           # "vq" (codebook) | "continuous" (Gaussian, KL-weighted)
+          kind="vq",           # "vq" (codebook) | "fsq" (finite scalar quantization) | "continuous" (Gaussian, KL-weighted)
           num_tokens=2,        # Q latent tokens per transition
           num_codes=8,         # VQ codebook size: capacity Q log2(num_codes) bits per transition
           code_dim=16,         # Z
           commitment=0.25,     # VQ: commitment loss weight
           entropy_weight=0.1,  # VQ: batch code-entropy bonus (against codebook collapse)
           kl_weight=1e-3,      # continuous: KL weight (the capacity knob)
+          levels=(),           # fsq: values per code dim, e.g. (5, 5, 5): code_dim = len, num_codes = product
       )),
   ))
 

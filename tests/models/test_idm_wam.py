@@ -298,3 +298,46 @@ def test_idm_head_config_error_names_the_field():
   cfg.model.head.name = "bogus"
   with pytest.raises(ValueError, match=r"config\.model\.head\.name='bogus'"):
     registry.build_model(cfg, num_datasets=1)
+
+
+def test_finite_scalar_quantizer_grid_codes_and_straight_through_gradient():
+  levels = (5, 4, 3)  # odd and even levels
+  fsq = quantizers.FiniteScalarQuantizer(levels)
+  x = 3.0 * jax.random.normal(jax.random.key(0), (512, 2, 3))
+  z, codes, aux, metrics = jax.device_get(jit(lambda x: fsq.apply({}, x))(x))
+  assert float(aux) == 0.0 and codes.shape == (512, 2) and codes.min() >= 0 and codes.max() < 60
+  for i, lv in enumerate(levels):  # each dim takes exactly its L values, scaled into [-1, 1]
+    values = np.unique(np.round(z[..., i] * (lv // 2)).astype(int))
+    expected = np.arange(-(lv // 2), lv - lv // 2) if lv % 2 == 0 else np.arange(-(lv // 2), lv // 2 + 1)
+    np.testing.assert_array_equal(values, expected)
+  assert len(np.unique(codes)) == 60 and float(metrics["codes_used"]) == 60  # every grid point reachable
+  np.testing.assert_allclose(jax.device_get(fsq.apply({}, jnp.asarray(codes), method="codes_to_z")), z, atol=1e-6)
+  # Backward: the identity through the rounding, i.e. the gradient of the bound / (L // 2).
+  w = jax.random.normal(jax.random.key(1), x.shape)
+  g = jax.grad(lambda x: jnp.sum(w * fsq.apply({}, x)[0]))(x)
+  g_ref = jax.grad(lambda x: jnp.sum(w * fsq.apply({}, x, method="bound") / jnp.asarray([2.0, 2.0, 1.0])))(x)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7)
+  assert np.abs(np.asarray(g)).sum() > 0
+
+
+def test_fsq_latent_action_model_trains_and_its_policy_classifies_the_codes():
+  cfg = small_config("latent_tiny")
+  lat = cfg.model.latent
+  lat.kind, lat.levels, lat.code_dim, lat.num_codes = "fsq", (3, 3), 2, 9
+  registry.check_model_config(cfg.model)
+  batch = make_batch(cfg, 4, num_datasets=2)
+  model, params = init(cfg, batch)
+  loss, metrics = jit(lambda p, x: registry.loss_fn(model, p, x, jax.random.key(1), train=False))(params, batch)
+  assert np.isfinite(float(loss)) and {"recon_loss", "shuffled_z_loss", "code_perplexity", "codes_used"} <= set(metrics)
+  assert "vq_loss" not in metrics  # no codebook, no auxiliary loss
+  codes = jit(lambda p, x: registry.predict_latent_actions(model, p, x, jax.random.key(0)))(params, batch)
+  assert codes.shape == (4, lat.num_tokens) and codes.dtype == jnp.int32
+  pcfg = small_config("latent_policy_tiny")  # stage 2 classifies the 9 codes of each token
+  plat = pcfg.model.lam.latent
+  plat.kind, plat.levels, plat.code_dim, plat.num_codes = "fsq", (3, 3), 2, 9
+  pmodel, pparams = init(pcfg, batch)
+  _, pm = jit(lambda p, x: registry.loss_fn(pmodel, p, x, jax.random.key(1), train=False))(pparams, batch)
+  assert {"latent_ce", "latent_accuracy"} <= set(pm) and float(pm["latent_ce"]) > 0
+  lat.num_codes = 8
+  with pytest.raises(ValueError, match=r"kind='fsq' with levels=\(3, 3\) needs code_dim=2 and num_codes=9"):
+    registry.check_model_config(cfg.model)

@@ -99,12 +99,21 @@ def encode(run: inference.RestoredRun, win: Windows, batch_size: int = 64,
   return np.concatenate(out), sums
 
 
-def _features(latents, vq: bool, num_codes: int) -> np.ndarray:
-  if vq:  # one cell per code tuple
+def _features(latents, lat) -> np.ndarray:
+  """Regression features of the latents (``lat``: config.model.latent). VQ: one cell per code tuple
+  (as nonlinear as the code); FSQ (too many tuples for that): one cell per code of each token, and
+  each token's grid coordinates; continuous: z itself."""
+  if lat.kind == "vq":
     cell = np.zeros(len(latents), np.int64)
     for q in range(latents.shape[1]):
-      cell = cell * num_codes + latents[:, q]
-    return np.eye(num_codes ** latents.shape[1], dtype=np.float32)[cell]
+      cell = cell * int(lat.num_codes) + latents[:, q]
+    return np.eye(int(lat.num_codes) ** latents.shape[1], dtype=np.float32)[cell]
+  if lat.kind == "fsq":
+    levels = np.asarray(lat.levels, np.int64)
+    basis = np.cumprod(np.concatenate([[1], levels[:-1]]))
+    grid = ((latents[..., None] // basis) % levels - levels // 2) / (levels // 2)  # [N, Q, Z]
+    one_hot = np.eye(int(lat.num_codes), dtype=np.float32)[latents]                # [N, Q, C]
+    return np.concatenate([one_hot.reshape(len(latents), -1), grid.reshape(len(latents), -1)], 1).astype(np.float32)
   return latents.reshape(len(latents), -1).astype(np.float32)
 
 
@@ -143,13 +152,12 @@ def probe(lam, dataset: str, *, step: Optional[int] = None, fit_split: str = "tr
   run = lam if isinstance(lam, inference.RestoredRun) else inference.restore_run(
       lam, step, model_name="latent_action", flag="--lam")
   lat = run.config.model.latent
-  vq = lat.kind == "vq"
   feats, chunks, changes, tasks, decoder = {}, {}, {}, {}, {}  # per split; decoder: test split only
   for split in (fit_split, test_split):
     win = split_windows(run, dataset, split, stride=stride, max_episodes=max_episodes)
     latents, sums = encode(run, win, batch_size, decoder_errors=split == test_split)
     log(f"[latent_probe] {dataset} {split}: {len(win.inputs)} windows encoded")
-    feats[split] = _features(latents, vq, int(lat.num_codes))
+    feats[split] = _features(latents, lat)
     chunks[split] = win.chunks_NKA.reshape(len(win.chunks_NKA), -1)
     changes[split] = win.state_change_NP
     tasks[split] = win.tasks
@@ -169,7 +177,7 @@ def probe(lam, dataset: str, *, step: Optional[int] = None, fit_split: str = "tr
                 task_accuracy=ridge_accuracy(feats[fit_split], task_ids[fit_split], feats[test_split],
                                              task_ids[test_split], len(names), ridge),
                 decoder=decoder, seconds=time.perf_counter() - start)
-  if vq:
+  if lat.kind == "vq":
     used = np.unique(np.argmax(feats[test_split], 1))
     result["code_tuples_used"] = dict(test=int(len(used)), possible=int(feats[test_split].shape[1]))
   return result

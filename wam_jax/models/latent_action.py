@@ -4,9 +4,13 @@
             proprio or instruction by default: z must come from the pixels),
             Q latent queries -> [B, Q, D]
   bottleneck ``latent.kind``: "vq" (a ``quantizers.VectorQuantizer`` of
-            ``latent.num_codes`` codes of ``latent.code_dim`` dims) or
-            "continuous" (``quantizers.GaussianBottleneck``, ``latent.code_dim``
-            dims, ``latent.kl_weight``). The capacity is these config fields.
+            ``latent.num_codes`` codes of ``latent.code_dim`` dims), "fsq"
+            (``quantizers.FiniteScalarQuantizer`` with ``latent.levels``:
+            code_dim = len(levels), num_codes = prod(levels), no auxiliary
+            loss) or "continuous" (``quantizers.GaussianBottleneck``,
+            ``latent.code_dim`` dims, ``latent.kl_weight``). The capacity is
+            these config fields. VQ and FSQ codes are discrete (``discrete``):
+            the latent policy classifies them.
   decoder   ``video_predictor.VideoPredictor`` in forward-dynamics mode: the
             latent tokens take the place of the action chunk (K = Q, A = Z); it
             predicts the change of the future frames' pixel patches from the
@@ -29,12 +33,18 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from wam_jax.models import encoders, layers, quantizers, transition
 from wam_jax.models import video_predictor as vp
 from wam_jax.models.heads.regression import masked_mean
 
-KINDS = ("vq", "continuous")
+KINDS = ("vq", "fsq", "continuous")
+
+
+def discrete(latent_cfg) -> bool:
+  """Whether the latent is a code (VQ, FSQ: integer codes in [0, num_codes)) rather than a vector."""
+  return latent_cfg.kind in ("vq", "fsq")
 
 
 def check_config(model_cfg) -> None:
@@ -45,6 +55,13 @@ def check_config(model_cfg) -> None:
   for field, lo in (("num_codes", 2), ("code_dim", 1), ("num_tokens", 1)):
     if int(lat[field]) < lo:
       raise ValueError(f"config.model.latent.{field}={lat[field]} must be >= {lo}")
+  if lat.kind == "fsq":
+    levels = tuple(int(v) for v in lat.get("levels", ()))
+    if not levels or min(levels) < 2:
+      raise ValueError(f"config.model.latent.levels={levels}: kind='fsq' needs one level >= 2 per code dim")
+    if int(lat.code_dim) != len(levels) or int(lat.num_codes) != int(np.prod(levels)):
+      raise ValueError(f"config.model.latent.kind='fsq' with levels={levels} needs code_dim={len(levels)} and "
+                       f"num_codes={int(np.prod(levels))} (got code_dim={lat.code_dim}, num_codes={lat.num_codes})")
   if int(model_cfg.get("decoder_history", 0)) < 0:
     raise ValueError(f"config.model.decoder_history={model_cfg.decoder_history} must be >= 0 (0: every history frame)")
   for field in ("commitment", "entropy_weight", "kl_weight"):
@@ -68,9 +85,10 @@ class LatentActionModel(nn.Module):
         num_datasets=self.num_datasets, use_proprio=cfg.use_proprio, use_language=cfg.use_language,
         frame_difference=cfg.frame_difference, dropout=cfg.dropout, dot_general=self.dot_general,
         stem=tuple(cfg.get("stem", ())))
-    if lat.kind == "vq":
+    if discrete(lat):
       self.to_code = layers.logical_dense(lat.code_dim, ("embed", None), dot_general=self.dot_general)
-      self.bottleneck = quantizers.VectorQuantizer(lat.num_codes, lat.code_dim, lat.commitment, lat.entropy_weight)
+      self.bottleneck = (quantizers.VectorQuantizer(lat.num_codes, lat.code_dim, lat.commitment, lat.entropy_weight)
+                         if lat.kind == "vq" else quantizers.FiniteScalarQuantizer(tuple(int(v) for v in lat.levels)))
     else:
       self.bottleneck = quantizers.GaussianBottleneck(lat.code_dim, self.dot_general)
     self.context = encoders.ObservationEncoder(
@@ -92,7 +110,7 @@ class LatentActionModel(nn.Module):
     """(z [B, Q, Z], codes int [B, Q] or None, bottleneck loss, metrics); rows weighted by future_mask[:, 0]."""
     readout_BQD = self.encoder(batch, train=train)
     valid_B = batch["future_mask"][:, 0]
-    if self.config.latent.kind == "vq":
+    if discrete(self.config.latent):
       return self.bottleneck(self.to_code(readout_BQD), valid_B)
     return self.bottleneck(readout_BQD, valid_B, train=train)
 

@@ -1,15 +1,20 @@
-"""Information bottlenecks for latent variables: a VQ codebook and a Gaussian (continuous) one.
+"""Information bottlenecks for latent variables: a VQ codebook, finite scalar quantization, a Gaussian.
 
-Both map encoder outputs ``x_BQZ`` (Q latent tokens of Z dims) to latents of the
+Each maps encoder outputs ``x_BQZ`` (Q latent tokens of Z dims) to latents of the
 same shape, an auxiliary loss, and diagnostics. Capacity is explicit: a VQ
-bottleneck carries at most Q log2(num_codes) bits; a Gaussian one is held by its
-KL weight (``kl_weight``) and width Z.
+bottleneck carries at most Q log2(num_codes) bits, an FSQ one Q log2(prod(levels));
+a Gaussian one is held by its KL weight (``kl_weight``) and width Z.
 
 * ``VectorQuantizer``: nearest code by cosine similarity (codes and inputs are
   L2-normalized, which keeps codes from drifting apart in scale: a common cause
   of dead codes), straight-through gradients, codebook + ``commitment`` x
   commitment loss, and an optional batch-entropy bonus (``entropy_weight``:
   soft assignments spread over the codebook) against collapse onto one code.
+* ``FiniteScalarQuantizer`` (Mentzer et al. 2023, "FSQ"): each of the Z = len(levels)
+  dims is bounded to ``levels[i]`` values and rounded (straight-through); the code is the
+  index in the product grid. No codebook and no auxiliary loss: nothing of the size of the
+  reconstruction's small motion-explainable part can decide what the code becomes, and a
+  code cannot die (every grid point stays reachable by the encoder).
 * ``GaussianBottleneck``: z = mu + sigma eps in training, mu at evaluation;
   loss = KL(N(mu, sigma) || N(0, 1)) per latent dim.
 """
@@ -66,6 +71,40 @@ class VectorQuantizer(nn.Module):
       loss = loss - self.entropy_weight * batch_entropy
       metrics["soft_code_entropy"] = batch_entropy
     return x + jax.lax.stop_gradient(q - x), codes_BQ, loss, metrics
+
+
+class FiniteScalarQuantizer(nn.Module):
+  """x [B, Q, Z] -> (z [B, Q, Z] on the grid, scaled to [-1, 1] (straight-through), codes int [B, Q]
+  in [0, prod(levels)), aux loss 0, metrics); Z = len(levels), each level >= 2."""
+  levels: tuple
+
+  def bound(self, x_BQZ):
+    """Per dim i, a value in (-L_i/2, L_i/2) whose rounding takes exactly L_i integer values
+    (-(L-1)/2..(L-1)/2 for odd L, -L/2..L/2-1 for even L)."""
+    lv = jnp.asarray(self.levels, jnp.float32)
+    half = (lv - 1.0) * (1.0 + 1e-3) / 2.0
+    offset = jnp.where(lv % 2 == 0, 0.5, 0.0)
+    return jnp.tanh(x_BQZ + jnp.arctanh(offset / half)) * half - offset
+
+  def codes_to_z(self, codes_BQ):
+    """The grid point of each code, scaled as ``__call__``'s z: [B, Q] -> [B, Q, Z]."""
+    lv = jnp.asarray(self.levels, jnp.int32)
+    basis = jnp.cumprod(jnp.concatenate([jnp.ones(1, jnp.int32), lv[:-1]]))
+    digits = (codes_BQ[..., None] // basis) % lv
+    return (digits - lv // 2).astype(jnp.float32) / (lv // 2).astype(jnp.float32)
+
+  def __call__(self, x_BQZ, weight_B=None):
+    chex.assert_axis_dimension(x_BQZ, -1, len(self.levels))
+    lv = jnp.asarray(self.levels, jnp.int32)
+    bounded = self.bound(x_BQZ.astype(jnp.float32))
+    grid = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)  # integers, straight-through
+    basis = jnp.cumprod(jnp.concatenate([jnp.ones(1, jnp.int32), lv[:-1]]))
+    codes_BQ = jnp.sum((jnp.round(bounded).astype(jnp.int32) + lv // 2) * basis, axis=-1)
+    num_codes = 1
+    for level in self.levels:
+      num_codes *= int(level)
+    z = grid / (lv // 2).astype(jnp.float32)
+    return z.astype(x_BQZ.dtype), codes_BQ, jnp.zeros((), jnp.float32), code_usage(codes_BQ, num_codes, weight_B)
 
 
 class GaussianBottleneck(nn.Module):

@@ -45,12 +45,12 @@ class LatentPolicy(nn.Module):
         "latent_queries", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("length", "embed")),
         (lat.num_tokens, cfg.width))
     self.backbone = layers.Transformer(cfg.depth, cfg.num_heads, cfg.mlp_dim, cfg.dropout, self.dot_general)
-    self.latent_head = layers.logical_dense(lat.num_codes if lat.kind == "vq" else lat.code_dim,
+    self.latent_head = layers.logical_dense(lat.num_codes if latent_action.discrete(lat) else lat.code_dim,
                                             ("embed", None), dot_general=self.dot_general)
     self.ln_latent = layers.layer_norm()
 
   def _outputs(self, batch, train: bool):
-    """Latent-head outputs [B, Q, num_codes] (VQ logits) or [B, Q, Z] from the observation only."""
+    """Latent-head outputs [B, Q, num_codes] (VQ/FSQ code logits) or [B, Q, Z] from the observation only."""
     obs_BND, mask_BN = self.encoder(batch)
     b = obs_BND.shape[0]
     q_BQD = jnp.broadcast_to(self.latent_queries[None], (b,) + self.latent_queries.shape)
@@ -76,7 +76,7 @@ class LatentPolicy(nn.Module):
   def predict_latent_actions(self, batch):
     """Predicted latent actions from the observation: codes int [B, Q] (VQ) or z [B, Q, Z]."""
     out = self._outputs(batch, train=False)
-    return jnp.argmax(out, -1) if self.config.lam.latent.kind == "vq" else out
+    return jnp.argmax(out, -1) if latent_action.discrete(self.config.lam.latent) else out
 
   def predict_actions(self, batch):
     raise ValueError("config.model.name='latent_policy' predicts latent actions, not robot actions: fine-tune it "
