@@ -114,7 +114,7 @@ def test_rollout_consistency_pools_seeds_by_frames_and_is_tabled(root, tmp_path)
   compare.write(root, [], str(tmp_path / "out"), consistency=[("wam", Side("s", "wam")), ("vla", Side("s", "vla"))])
   md = (tmp_path / "out" / "claims.md").read_text()
   assert "| wam (`s/wam`) | 2 | 40 | 25.50 (28.00) | -2.50 dB | 0.500 | -2.50 | -1.00 |" in md
-  assert "| vla (`s/vla`) | not run |" in md
+  assert "| vla (`s/vla`) | finished, no consistency recorded |" in md
 
 
 def test_the_shipped_consistency_cells_exist():

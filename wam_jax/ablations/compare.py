@@ -165,15 +165,26 @@ def rollout_consistency(root, side: Side, loaded: Optional[dict] = None, records
                      for k in keys(field)} for field in ("along_episode", "tasks")}}
 
 
+def _consistency_or_status(root, side: Side, loaded: dict, records_root=None) -> Optional[dict]:
+  """``rollout_consistency``, or {"status": ...} when the cell has finished runs none of which
+  recorded it (a policy that predicts no frames, or a record rebuilt from a table: records.py), None
+  when it has none."""
+  found = rollout_consistency(root, side, loaded, records_root)
+  if found is None and _episodes(pathlib.Path(root), side, (), "", loaded, records_root):
+    return {"status": "finished, no consistency recorded"}
+  return found
+
+
 def consistency_markdown(rows: Sequence[tuple[str, Side, Optional[dict]]]) -> str:
   """rows: (what, side, ``rollout_consistency``) -> a table: the prediction's PSNR against the copy
   guess's, overall and along the episode (predicted minus copy, dB; > 0: the prediction is closer)."""
-  bins = sorted({b for _, _, c in rows if c for b in c["along_episode"]}, key=lambda k: int(k.split("-")[0]))
+  bins = sorted({b for _, _, c in rows if c for b in c.get("along_episode", {})}, key=lambda k: int(k.split("-")[0]))
   out = ["| cell | seeds | frames | PSNR predicted (copy) | predicted - copy | MSE predicted / copy | "
          + " | ".join(f"steps {b}" for b in bins) + " |", "|---" * (6 + len(bins)) + "|"]
   for what, side, c in rows:
-    if c is None:
-      out.append(f"| {what} (`{side.sweep}/{side.cell}`) | not run |" + " |" * (4 + len(bins)))
+    if c is None or not c.get("seeds"):
+      status = c["status"] if c else "not run"
+      out.append(f"| {what} (`{side.sweep}/{side.cell}`) | {status} |" + " |" * (4 + len(bins)))
       continue
     m = c["mean"]
     along = [c["along_episode"].get(b) for b in bins]
@@ -200,7 +211,7 @@ def write(root, comparisons: Sequence[Comparison], out_dir: Optional[str] = None
                "beside copying the frame at t (a predictor that does not beat the copy has learned no "
                "dynamics to stay consistent with); pooled over finished seeds, weighted by frames. Along the "
                "episode: predicted minus copy PSNR (dB) per 40-step bin.\n\n"
-               + consistency_markdown([(what, side, rollout_consistency(root, side, loaded, records_root))
+               + consistency_markdown([(what, side, _consistency_or_status(root, side, loaded, records_root))
                                        for what, side in consistency]))
     (out / "claims.md").write_text(text)
   return rows
