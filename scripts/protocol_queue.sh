@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The protocol's runs still to do, in the order that decides the claims first; resumable on any machine.
+#
+#   bash scripts/protocol_queue.sh                 # from a frozen worktree (below): runs, reports, repeats
+#   QUEUE_ONLY="video_wam_data_efficiency" bash scripts/protocol_queue.sh   # one sweep's steps only
+#
+# Each step is one `experiments/ablations.py` call (cells x seeds); the harness skips runs finished
+# here and runs whose record is committed (finished on another machine: wam_jax/ablations/records.py),
+# retraining a pretraining stage only when a run to do needs its checkpoint. After each step the
+# sweep's report (and the new records) is written into REPO's experiments/results/<sweep>/: commit it.
+# A session ends when the machine does: what finished is in the records, what did not reruns.
+#
+# Run it from a frozen checkout so editing REPO meanwhile cannot mix two versions into one run:
+#   git worktree add /tmp/wt_queue HEAD && cd /tmp/wt_queue && REPO=/path/to/repo bash scripts/protocol_queue.sh
+set -u
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+REPO=${REPO:-$HERE}
+PY=${PY:-$REPO/.venv/bin/python}
+export JAX_PLATFORMS=cpu WAM_DATA_DIR=${WAM_DATA_DIR:-$REPO/wam_data}
+SWEEPS=${SWEEPS:-$REPO/runs/sweeps}
+cd "$HERE"
+
+# sweep | seeds | cells ('' = all): claim 1's scarce-label row first (its only positive seed-0 result),
+# then the rest of claim 1, the families at N=20, claims 3 and 2, the ladder and claim 4.
+QUEUE=(
+  "video_wam_data_efficiency|1,2|video_pretrain,video_wam_n2"
+  "video_wam_data_efficiency|1,2|video_wam_scratch_n2"
+  "video_wam_data_efficiency|1,2|video_pretrain,video_wam_n5,video_wam_scratch_n5"
+  "video_wam_data_efficiency|1,2|video_pretrain,video_wam_n20,video_wam_scratch_n20"
+  "families|1,2|"
+  "joint_wam_data_efficiency|0,1,2|"
+  "idm_claim2|0,1,2|"
+  "latent_actions|1,2|"
+  "LADDER"
+  "instruction_following|0,1,2|"
+  "baseline_data_efficiency|1,2|"
+)
+
+version() { "$PY" -c "import sys; sys.path.insert(0, '.'); from wam_jax.ablations import sweep; print(sweep.load_sweep('$1').version)"; }
+
+for step in "${QUEUE[@]}"; do
+  IFS='|' read -r sweep seeds cells <<< "$step"
+  if [[ -n "${QUEUE_ONLY:-}" && " ${QUEUE_ONLY} " != *" ${sweep} "* ]]; then continue; fi
+  if [[ "$sweep" == "LADDER" ]]; then  # family 4's stages 1-2 (outside the harness: the hybrid restores runs/vlm_tiny)
+    [[ -d "$HERE/runs/vlm_tiny/checkpoints" ]] && continue
+    "$PY" scripts/prepare_text.py && "$PY" scripts/prepare_image_text.py \
+      && "$PY" experiments/train.py --config=experiments/configs/lm.py:tiny --workdir=runs/lm_tiny \
+      && "$PY" experiments/train.py --config=experiments/configs/vlm.py:tiny --workdir=runs/vlm_tiny
+    continue
+  fi
+  workdir="$SWEEPS/${sweep}_v$(version "$sweep")"
+  echo "[queue] $(date +%H:%M) $sweep seeds $seeds cells ${cells:-all} -> $workdir"
+  "$PY" experiments/ablations.py --sweep="$sweep" --workdir="$workdir" --seeds="$seeds" ${cells:+--cells=$cells}
+  "$PY" "$REPO/experiments/report.py" "$workdir" --out="$REPO/experiments/results/$sweep" > /dev/null \
+    && echo "[queue] $(date +%H:%M) report + records -> $REPO/experiments/results/$sweep (commit them)"
+done
