@@ -105,7 +105,7 @@ def main(argv):
     print(sweep_lib.format_plan(sweep, jobs, _MAX_PARALLEL.value))
     print(data_status(jobs))
     for j in jobs:
-      if j.state not in ("done", "invalid"):
+      if j.state not in ("done", "invalid", "recorded", "reusable"):
         print(f"first command: {' '.join(sweep_lib.command(j.cell, j.seed, j.dir))}")
         break
     return
