@@ -55,6 +55,10 @@ trainer's resume identity (``trainer.config_changes``: model, data, optimizer, s
 plus equal evaluation settings and the same ``train.init_from`` stage (compared as real paths, so
 a linked stage counts as the same). A partial run the link replaces is moved aside, not deleted.
 
+Records: a run finished on another machine (its record committed under
+``experiments/results/<sweep>/records/v<version>/``, records.py) is 'recorded' in the plan and not
+rerun, unless a job to run needs it here (``skip_recorded``: a stage's checkpoint is not in its record).
+
 A run is finished when its subprocess exits 0 *and* it reached its last step *and* (if the
 config evaluates at the end) ``eval/results.json`` exists: a SIGTERM'd trainer also exits 0,
 but has not finished. A label run is finished when ``dataset/`` is complete (label_video.py
