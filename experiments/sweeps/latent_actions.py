@@ -5,22 +5,12 @@ latent-action model, and a policy pretrained to predict its latent actions from 
 per N and seed, that policy fine-tuned to real actions on the N demos (2000 steps, ~9 min), beside
 the VLA baseline on the same labels (the reference row, as baseline_data_efficiency).
 
-The ``*_fsq`` cells are the same three stages with the latent quantized by finite scalar
-quantization (``FSQ``: 125 codes per token, no codebook and no auxiliary loss; session 14) instead
-of the 8-code VQ, whose code the latent probe found to carry 12% of the real chunk's variance
-(BUILD_NOTES, "What the latent code carries").
-
 The other two claim-2 methods (a VLA on labels + IDM pseudo-labels, and plan-with-video-act-with-
 IDM) are the idm_claim2 sweep (label and eval cells)."""
 
 from wam_jax.ablations.sweep import Cell, Sweep
 
 N_DEMOS = (2, 5)
-FSQ = {"kind": "fsq", "levels": (5, 5, 5), "code_dim": 3, "num_codes": 125}
-
-
-def _fsq(prefix: str) -> dict:
-  return {f"{prefix}.{k}": v for k, v in FSQ.items()}
 
 SWEEP = Sweep(
     name="latent_actions",
@@ -37,11 +27,5 @@ SWEEP = Sweep(
              init_from="latent_policy", method="latent_actions", n_demos=n),
         Cell(name=f"vla_l1_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
              method="vla_l1", n_demos=n),
-    ))
-    + (Cell(name="latent_action_fsq", config="experiments/configs/idm_wam.py:latent_mt10", stage_seed=0,
-            overrides=_fsq("model.latent"), method="latent_action_fsq"),
-       Cell(name="latent_policy_fsq", config="experiments/configs/idm_wam.py:latent_policy_mt10", stage_seed=0,
-            init_from="latent_action_fsq", overrides=_fsq("model.lam.latent"), method="latent_policy_fsq"))
-    + tuple(Cell(name=f"latent_finetune_fsq_n{n}", config=f"experiments/configs/idm_wam.py:finetune_mt10_n{n}",
-                 init_from="latent_policy_fsq", method="latent_actions_fsq", n_demos=n) for n in N_DEMOS),
+    )),
 )
