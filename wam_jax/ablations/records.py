@@ -43,7 +43,7 @@ def path(rdir: pathlib.Path, cell: str, seed: int) -> pathlib.Path:
 def _write(p: pathlib.Path, data) -> None:
   p.parent.mkdir(parents=True, exist_ok=True)
   tmp = p.with_name(p.name + ".tmp")
-  tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+  tmp.write_text(json.dumps(data, sort_keys=True) + "\n")  # one line: a record is read by code, diffed whole
   os.replace(tmp, p)
 
 
