@@ -5,6 +5,10 @@ latent-action model, and a policy pretrained to predict its latent actions from 
 per N and seed, that policy fine-tuned to real actions on the N demos (2000 steps, ~9 min), beside
 the VLA baseline on the same labels (the reference row, as baseline_data_efficiency).
 
+The ``*_k8`` cells are the same three stages with the latent-action model (and the latent policy that
+reads it) on transitions over a frame gap of k=8 instead of 4: the first setting whose code the
+latent probe found to carry the motion beyond the task (BUILD_NOTES, "What the latent code carries").
+
 The other two claim-2 methods (a VLA on labels + IDM pseudo-labels, and plan-with-video-act-with-
 IDM) are the idm_claim2 sweep (label and eval cells)."""
 
@@ -27,5 +31,11 @@ SWEEP = Sweep(
              init_from="latent_policy", method="latent_actions", n_demos=n),
         Cell(name=f"vla_l1_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
              method="vla_l1", n_demos=n),
-    )),
+    ))
+    + (Cell(name="latent_action_k8", config="experiments/configs/idm_wam.py:latent_mt10", stage_seed=0,
+            overrides={"data.future_offset": 8}, method="latent_action_k8"),
+       Cell(name="latent_policy_k8", config="experiments/configs/idm_wam.py:latent_policy_mt10", stage_seed=0,
+            init_from="latent_action_k8", overrides={"data.future_offset": 8}, method="latent_policy_k8"))
+    + tuple(Cell(name=f"latent_finetune_k8_n{n}", config=f"experiments/configs/idm_wam.py:finetune_mt10_n{n}",
+                 init_from="latent_policy_k8", method="latent_actions_k8", n_demos=n) for n in N_DEMOS),
 )
