@@ -35,10 +35,12 @@ LONG_TASKS = ("pick-place-v3", "push-v3", "peg-insert-side-v3")
 
 
 def consistency() -> list[tuple[str, Side]]:
-  """Claim 3's frame measurement: the joint WAM cells whose evaluation records rollout consistency."""
-  joint = workdir("joint_wam_data_efficiency")
+  """Claim 3's frame measurement: the joint WAM cells whose evaluation records rollout consistency,
+  and the video WAM's (pretrained predictor, co-trained), the same measurement with a real prior."""
+  joint, video = workdir("joint_wam_data_efficiency"), workdir("video_wam_data_efficiency")
   return ([(f"joint WAM, N={n}", Side(joint, f"joint_wam_n{n}")) for n in (2, 5, 20)]
-          + [("joint WAM, N=20 (families)", Side(workdir("families"), "joint_wam"))])
+          + [("joint WAM, N=20 (families)", Side(workdir("families"), "joint_wam"))]
+          + [(f"video WAM, N={n}", Side(video, f"video_wam_n{n}")) for n in (2, 5, 20)])
 
 
 def comparisons() -> list[Comparison]:
