@@ -110,10 +110,7 @@ def rebuild(reports: list[dict], load_sweep=sweep_lib.load_sweep) -> list[pathli
       raise ValueError(f"{rep['dir']}: a report of {rep['name']} v{rep['version']}; the shipped sweep is "
                        f"v{sweep.version}: its cells may differ, rebuild by hand")
     rdir = rep["dir"] / "records" / f"v{rep['version']}"
-    meta = {"name": sweep.name, "version": sweep.version, "description": sweep.description,
-            "seeds": list(sweep.seeds), "cells": [c.spec() for c in sweep.cells]}
-    if sweep.extra_evals:
-      meta["extra_evals"] = dict(sweep.extra_evals)
+    meta = sweep_lib.sweep_meta(sweep)
     have = records.recorded(rdir)
     base = f"rebuilt from {rep['dir'].as_posix()}/runs.csv + results.csv + results.md (the run directory was lost with its machine"
     new = []

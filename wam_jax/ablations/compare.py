@@ -21,7 +21,6 @@ differences are printed beside it so a reader sees when the seeds disagree. Read
 import dataclasses
 import math
 import pathlib
-import re
 from typing import Optional, Sequence
 
 from wam_jax.ablations import records
@@ -57,8 +56,8 @@ def newcombe_interval(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float,
 def records_of(records_root, sweep: str) -> Optional[pathlib.Path]:
   """The records of a sweep workdir named ``<sweep>_v<version>`` under ``records_root`` (records.py),
   None without a root or for a name without a version."""
-  m = re.fullmatch(r"(.+)_v(\d+)", sweep)
-  return records.records_dir(m.group(1), int(m.group(2)), records_root) if records_root and m else None
+  parsed = records.parse_workdir_name(sweep)
+  return records.records_dir(*parsed, records_root) if records_root and parsed else None
 
 
 def _runs(root: pathlib.Path, sweep: str, eval_name: str, loaded: dict, records_root=None) -> list:

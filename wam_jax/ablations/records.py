@@ -25,6 +25,7 @@ recorded run unless a run it is about to do needs its checkpoint (a pretraining 
 import json
 import os
 import pathlib
+import re
 from typing import Optional
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -34,6 +35,12 @@ RESULTS = REPO / "experiments" / "results"  # <sweep>/records/v<version>/ under 
 def records_dir(sweep: str, version: int, root=None) -> pathlib.Path:
   """Where the records of ``sweep`` v``version`` live (``root``: default experiments/results)."""
   return pathlib.Path(root or RESULTS) / sweep / "records" / f"v{version}"
+
+
+def parse_workdir_name(name: str) -> Optional[tuple[str, int]]:
+  """(sweep, version) of a sweep workdir named ``<sweep>_v<version>`` (as claims.py names them), else None."""
+  m = re.fullmatch(r"(.+)_v(\d+)", name)
+  return (m.group(1), int(m.group(2))) if m else None
 
 
 def path(rdir: pathlib.Path, cell: str, seed: int) -> pathlib.Path:

@@ -140,10 +140,16 @@ def load_runs(workdir, eval_name: str = "", records_dir=None) -> tuple[dict, lis
   runs of ``workdir`` and the records of ``records_dir`` (``load_records``); with ``eval_name``, the
   runs whose extra evaluation eval_<name>/ finished, with its results."""
   meta, found, _ = load_records(workdir, records_dir)
+  return meta, runs_of(meta, found, eval_name)
+
+
+def runs_of(meta: dict, found: dict, eval_name: str = "") -> list[Run]:
+  """The records that have the evaluation ``eval_name`` ("" = the training one), as runs; an
+  evaluation the sweep does not define is an error naming the ones it does."""
   if eval_name and eval_name not in meta.get("extra_evals", {}):
     raise ValueError(f"--eval={eval_name}: sweep {meta['name']} has no such extra evaluation; it has "
                      f"{sorted(meta.get('extra_evals', {})) or 'none'}")
-  return meta, [run_of(r, eval_name) for r in found.values() if eval_name in r["evals"]]
+  return [run_of(r, eval_name) for r in found.values() if eval_name in r["evals"]]
 
 
 def _finished(workdir, cell_name: str):
@@ -432,11 +438,11 @@ def _records_dir(workdir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
   meta = sweep_lib.read_json(workdir / "sweep.json")
   if meta is not None:
     return out / "records" / f"v{meta['version']}"
-  m = re.fullmatch(r".+_v(\d+)", workdir.name)
-  if m is None:
+  parsed = records.parse_workdir_name(workdir.name)
+  if parsed is None:
     raise ValueError(f"{workdir} is not a sweep directory (no sweep.json), and its name does not say the "
                      "version of the records to report (<sweep>_v<version>)")
-  return out / "records" / f"v{m.group(1)}"
+  return out / "records" / f"v{parsed[1]}"
 
 
 def write_report(workdir, out_dir: Optional[str] = None, *, plots: bool = True, eval_name: str = "") -> dict:
@@ -453,10 +459,7 @@ def write_report(workdir, out_dir: Optional[str] = None, *, plots: bool = True, 
   out = pathlib.Path(out_dir) if out_dir else workdir / (f"report_{eval_name}" if eval_name else "report")
   rdir = _records_dir(workdir, out) if out_dir else None
   meta, found, local = load_records(workdir, rdir)
-  if eval_name and eval_name not in meta.get("extra_evals", {}):
-    raise ValueError(f"--eval={eval_name}: sweep {meta['name']} has no such extra evaluation; it has "
-                     f"{sorted(meta.get('extra_evals', {})) or 'none'}")
-  runs = [run_of(r, eval_name) for r in found.values() if eval_name in r["evals"]]
+  runs = runs_of(meta, found, eval_name)
   rows = aggregate(meta, runs)
   out.mkdir(parents=True, exist_ok=True)
   written = []

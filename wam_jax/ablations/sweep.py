@@ -895,11 +895,21 @@ def write_sweep_json(sweep: Sweep, workdir: pathlib.Path) -> None:
   else:
     cells = [c.spec() for c in sweep.cells]
   workdir.mkdir(parents=True, exist_ok=True)
-  record = {"name": sweep.name, "version": sweep.version, "description": sweep.description,
-            "seeds": list(sweep.seeds), "cells": cells}
-  if sweep.extra_evals or (saved or {}).get("extra_evals"):  # added evaluations accumulate, as cells
-    record["extra_evals"] = {**(saved or {}).get("extra_evals", {}), **json.loads(json.dumps(sweep.extra_evals))}
+  record = sweep_meta(sweep)
+  record["cells"] = cells
+  if (saved or {}).get("extra_evals"):  # added evaluations accumulate, as cells
+    record["extra_evals"] = {**saved["extra_evals"], **record.get("extra_evals", {})}
   _write_json(path, record)
+
+
+def sweep_meta(sweep: Sweep) -> dict:
+  """The sweep as ``<workdir>/sweep.json`` records it: name, version, description, seeds, cells
+  (and extra evaluations when it has any)."""
+  meta = {"name": sweep.name, "version": sweep.version, "description": sweep.description,
+          "seeds": list(sweep.seeds), "cells": [c.spec() for c in sweep.cells]}
+  if sweep.extra_evals:
+    meta["extra_evals"] = json.loads(json.dumps(sweep.extra_evals))
+  return meta
 
 
 def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_parallel: int = 1,
