@@ -12,7 +12,10 @@ See wam_jax/ablations/sweep.py for the layout of --workdir.
 """
 
 import os
+import re
 import sys
+import time
+from typing import Optional
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,6 +43,28 @@ _RECORDS = flags.DEFINE_bool(
     "experiments/results/<sweep>/records/v<version>/ (wam_jax/ablations/records.py), unless a run to do "
     "needs their checkpoint.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan with estimated times; run nothing.")
+_DEADLINE = flags.DEFINE_string(
+    "deadline", "", "Start no run that would end after this time, by its estimate (the plan's, from "
+    "finished runs and committed records): 'HH:MM' (local time, today) or '+90m' / '+2h' from now. For a "
+    "machine that goes away at a known time: its runs either finish or are not started.")
+
+
+def parse_deadline(text: str, now: Optional[float] = None) -> Optional[float]:
+  """--deadline as epoch seconds: '' -> None, 'HH:MM' -> that local time today, '+90m' / '+2h' -> from now."""
+  now = time.time() if now is None else now
+  if not text:
+    return None
+  m = re.fullmatch(r"\+(\d+(?:\.\d+)?)([mh])", text)
+  if m:
+    return now + float(m.group(1)) * (60 if m.group(2) == "m" else 3600)
+  m = re.fullmatch(r"(\d{1,2}):(\d{2})", text)
+  if m and int(m.group(1)) < 24 and int(m.group(2)) < 60:
+    t = time.localtime(now)
+    at = time.mktime((t.tm_year, t.tm_mon, t.tm_mday, int(m.group(1)), int(m.group(2)), 0, 0, 0, -1))
+    if at <= now:
+      raise ValueError(f"--deadline={text}: that time has passed today ({time.strftime('%H:%M', t)} now)")
+    return at
+  raise ValueError(f"--deadline={text!r}: expected 'HH:MM' or '+<minutes>m' / '+<hours>h'")
 
 
 def check(config):
@@ -95,11 +120,17 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   if _MAX_PARALLEL.value < 1:
     raise app.UsageError(f"--max_parallel={_MAX_PARALLEL.value} must be >= 1")
-  recorded = records.recorded(records.records_dir(sweep.name, sweep.version)) if _RECORDS.value else {}
+  rdir = records.records_dir(sweep.name, sweep.version)
+  recorded = records.recorded(rdir) if _RECORDS.value else {}
+  record_walls = records.walls(rdir)
+  try:
+    deadline = parse_deadline(_DEADLINE.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   if _DRY_RUN.value:
     try:
       jobs = sweep_lib.plan(sweep, _WORKDIR.value, seeds, check, _CELLS.value, reuse=_REUSE.value,
-                            recorded=recorded)
+                            recorded=recorded, record_walls=record_walls)
     except ValueError as e:
       raise app.UsageError(str(e)) from None
     print(sweep_lib.format_plan(sweep, jobs, _MAX_PARALLEL.value))
@@ -112,7 +143,8 @@ def main(argv):
   try:
     summary = sweep_lib.run(sweep, _WORKDIR.value, seeds=seeds, max_parallel=_MAX_PARALLEL.value,
                             cells=_CELLS.value, check=check, prepare=prepare,
-                            reuse=_REUSE.value, recorded=recorded)
+                            reuse=_REUSE.value, recorded=recorded, record_walls=record_walls,
+                            deadline=deadline)
   except ValueError as e:  # unknown --cells, a workdir of another sweep/version, a changed cell
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -3,12 +3,17 @@
 #
 #   bash scripts/protocol_queue.sh                 # from a frozen worktree (below): runs, reports, repeats
 #   QUEUE_ONLY="video_wam_data_efficiency" bash scripts/protocol_queue.sh   # one sweep's steps only
+#   DEADLINE=21:15 bash scripts/protocol_queue.sh   # or DEADLINE=+150m: start no run that would end later
 #
 # Each step is one `experiments/ablations.py` call (cells x seeds); the harness skips runs finished
 # here and runs whose record is committed (finished on another machine: wam_jax/ablations/records.py),
 # retraining a pretraining stage only when a run to do needs its checkpoint. After each step the
 # sweep's report (and the new records) is written into REPO's experiments/results/<sweep>/: commit it.
 # A session ends when the machine does: what finished is in the records, what did not reruns.
+# DEADLINE (the machine's end, less the time to commit): each run starts only if its estimate (from
+# committed records of the same cell: their wall time on the machines that ran them) says it ends
+# before then, with the longest run that restores it; a pretraining stage whose policies cannot
+# finish is not started. The ladder (outside the harness, no estimate) is skipped under a DEADLINE.
 #
 # Run it from a frozen checkout so editing REPO meanwhile cannot mix two versions into one run:
 #   git worktree add /tmp/wt_queue HEAD && cd /tmp/wt_queue && REPO=/path/to/repo bash scripts/protocol_queue.sh
@@ -18,6 +23,10 @@ REPO=${REPO:-$HERE}
 PY=${PY:-$REPO/.venv/bin/python}
 export JAX_PLATFORMS=cpu WAM_DATA_DIR=${WAM_DATA_DIR:-$REPO/wam_data}
 SWEEPS=${SWEEPS:-$REPO/runs/sweeps}
+if [[ "${DEADLINE:-}" == +* ]]; then  # one absolute time for every step
+  spec=${DEADLINE#+}; spec=${spec/%m/ minutes}; spec=${spec/%h/ hours}
+  DEADLINE=$(date -d "now + $spec" +%H:%M) || exit 2
+fi
 cd "$HERE"
 
 # sweep | seeds | cells ('' = all): claim 1's scarce-label row first (its only positive seed-0 result),
@@ -43,6 +52,7 @@ for step in "${QUEUE[@]}"; do
   if [[ -n "${QUEUE_ONLY:-}" && " ${QUEUE_ONLY} " != *" ${sweep} "* ]]; then continue; fi
   if [[ "$sweep" == "LADDER" ]]; then  # family 4's stages 1-2 (outside the harness: the hybrid restores runs/vlm_tiny)
     [[ -d "$HERE/runs/vlm_tiny/checkpoints" ]] && continue
+    if [[ -n "${DEADLINE:-}" ]]; then echo "[queue] ladder skipped: no estimate under DEADLINE=$DEADLINE"; continue; fi
     "$PY" scripts/prepare_text.py && "$PY" scripts/prepare_image_text.py \
       && "$PY" experiments/train.py --config=experiments/configs/lm.py:tiny --workdir=runs/lm_tiny \
       && "$PY" experiments/train.py --config=experiments/configs/vlm.py:tiny --workdir=runs/vlm_tiny
@@ -50,7 +60,8 @@ for step in "${QUEUE[@]}"; do
   fi
   workdir="$SWEEPS/${sweep}_v$(version "$sweep")"
   echo "[queue] $(date +%H:%M) $sweep seeds $seeds cells ${cells:-all} -> $workdir"
-  "$PY" experiments/ablations.py --sweep="$sweep" --workdir="$workdir" --seeds="$seeds" ${cells:+--cells=$cells}
+  "$PY" experiments/ablations.py --sweep="$sweep" --workdir="$workdir" --seeds="$seeds" ${cells:+--cells=$cells} \
+    ${DEADLINE:+--deadline=$DEADLINE}
   "$PY" "$REPO/experiments/report.py" "$workdir" --out="$REPO/experiments/results/$sweep" > /dev/null \
     && echo "[queue] $(date +%H:%M) report + records -> $REPO/experiments/results/$sweep (commit them)"
 done

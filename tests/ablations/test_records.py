@@ -5,10 +5,10 @@ replaces its record, and the harness skips recorded runs unless a run to do need
 import json
 import pathlib
 import shutil
-import sys
 
 import pytest
 
+from tests.ablations import fake_runs
 from tests.ablations.test_report import _fake_run
 from wam_jax.ablations import compare
 from wam_jax.ablations import records
@@ -124,14 +124,7 @@ def test_claims_read_the_records_and_leave_out_runs_without_a_per_task_split(tmp
 
 def test_the_harness_skips_recorded_runs_unless_a_run_to_do_needs_their_checkpoint(tmp_path, monkeypatch):
   started = []
-
-  def fake_command(cell, seed, run_dir):
-    started.append(f"{cell.name}/seed_{seed}")
-    code = ("import pathlib; d = pathlib.Path(%r); (d / 'checkpoints' / '100000').mkdir(parents=True); "
-            "(d / 'eval').mkdir(); (d / 'eval' / 'results.json').write_text('{}')" % str(run_dir))
-    return [sys.executable, "-c", code]
-
-  monkeypatch.setattr(sweep_lib, "command", fake_command)
+  monkeypatch.setattr(sweep_lib, "command", fake_runs.finishing_command(started))
   sweep = sweep_lib.Sweep(name="shared", version=1, seeds=(0, 1), cells=(
       sweep_lib.Cell("pretrain", "experiments/configs/video_wam.py:pretrain_tiny", stage_seed=0),
       sweep_lib.Cell("policy", "experiments/configs/video_wam.py:policy_tiny", init_from="pretrain"),

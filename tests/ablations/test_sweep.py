@@ -14,7 +14,9 @@ import time
 
 import pytest
 
+from tests.ablations import fake_runs
 from tests.data.synthetic import syn_data_dir  # noqa: F401  (fixture)
+from wam_jax.ablations import records
 from wam_jax.ablations import report
 from wam_jax.ablations import sweep as sweep_lib
 from wam_jax.evaluation import metrics
@@ -482,3 +484,63 @@ def test_a_reused_stage_makes_its_later_stage_reusable_in_the_same_plan(tmp_path
                         tmp_path / "second", reuse=True)
   assert [(j.cell.name, j.state) for j in jobs] == [("pretrain", "reusable"), ("policy", "reusable")]
   assert jobs[1].reuse_from == (tmp_path / "first" / "policy" / "seed_0").absolute()
+
+
+def test_a_cell_without_local_runs_is_priced_by_its_committed_records(tmp_path):
+  """Its records' wall time (training + evaluation, on the machines that ran them) is the estimate,
+  scaled by the steps still to train; a cell with no record keeps the defaults."""
+  vla = "experiments/configs/vla_baseline.py:tiny"
+  sweep = sweep_lib.Sweep(name="priced", version=1, seeds=(1,), cells=(
+      sweep_lib.Cell("recorded_cell", vla, n_demos=2, overrides={"train.steps": 1000}),
+      sweep_lib.Cell("new_cell", vla, n_demos=5, overrides={"train.steps": 1000})))
+  rdir = tmp_path / "records" / "v1"
+  for seed, wall in ((0, 1800.0), (2, 2400.0), (3, float("nan")), (4, None)):  # rebuilt records: NaN, none
+    (rdir / "recorded_cell").mkdir(parents=True, exist_ok=True)
+    (rdir / "recorded_cell" / f"seed_{seed}.json").write_text(json.dumps({"wall_seconds": wall}))
+  walls = records.walls(rdir)
+  assert walls == {"recorded_cell": [1800.0, 2400.0]} and records.walls(tmp_path / "none") == {}
+  jobs = {j.cell.name: j for j in sweep_lib.plan(sweep, tmp_path / "w", record_walls=walls)}
+  assert jobs["recorded_cell"].estimate_s == pytest.approx(sweep_lib.STARTUP_SECONDS + 2100.0)
+  without = {j.cell.name: j for j in sweep_lib.plan(sweep, tmp_path / "w")}
+  assert jobs["new_cell"].estimate_s == pytest.approx(without["new_cell"].estimate_s)
+  assert without["recorded_cell"].estimate_s < 2100.0  # the defaults: an idle machine's rate
+
+  (jobs["recorded_cell"].dir / "checkpoints" / "500").mkdir(parents=True)  # half trained here
+  jobs = {j.cell.name: j for j in sweep_lib.plan(sweep, tmp_path / "w", record_walls=walls)}
+  assert jobs["recorded_cell"].estimate_s == pytest.approx(sweep_lib.STARTUP_SECONDS + 1050.0)
+
+
+def test_deadline_starts_only_runs_that_finish_before_it(tmp_path, monkeypatch):
+  """A job (with the longest run that uses it) that its estimate says would end after the deadline is
+  not started, nor are the runs that use it; a job that fits runs."""
+  started = []
+  monkeypatch.setattr(sweep_lib, "command", fake_runs.finishing_command(started))
+  sweep = sweep_lib.Sweep(name="deadline", version=1, seeds=(0,), cells=(
+      sweep_lib.Cell("pretrain", "experiments/configs/video_wam.py:pretrain_tiny"),
+      sweep_lib.Cell("policy", "experiments/configs/video_wam.py:policy_tiny", init_from="pretrain"),
+      sweep_lib.Cell("quick", "experiments/configs/vla_baseline.py:tiny")))
+  walls = {"pretrain": [1200.0], "policy": [1500.0], "quick": [600.0]}
+  jobs = {j.cell.name: j for j in sweep_lib.plan(sweep, tmp_path, record_walls=walls)}
+  assert sweep_lib.seconds_needed(jobs["pretrain"], list(jobs.values())) == pytest.approx(
+      jobs["pretrain"].estimate_s + jobs["policy"].estimate_s)
+  lines = []
+  summary = sweep_lib.run(sweep, tmp_path, poll_seconds=0.05, log=lines.append, record_walls=walls,
+                          deadline=time.time() + 1800)  # pretrain + policy need ~47 min: quick (~11) fits
+  assert started == ["quick/seed_0"] and summary["done"] == ["quick/seed_0"] and not summary["failed"]
+  assert summary["skipped"] == ["pretrain/seed_0", "policy/seed_0"]
+  assert any("not started pretrain/seed_0: needs ~47m" in line for line in lines), lines
+  assert any("not started policy/seed_0: its stage pretrain/seed_0 was not run before the deadline" in line
+             for line in lines), lines
+
+
+def test_deadline_flag_parses_clock_times_and_offsets():
+  from experiments import ablations as cli  # noqa: E402  (absl flags defined at import: once per process)
+  now = time.mktime((2026, 12, 2, 19, 30, 0, 0, 0, -1))
+  assert cli.parse_deadline("", now) is None
+  assert cli.parse_deadline("+90m", now) == now + 5400 and cli.parse_deadline("+2h", now) == now + 7200
+  assert cli.parse_deadline("21:15", now) == now + 6300
+  with pytest.raises(ValueError, match="has passed today"):
+    cli.parse_deadline("18:00", now)
+  for bad in ("25:00", "9pm", "+5"):
+    with pytest.raises(ValueError, match="expected 'HH:MM'"):
+      cli.parse_deadline(bad, now)

@@ -23,6 +23,7 @@ recorded run unless a run it is about to do needs its checkpoint (a pretraining 
 """
 
 import json
+import math
 import os
 import pathlib
 import re
@@ -91,6 +92,19 @@ def recorded(rdir: Optional[pathlib.Path]) -> dict:
     return {}
   return {(p.parent.name, int(p.stem[5:])): set(json.loads(p.read_text())["evals"])
           for p in rdir.glob("*/seed_*.json")}
+
+
+def walls(rdir: Optional[pathlib.Path]) -> dict:
+  """{cell: [wall seconds of each recorded run]} of the records in ``rdir`` ({} if none): what a
+  run of the cell took on the machines that finished it, for the harness's estimates."""
+  out = {}
+  if rdir is None or not rdir.is_dir():
+    return out
+  for p in sorted(rdir.glob("*/seed_*.json")):
+    wall = json.loads(p.read_text()).get("wall_seconds")
+    if isinstance(wall, (int, float)) and math.isfinite(wall) and wall > 0:  # rebuilt records may hold NaN
+      out.setdefault(p.parent.name, []).append(float(wall))
+  return out
 
 
 def compact_episodes(episodes) -> list[dict]:

@@ -476,7 +476,8 @@ class Job:
 
 def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
          check: Optional[Callable] = None, cells: Optional[Sequence[str]] = None,
-         reuse: bool = False, recorded: Optional[Mapping] = None) -> list[Job]:
+         reuse: bool = False, recorded: Optional[Mapping] = None,
+         record_walls: Optional[Mapping[str, Sequence[float]]] = None) -> list[Job]:
   """Jobs in run order (all cells at the first seed, then the next seed...), with their state.
 
   ``check(config)`` raises ValueError for a config that would fail at start-up (the trainer's
@@ -484,6 +485,7 @@ def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
   ``reuse``: unfinished jobs that a sibling sweep already ran are 'reusable' (``find_reusable``).
   ``recorded``: {(cell, seed): evaluation names} of the runs finished elsewhere (records.py); an
   unfinished job among them is 'recorded' (not run) unless a job to run needs its run (``skip_recorded``).
+  ``record_walls``: {cell: wall seconds of its recorded runs}, for the estimates (``estimate_seconds``).
   """
   seeds = tuple(sweep.seeds if seeds is None else seeds)
   known = [c.name for c in sweep.cells]
@@ -516,14 +518,14 @@ def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
         if job.reuse_from is not None:
           job.state, job.detail = "reusable", f"same run finished in {job.reuse_from}"
           reused[os.path.realpath(job.dir)] = str(job.reuse_from)
-      job.estimate_s = estimate_seconds(job, workdir)
+      job.estimate_s = estimate_seconds(job, workdir, record_walls)
       jobs.append(job)
       if job.config is not None and job.config.eval.get("at_end", False):
         for name in sweep.extra_evals:
           ev = Job(cell, seed, job.dir, job.config, eval_name=name)
           ev.state = "done" if eval_results(ev.dir, name).exists() else (
               "running" if _running_pid(ev.dir, ev.info_path) else "pending")
-          ev.estimate_s = 0.0 if ev.state == "done" else estimate_seconds(ev, workdir)
+          ev.estimate_s = 0.0 if ev.state == "done" else estimate_seconds(ev, workdir, record_walls)
           jobs.append(ev)
   if recorded:
     skip_recorded(jobs, recorded)
@@ -621,16 +623,19 @@ def _state_of(rdir: pathlib.Path) -> tuple[str, str]:
   return "pending", ""
 
 
-def estimate_seconds(job: Job, workdir) -> float:
-  """Remaining wall time of a job: the rates of the cell's finished seeds, else of a finished run of
-  the same step in a sweep beside it (``cost_key``), else defaults. Measured rates carry the load
-  their runs had (a sweep two at a time: about half a core's worth of the machine each)."""
+def estimate_seconds(job: Job, workdir, record_walls: Optional[Mapping[str, Sequence[float]]] = None) -> float:
+  """Remaining wall time of a job: the rates of the cell's finished seeds, else the wall time of its
+  committed records (``record_walls``: {cell: wall seconds of its recorded runs}, finished on other
+  machines), else the rates of a finished run of the same step in a sweep beside it (``cost_key``),
+  else defaults. Measured rates carry the load their runs had (a sweep two at a time: about half a
+  core's worth of the machine each)."""
   if job.state in ("done", "reusable", "recorded"):
     return 0.0
-  if job.cell.kind != "train":  # a finished seed's wall time, else defaults
+  recorded = [w for w in (record_walls or {}).get(job.cell.name, ()) if w]
+  if job.cell.kind != "train":  # a finished seed's wall time, else its records', else defaults
     walls = [(read_json(d / "run.json", {}) or {}).get("wall_seconds")
              for d in (pathlib.Path(workdir) / job.cell.name).glob("seed_*") if is_done(d)]
-    walls = [w for w in walls if w]
+    walls = [w for w in walls if w] or recorded
     if walls:
       return sum(walls) / len(walls)
     if job.cell.kind == "label":
@@ -640,6 +645,10 @@ def estimate_seconds(job: Job, workdir) -> float:
     return STARTUP_SECONDS + DEFAULT_SECONDS_PER_EVAL_EPISODE * len(tasks) * int(flags["episodes"])
   cfg = job.config
   per_step, per_episode = _measured_rates(pathlib.Path(workdir) / job.cell.name)
+  if not (per_step or per_episode) and recorded and not job.eval_name:
+    # A record's wall time is the whole run (training + its evaluation): scale it by the steps left.
+    done = (checkpoint_steps(job.dir)[-1:] or [0])[0]
+    return STARTUP_SECONDS + sum(recorded) / len(recorded) * max(cfg.train.steps - done, 0) / cfg.train.steps
   if not (per_step and per_episode):  # no finished seed of this cell: a run with the same step elsewhere
     same_step, same_episode = _rates_of_the_same_step(cfg, workdir)
     per_step, per_episode = per_step or same_step, per_episode or same_episode
@@ -743,7 +752,7 @@ def format_plan(sweep: Sweep, jobs: Sequence[Job], max_parallel: int) -> str:
   todo = [j for j in jobs if j.state in ("pending", "partial", "failed")]
   total = sum(j.estimate_s for j in todo)
   lines.append(f"{len(todo)} runs to do: ~{_fmt(total)} one after another, at the rates finished runs of the "
-               "same step measured (else defaults)"
+               "cell measured (here, else in its committed records), else of the same step, else defaults"
                + (f" (--max_parallel={max_parallel} shares the same cores: on 2 cores two trainers "
                   "side by side measured 1.15-1.18x the steps/s of one)" if max_parallel > 1 else ""))
   return "\n".join(lines)
@@ -843,10 +852,27 @@ def _finish(r: _Running, log, *, stopped: bool = False) -> bool:
   return False
 
 
-def _next_ready(queue: list, running: list, workdir: pathlib.Path, summary: dict, log) -> Optional[Job]:
+def _uses_run_of(user: Job, job: Job) -> bool:
+  """Whether ``user`` needs ``job``'s run: a later stage restoring it, or an extra evaluation of it."""
+  if job.eval_name:
+    return False
+  if user.eval_name:
+    return (user.cell.name, user.seed) == (job.cell.name, job.seed)
+  return job.cell.name in user.cell.needs and user.cell.dep_seed(job.cell.name, user.seed) == job.seed
+
+
+def seconds_needed(job: Job, queue: Sequence[Job]) -> float:
+  """``job``'s estimate plus the longest queued job that uses its run: a stage is worth starting
+  only if one run that restores it can finish too."""
+  return job.estimate_s + max((j.estimate_s for j in queue if _uses_run_of(j, job)), default=0.0)
+
+
+def _next_ready(queue: list, running: list, workdir: pathlib.Path, summary: dict, log,
+                deadline: Optional[float] = None) -> Optional[Job]:
   """Pops the first queued job whose runs it uses (``Cell.needs``) are DONE (or that has none).
   A job one of whose runs failed, or is not queued, running or done, is dropped as failed with
-  the reason."""
+  the reason. ``deadline`` (epoch seconds): a ready job that would not finish by then
+  (``seconds_needed``) is dropped as not run, and so are the jobs that use its run."""
   for job in list(queue):
     # What it waits for: an extra evaluation for its own run, a cell for the runs it uses.
     deps = (job.cell.name,) if job.eval_name else job.cell.needs
@@ -854,14 +880,25 @@ def _next_ready(queue: list, running: list, workdir: pathlib.Path, summary: dict
     waiting = [d for d in deps if not is_done(dep_dir(workdir, job.cell, d, job.seed))]
     if not waiting:
       queue.remove(job)
+      left = None if deadline is None else deadline - time.time()
+      if left is not None and seconds_needed(job, queue) > left:
+        log(f"[sweep] not started {job.label}: needs ~{_fmt(seconds_needed(job, queue))} (with a run that "
+            f"uses it), {_fmt(max(left, 0))} left before the deadline")
+        summary["skipped"].append(job.label)
+        continue
       return job
     is_dep = lambda j, d: j.cell.name == d and j.seed == dep_seed(d) and not j.eval_name
     lost = [d for d in waiting if not (any(is_dep(j, d) for j in queue) or any(is_dep(r.job, d) for r in running))]
     if lost:
       queue.remove(job)
       what = "its run" if job.eval_name else "its stage"
-      log(f"[sweep] FAILED {job.label}: {what} {lost[0]}/seed_{dep_seed(lost[0])} did not finish")
-      summary["failed"].append(job.label)
+      lost_label = f"{lost[0]}/seed_{dep_seed(lost[0])}"
+      if lost_label in summary["skipped"]:
+        log(f"[sweep] not started {job.label}: {what} {lost_label} was not run before the deadline")
+        summary["skipped"].append(job.label)
+      else:
+        log(f"[sweep] FAILED {job.label}: {what} {lost_label} did not finish")
+        summary["failed"].append(job.label)
   return None
 
 
@@ -916,17 +953,21 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
         cells: Optional[Sequence[str]] = None, reuse: bool = False, recorded: Optional[Mapping] = None,
         check: Optional[Callable] = None, prepare: Optional[Callable] = None,
         env: Optional[Mapping[str, str]] = None, poll_seconds: float = 1.0,
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, record_walls: Optional[Mapping] = None,
+        deadline: Optional[float] = None) -> dict:
   """Runs every unfinished job; returns {"done": [...], "failed": [...], "skipped": [...]} of names.
 
   ``prepare(jobs)`` runs once before the first job, with the jobs to run (e.g. generating the
   protocol data they read).
+  ``deadline`` (epoch seconds): no job starts that its estimate says would end after it (with the
+  longest run that uses it: ``seconds_needed``); a machine that goes away at a known time (a
+  session's end) then spends its last hour on runs that finish, not on checkpoints it will lose.
   SIGTERM/SIGINT: running trainers get SIGTERM (they save a checkpoint and stop), then the
   sweep exits; rerunning it resumes them.
   """
   workdir = pathlib.Path(workdir).absolute()
   write_sweep_json(sweep, workdir)
-  jobs = plan(sweep, workdir, seeds, check, cells, reuse=reuse, recorded=recorded)
+  jobs = plan(sweep, workdir, seeds, check, cells, reuse=reuse, recorded=recorded, record_walls=record_walls)
   label = lambda j: j.label
   for j in jobs:
     if j.state == "reusable":
@@ -959,7 +1000,7 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
   try:
     while (queue or running) and stop["signal"] is None:
       while len(running) < max_parallel:
-        job = _next_ready(queue, running, workdir, summary, log)
+        job = _next_ready(queue, running, workdir, summary, log, deadline)
         if job is None:
           break
         running.append(_start(job, env, log, sweep))
