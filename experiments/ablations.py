@@ -41,7 +41,8 @@ _REUSE = flags.DEFINE_bool(
 _RECORDS = flags.DEFINE_bool(
     "records", True, "Skip runs finished on another machine, whose record is committed in "
     "experiments/results/<sweep>/records/v<version>/ (wam_jax/ablations/records.py), unless a run to do "
-    "needs their checkpoint.")
+    "needs their checkpoint; a run (not --dry_run) first records here the stage-free runs another sweep "
+    "recorded with the same config and seed (sweep.link_identical_records).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan with estimated times; run nothing.")
 _DEADLINE = flags.DEFINE_string(
     "deadline", "", "Start no run that would end after this time, by its estimate (the plan's, from "
@@ -121,6 +122,8 @@ def main(argv):
   if _MAX_PARALLEL.value < 1:
     raise app.UsageError(f"--max_parallel={_MAX_PARALLEL.value} must be >= 1")
   rdir = records.records_dir(sweep.name, sweep.version)
+  if _RECORDS.value and not _DRY_RUN.value:  # other sweeps' records of the same runs count here too
+    sweep_lib.link_identical_records(sweep, seeds)
   recorded = records.recorded(rdir) if _RECORDS.value else {}
   record_walls = records.walls(rdir)
   try:

@@ -30,16 +30,16 @@ fi
 cd "$HERE"
 
 # sweep | seeds | cells ('' = all): claim 1's scarce-label row first (its only positive seed-0 result),
-# then the rest of claim 1, the families at N=20, claims 3 and 2, the ladder and claim 4. The families'
-# and claim 3's VLA cells are left out: the claims take the VLA from baseline_data_efficiency, whose
-# three seeds are recorded (records are per sweep, so the harness would train those same runs again).
+# then the rest of claim 1, the families at N=20, claims 3 and 2, the ladder and claim 4. A run that
+# another sweep recorded (the VLA rows every sweep repeats, the families' N=20 joint WAM) is recorded
+# for this one too before it starts (sweep.link_identical_records): not trained again.
 QUEUE=(
   "video_wam_data_efficiency|1,2|video_pretrain,video_wam_n2"
   "video_wam_data_efficiency|1,2|video_wam_scratch_n2"
   "video_wam_data_efficiency|1,2|video_pretrain,video_wam_n5,video_wam_scratch_n5"
   "video_wam_data_efficiency|1,2|video_pretrain,video_wam_n20,video_wam_scratch_n20"
-  "families|1,2|video_pretrain,video_wam,joint_wam,joint_wam_no_video,latent_action,latent_policy,latent_finetune"
-  "joint_wam_data_efficiency|0,1,2|joint_wam_n2,joint_wam_no_video_n2,joint_wam_n5,joint_wam_no_video_n5,joint_wam_n20,joint_wam_no_video_n20"
+  "families|1,2|"
+  "joint_wam_data_efficiency|0,1,2|"
   "idm_claim2|0,1,2|"
   "latent_actions|1,2|"
   "LADDER"

@@ -596,6 +596,67 @@ def find_reusable(job: Job, workdir, reused: Optional[Mapping[str, str]] = None)
   return None
 
 
+def shipped_sweeps() -> list[Sweep]:
+  """Every sweep in ``experiments/sweeps/`` (its current version)."""
+  return [load_sweep(str(p)) for p in sorted(SWEEPS_DIR.glob("*.py")) if not p.stem.startswith("_")]
+
+
+def link_identical_records(sweep: Sweep, seeds: Optional[Sequence[int]] = None, *, root=None,
+                           others: Optional[Sequence[Sweep]] = None, log=print) -> list[str]:
+  """Records, for ``sweep``, the runs that another sweep recorded with the same config and seed.
+
+  Records are kept per sweep, and sweeps repeat runs (claim 3's ``joint_wam_n20`` is the families'
+  ``joint_wam``): for every train cell of ``sweep`` without stages (``needs``) and each seed with no
+  record of its own, a record of another sweep's current version (``others``, default the shipped
+  sweeps) whose cell, also stage-free, runs the same config at that seed (``same_run``: trainer
+  config and evaluation) is copied into ``sweep``'s records, naming the original (``linked_from``).
+  Linked records are not linked again. Returns the labels "<cell>/seed_<s>" it wrote.
+  """
+  from wam_jax.ablations import records  # pylint: disable=g-import-not-at-top
+  seeds = tuple(sweep.seeds if seeds is None else seeds)
+  rdir = records.records_dir(sweep.name, sweep.version, root)
+  own = records.recorded(rdir)
+  standalone = lambda c: c.kind == "train" and not c.needs
+  wanted = [(c, c.seed_of(s)) for c in sweep.cells if standalone(c) for s in seeds
+            if (c.name, c.seed_of(s)) not in own]
+  if not wanted:
+    return []
+  configs = {}
+
+  def config_of(sw: Sweep, cell: Cell, seed: int) -> dict:
+    key = (sw.name, cell.name, seed)
+    if key not in configs:
+      configs[key] = json.loads(load_config(cell, seed).to_json_best_effort())
+    return configs[key]
+
+  candidates = []  # (other sweep, its cell, seed, record)
+  for other in (shipped_sweeps() if others is None else others):
+    odir = records.records_dir(other.name, other.version, root)
+    if other.name == sweep.name or not odir.is_dir():
+      continue
+    for cell in filter(standalone, other.cells):
+      for p in sorted((odir / cell.name).glob("seed_*.json")):
+        rec = json.loads(p.read_text())
+        if not rec.get("linked_from"):
+          candidates.append((other, cell, int(p.stem[5:]), rec))
+  linked = []
+  for cell, seed in wanted:
+    for other, ocell, oseed, rec in candidates:
+      if oseed != seed or not same_run(config_of(other, ocell, oseed), config_of(sweep, cell, seed)):
+        continue
+      origin = f"{other.name} v{other.version} {ocell.name}/seed_{oseed}"
+      if records.read_meta(rdir) is None:
+        records.write_meta(rdir, sweep_meta(sweep))
+      records.write(rdir, {**rec, "sweep": sweep.name, "version": sweep.version, "cell": cell.name,
+                           "linked_from": origin,
+                           "source": f"the same run as {origin} (identical config and seed); "
+                                     + rec.get("source", "recorded there")})
+      linked.append(f"{cell.name}/seed_{seed}")
+      log(f"[sweep] recorded {cell.name}/seed_{seed}: the same run as {origin}")
+      break
+  return linked
+
+
 def link_reused(job: Job, log) -> None:
   """Points ``job.dir`` at ``job.reuse_from`` (relative symlink); a partial run there is moved to
   ``.seed_<s>.replaced-<time>`` beside it (hidden from the report's ``seed_*``)."""
