@@ -470,6 +470,13 @@ class Job:
     return f"{self.cell.name}/seed_{self.seed}" + (f"/eval_{self.eval_name}" if self.eval_name else "")
 
   @property
+  def runs_used(self) -> list[tuple[str, int]]:
+    """(cell, seed) of the runs this job needs finished first: its own run (an extra evaluation),
+    else the runs of the cells it restores or reads (``Cell.needs``)."""
+    names = (self.cell.name,) if self.eval_name else self.cell.needs
+    return [(d, self.cell.dep_seed(d, self.seed)) for d in names]
+
+  @property
   def info_path(self) -> pathlib.Path:  # attempts and wall time (training: run.json)
     return self.dir / (f"eval_{self.eval_name}.run.json" if self.eval_name else "run.json")
 
@@ -549,8 +556,8 @@ def skip_recorded(jobs: Sequence[Job], recorded: Mapping) -> None:
     needed = {}
     for j in jobs:
       if todo(j):
-        for d in ((j.cell.name,) if j.eval_name else j.cell.needs):
-          needed.setdefault((d, j.cell.dep_seed(d, j.seed)), j.label)
+        for run in j.runs_used:
+          needed.setdefault(run, j.label)
     for j in jobs:
       if j.state == "recorded" and not j.eval_name and (j.cell.name, j.seed) in needed:
         j.state = was[id(j)]
@@ -692,7 +699,7 @@ def estimate_seconds(job: Job, workdir, record_walls: Optional[Mapping[str, Sequ
   core's worth of the machine each)."""
   if job.state in ("done", "reusable", "recorded"):
     return 0.0
-  recorded = [w for w in (record_walls or {}).get(job.cell.name, ()) if w]
+  recorded = (record_walls or {}).get(job.cell.name, [])  # records.walls: finite, positive
   if job.cell.kind != "train":  # a finished seed's wall time, else its records', else defaults
     walls = [(read_json(d / "run.json", {}) or {}).get("wall_seconds")
              for d in (pathlib.Path(workdir) / job.cell.name).glob("seed_*") if is_done(d)]
@@ -915,11 +922,7 @@ def _finish(r: _Running, log, *, stopped: bool = False) -> bool:
 
 def _uses_run_of(user: Job, job: Job) -> bool:
   """Whether ``user`` needs ``job``'s run: a later stage restoring it, or an extra evaluation of it."""
-  if job.eval_name:
-    return False
-  if user.eval_name:
-    return (user.cell.name, user.seed) == (job.cell.name, job.seed)
-  return job.cell.name in user.cell.needs and user.cell.dep_seed(job.cell.name, user.seed) == job.seed
+  return not job.eval_name and (job.cell.name, job.seed) in user.runs_used
 
 
 def seconds_needed(job: Job, queue: Sequence[Job]) -> float:
@@ -935,25 +938,24 @@ def _next_ready(queue: list, running: list, workdir: pathlib.Path, summary: dict
   the reason. ``deadline`` (epoch seconds): a ready job that would not finish by then
   (``seconds_needed``) is dropped as not run, and so are the jobs that use its run."""
   for job in list(queue):
-    # What it waits for: an extra evaluation for its own run, a cell for the runs it uses.
-    deps = (job.cell.name,) if job.eval_name else job.cell.needs
-    dep_seed = lambda d: job.cell.dep_seed(d, job.seed)  # its own run (an extra eval): job.seed
-    waiting = [d for d in deps if not is_done(dep_dir(workdir, job.cell, d, job.seed))]
+    waiting = [(d, s) for d, s in job.runs_used if not is_done(dep_dir(workdir, job.cell, d, job.seed))]
     if not waiting:
       queue.remove(job)
       left = None if deadline is None else deadline - time.time()
-      if left is not None and seconds_needed(job, queue) > left:
-        log(f"[sweep] not started {job.label}: needs ~{_fmt(seconds_needed(job, queue))} (with a run that "
+      needed = None if left is None else seconds_needed(job, queue)
+      if needed is not None and needed > left:
+        log(f"[sweep] not started {job.label}: needs ~{_fmt(needed)} (with a run that "
             f"uses it), {_fmt(max(left, 0))} left before the deadline")
         summary["skipped"].append(job.label)
         continue
       return job
-    is_dep = lambda j, d: j.cell.name == d and j.seed == dep_seed(d) and not j.eval_name
-    lost = [d for d in waiting if not (any(is_dep(j, d) for j in queue) or any(is_dep(r.job, d) for r in running))]
+    is_run = lambda j, run: not j.eval_name and (j.cell.name, j.seed) == run
+    lost = [run for run in waiting
+            if not (any(is_run(j, run) for j in queue) or any(is_run(r.job, run) for r in running))]
     if lost:
       queue.remove(job)
       what = "its run" if job.eval_name else "its stage"
-      lost_label = f"{lost[0]}/seed_{dep_seed(lost[0])}"
+      lost_label = f"{lost[0][0]}/seed_{lost[0][1]}"
       if lost_label in summary["skipped"]:
         log(f"[sweep] not started {job.label}: {what} {lost_label} was not run before the deadline")
         summary["skipped"].append(job.label)
