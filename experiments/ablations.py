@@ -46,12 +46,14 @@ _RECORDS = flags.DEFINE_bool(
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan with estimated times; run nothing.")
 _DEADLINE = flags.DEFINE_string(
     "deadline", "", "Start no run that would end after this time, by its estimate (the plan's, from "
-    "finished runs and committed records): 'HH:MM' (local time, today) or '+90m' / '+2h' from now. For a "
-    "machine that goes away at a known time: its runs either finish or are not started.")
+    "finished runs and committed records): 'HH:MM' (the next time the local clock shows it: today, or "
+    "tomorrow once it has passed) or '+90m' / '+2h' from now. For a machine that goes away at a known "
+    "time: its runs either finish or are not started.")
 
 
 def parse_deadline(text: str, now: Optional[float] = None) -> Optional[float]:
-  """--deadline as epoch seconds: '' -> None, 'HH:MM' -> that local time today, '+90m' / '+2h' -> from now."""
+  """--deadline as epoch seconds: '' -> None, '+90m' / '+2h' -> from now, 'HH:MM' -> the next time
+  the local clock shows it (today, or tomorrow when it has passed: a session may cross midnight)."""
   now = time.time() if now is None else now
   if not text:
     return None
@@ -61,10 +63,10 @@ def parse_deadline(text: str, now: Optional[float] = None) -> Optional[float]:
   m = re.fullmatch(r"(\d{1,2}):(\d{2})", text)
   if m and int(m.group(1)) < 24 and int(m.group(2)) < 60:
     t = time.localtime(now)
-    at = time.mktime((t.tm_year, t.tm_mon, t.tm_mday, int(m.group(1)), int(m.group(2)), 0, 0, 0, -1))
-    if at <= now:
-      raise ValueError(f"--deadline={text}: that time has passed today ({time.strftime('%H:%M', t)} now)")
-    return at
+    for day in (t.tm_mday, t.tm_mday + 1):  # mktime normalises day 32 into the next month
+      at = time.mktime((t.tm_year, t.tm_mon, day, int(m.group(1)), int(m.group(2)), 0, 0, 0, -1))
+      if at > now:
+        return at
   raise ValueError(f"--deadline={text!r}: expected 'HH:MM' or '+<minutes>m' / '+<hours>h'")
 
 
@@ -121,15 +123,17 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   if _MAX_PARALLEL.value < 1:
     raise app.UsageError(f"--max_parallel={_MAX_PARALLEL.value} must be >= 1")
+  try:
+    deadline = parse_deadline(_DEADLINE.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  if deadline is not None:
+    print(f"[sweep] deadline {time.strftime('%a %H:%M', time.localtime(deadline))}")
   rdir = records.records_dir(sweep.name, sweep.version)
   if _RECORDS.value and not _DRY_RUN.value:  # other sweeps' records of the same runs count here too
     sweep_lib.link_identical_records(sweep, seeds)
   recorded = records.recorded(rdir) if _RECORDS.value else {}
   record_walls = records.walls(rdir)
-  try:
-    deadline = parse_deadline(_DEADLINE.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
   if _DRY_RUN.value:
     try:
       jobs = sweep_lib.plan(sweep, _WORKDIR.value, seeds, check, _CELLS.value, reuse=_REUSE.value,

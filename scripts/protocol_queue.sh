@@ -28,6 +28,10 @@ if [[ "${DEADLINE:-}" == +* ]]; then  # one absolute time for every step
   DEADLINE=$(date -d "now + $spec" +%H:%M) || exit 2
 fi
 cd "$HERE"
+if [[ -n "${DEADLINE:-}" ]]; then  # a bad DEADLINE stops the queue here, not at every step
+  "$PY" -c "import sys; sys.path.insert(0, '.'); from experiments.ablations import parse_deadline as p; p(sys.argv[1])" \
+    "$DEADLINE" || exit 2
+fi
 
 # sweep | seeds | cells ('' = all): claim 1's scarce-label row first (its only positive seed-0 result),
 # then the rest of claim 1, the families at N=20, claims 3 and 2, the ladder and claim 4. A run that

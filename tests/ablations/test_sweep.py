@@ -539,8 +539,9 @@ def test_deadline_flag_parses_clock_times_and_offsets():
   assert cli.parse_deadline("", now) is None
   assert cli.parse_deadline("+90m", now) == now + 5400 and cli.parse_deadline("+2h", now) == now + 7200
   assert cli.parse_deadline("21:15", now) == now + 6300
-  with pytest.raises(ValueError, match="has passed today"):
-    cli.parse_deadline("18:00", now)
+  assert cli.parse_deadline("18:00", now) == now + 22.5 * 3600  # passed today: tomorrow's 18:00
+  late = time.mktime((2026, 12, 31, 22, 57, 0, 0, 0, -1))  # a session that crosses midnight (and a year)
+  assert cli.parse_deadline("01:20", late) == time.mktime((2027, 1, 1, 1, 20, 0, 0, 0, -1))
   for bad in ("25:00", "9pm", "+5"):
     with pytest.raises(ValueError, match="expected 'HH:MM'"):
       cli.parse_deadline(bad, now)
