@@ -41,8 +41,8 @@ _REUSE = flags.DEFINE_bool(
 _RECORDS = flags.DEFINE_bool(
     "records", True, "Skip runs finished on another machine, whose record is committed in "
     "experiments/results/<sweep>/records/v<version>/ (wam_jax/ablations/records.py), unless a run to do "
-    "needs their checkpoint; a run (not --dry_run) first records here the stage-free runs another sweep "
-    "recorded with the same config and seed (sweep.link_identical_records).")
+    "needs their checkpoint; a run (not --dry_run) first records here the runs another sweep recorded "
+    "with the same config and seed and the same stages (sweep.link_identical_records).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan with estimated times; run nothing.")
 _DEADLINE = flags.DEFINE_string(
     "deadline", "", "Start no run that would end after this time, by its estimate (the plan's, from "

@@ -35,7 +35,7 @@ fi
 
 # sweep | seeds | cells ('' = all): claim 1's scarce-label row first (its only positive seed-0 result),
 # then the rest of claim 1, the families at N=20, claims 3 and 2, the ladder and claim 4. A run that
-# another sweep recorded (the VLA rows every sweep repeats, the families' N=20 joint WAM) is recorded
+# another sweep recorded (the VLA rows every sweep repeats, the families' N=20 joint and video WAMs) is recorded
 # for this one too before it starts (sweep.link_identical_records): not trained again.
 QUEUE=(
   "video_wam_data_efficiency|1,2|video_pretrain,video_wam_n2"

@@ -188,36 +188,46 @@ def test_records_rebuilt_from_a_report_without_run_directories_give_the_same_rep
 
 
 def test_a_run_recorded_by_another_sweep_is_recorded_for_this_one(tmp_path):
-  """link_identical_records: a stage-free cell whose config and seed match another sweep's recorded
-  run gets that record (naming it); a different config, a seed without a record, a cell with a stage,
-  or a run this sweep recorded itself gets none; linked records are not sources."""
+  """link_identical_records: a train cell whose config and seed, and whose chain of init_from
+  stages (configs and seeds), match another sweep's recorded run gets that record (naming it); a
+  different config, a different stage, a seed without a record, or a run this sweep recorded itself
+  gets none; linked records are not sources."""
   vla = "experiments/configs/vla_baseline.py:tiny"
+  pretrain, policy = "experiments/configs/video_wam.py:pretrain_tiny", "experiments/configs/video_wam.py:policy_tiny"
   other = sweep_lib.Sweep(name="other", version=2, seeds=(0, 1), cells=(
       sweep_lib.Cell("vla", vla, overrides={"train.steps": 7}),
-      sweep_lib.Cell("pretrain", "experiments/configs/video_wam.py:pretrain_tiny"),
-      sweep_lib.Cell("policy", "experiments/configs/video_wam.py:policy_tiny", init_from="pretrain")))
+      sweep_lib.Cell("pretrain", pretrain, stage_seed=0),
+      sweep_lib.Cell("policy", policy, init_from="pretrain")))
   odir = records.records_dir("other", 2, tmp_path)
-  for cell, seed in (("vla", 0), ("vla", 1), ("policy", 0)):
+  for cell, seed in (("vla", 0), ("vla", 1), ("policy", 0), ("policy", 1)):
     records.write(odir, {"sweep": "other", "version": 2, "cell": cell, "seed": seed, "evals": {"": {}},
                          "wall_seconds": 60.0, "source": "run here"})
   this = sweep_lib.Sweep(name="this", version=1, seeds=(0, 1, 2), cells=(
       sweep_lib.Cell("same_vla", vla, overrides={"train.steps": 7}),
       sweep_lib.Cell("longer_vla", vla, overrides={"train.steps": 8}),
-      sweep_lib.Cell("pretrain", "experiments/configs/video_wam.py:pretrain_tiny"),
-      sweep_lib.Cell("policy", "experiments/configs/video_wam.py:policy_tiny", init_from="pretrain")))
+      sweep_lib.Cell("video_pretrain", pretrain, stage_seed=0),  # another name, the same stage
+      sweep_lib.Cell("policy", policy, init_from="video_pretrain"),
+      sweep_lib.Cell("longer_pretrain", pretrain, stage_seed=0, overrides={"train.steps": 3}),
+      sweep_lib.Cell("policy_b", policy, init_from="longer_pretrain"),  # the same config, another stage
+      sweep_lib.Cell("seed1_pretrain", pretrain, stage_seed=1),
+      sweep_lib.Cell("policy_c", policy, init_from="seed1_pretrain"),  # the stage at another seed
+      sweep_lib.Cell("scratch", policy, overrides={"train.init_from": ""})))  # no stage at all
   rdir = records.records_dir("this", 1, tmp_path)
   records.write(rdir, {"sweep": "this", "version": 1, "cell": "same_vla", "seed": 1, "evals": {"": {}},
                        "source": "its own run"})
   lines = []
   linked = sweep_lib.link_identical_records(this, root=tmp_path, others=[other], log=lines.append)
-  assert linked == ["same_vla/seed_0"]  # seed 1: its own record; seed 2: none anywhere
+  # same_vla seed 1: its own record; seed 2: none anywhere. policy: restored from an identical stage.
+  assert linked == ["same_vla/seed_0", "policy/seed_0", "policy/seed_1"], linked
   rec = json.loads(records.path(rdir, "same_vla", 0).read_text())
   assert (rec["sweep"], rec["version"], rec["cell"], rec["linked_from"]) == ("this", 1, "same_vla",
                                                                              "other v2 vla/seed_0")
   assert rec["source"].startswith("the same run as other v2 vla/seed_0") and rec["wall_seconds"] == 60.0
+  assert "identical stages" in json.loads(records.path(rdir, "policy", 1).read_text())["source"]
   assert json.loads(records.path(rdir, "same_vla", 1).read_text())["source"] == "its own run"
   assert records.read_meta(rdir)["name"] == "this" and "the same run as other v2 vla/seed_0" in lines[0]
-  assert not records.path(rdir, "policy", 0).exists() and not records.path(rdir, "longer_vla", 0).exists()
+  for cell in ("longer_vla", "policy_b", "policy_c", "scratch"):
+    assert not records.path(rdir, cell, 0).exists(), cell
   assert sweep_lib.link_identical_records(this, root=tmp_path, others=[other]) == []  # already recorded
 
   third = sweep_lib.Sweep(name="third", version=1, seeds=(0,), cells=(

@@ -230,6 +230,13 @@ class Sweep:
         dataclasses.replace(c, dep_seeds={d: stage_seeds[d] for d in c.needs if d in stage_seeds})
         for c in self.cells))
 
+  def cell(self, name: str) -> Cell:
+    """The cell called ``name``."""
+    for c in self.cells:
+      if c.name == name:
+        return c
+    raise KeyError(f"sweep {self.name!r} has no cell {name!r}")
+
 
 def load_sweep(name_or_path: str) -> Sweep:
   """``SWEEP`` of ``experiments/sweeps/<name>.py``, or of a ``.py`` path."""
@@ -613,18 +620,19 @@ def link_identical_records(sweep: Sweep, seeds: Optional[Sequence[int]] = None, 
   """Records, for ``sweep``, the runs that another sweep recorded with the same config and seed.
 
   Records are kept per sweep, and sweeps repeat runs (claim 3's ``joint_wam_n20`` is the families'
-  ``joint_wam``): for every train cell of ``sweep`` without stages (``needs``) and each seed with no
-  record of its own, a record of another sweep's current version (``others``, default the shipped
-  sweeps) whose cell, also stage-free, runs the same config at that seed (``same_run``: trainer
-  config and evaluation) is copied into ``sweep``'s records, naming the original (``linked_from``).
-  Linked records are not linked again. Returns the labels "<cell>/seed_<s>" it wrote.
+  ``joint_wam``; claim 1's ``video_wam_n20``, restored from the same video pretraining, is the
+  families' ``video_wam``): for every train cell of ``sweep`` and each seed with no record of its
+  own, a record of another sweep's current version (``others``, default the shipped sweeps) of the
+  same run (``_same_chain``: the same config and seed, ``same_run``, and the same chain of
+  ``init_from`` stages, each the same config at the same seed) is copied into ``sweep``'s records,
+  naming the original (``linked_from``). Cells that read labelled data (``data_from``) are not
+  linked. Linked records are not linked again. Returns the labels "<cell>/seed_<s>" it wrote.
   """
   from wam_jax.ablations import records  # pylint: disable=g-import-not-at-top
   seeds = tuple(sweep.seeds if seeds is None else seeds)
   rdir = records.records_dir(sweep.name, sweep.version, root)
   own = records.recorded(rdir)
-  standalone = lambda c: c.kind == "train" and not c.needs
-  wanted = [(c, c.seed_of(s)) for c in sweep.cells if standalone(c) for s in seeds
+  wanted = [(c, c.seed_of(s)) for c in sweep.cells if _linkable(sweep, c) for s in seeds
             if (c.name, c.seed_of(s)) not in own]
   if not wanted:
     return []
@@ -641,7 +649,9 @@ def link_identical_records(sweep: Sweep, seeds: Optional[Sequence[int]] = None, 
     odir = records.records_dir(other.name, other.version, root)
     if other.name == sweep.name or not odir.is_dir():
       continue
-    for cell in filter(standalone, other.cells):
+    for cell in other.cells:
+      if not _linkable(other, cell):
+        continue
       for p in sorted((odir / cell.name).glob("seed_*.json")):
         rec = json.loads(p.read_text())
         if not rec.get("linked_from"):
@@ -649,19 +659,42 @@ def link_identical_records(sweep: Sweep, seeds: Optional[Sequence[int]] = None, 
   linked = []
   for cell, seed in wanted:
     for other, ocell, oseed, rec in candidates:
-      if oseed != seed or not same_run(config_of(other, ocell, oseed), config_of(sweep, cell, seed)):
+      if oseed != seed or not _same_chain((sweep, cell, seed), (other, ocell, oseed), config_of):
         continue
       origin = f"{other.name} v{other.version} {ocell.name}/seed_{oseed}"
       if records.read_meta(rdir) is None:
         records.write_meta(rdir, sweep_meta(sweep))
       records.write(rdir, {**rec, "sweep": sweep.name, "version": sweep.version, "cell": cell.name,
                            "linked_from": origin,
-                           "source": f"the same run as {origin} (identical config and seed); "
-                                     + rec.get("source", "recorded there")})
+                           "source": f"the same run as {origin} (identical config and seed"
+                                     + (", restored from identical stages" if cell.init_from else "")
+                                     + "); " + rec.get("source", "recorded there")})
       linked.append(f"{cell.name}/seed_{seed}")
       log(f"[sweep] recorded {cell.name}/seed_{seed}: the same run as {origin}")
       break
   return linked
+
+
+def _linkable(sweep: Sweep, cell: Cell) -> bool:
+  """A train cell whose run is defined by configs alone: its only dependency, if any, is an
+  ``init_from`` train cell that is itself linkable (labelled data is not compared)."""
+  if cell.kind != "train" or cell.needs not in ((), (cell.init_from,)):
+    return False
+  return not cell.init_from or _linkable(sweep, sweep.cell(cell.init_from))
+
+
+def _same_chain(a: tuple, b: tuple, config_of) -> bool:
+  """Whether (sweep, cell, seed) ``a`` and ``b`` train the same run: the same config (``same_run``,
+  with the stage each restores compared by identity instead of by path) and the same stage chain."""
+  (sa, ca, seed_a), (sb, cb, seed_b) = a, b
+  if seed_a != seed_b or bool(ca.init_from) != bool(cb.init_from):
+    return False
+  if not same_run(config_of(sa, ca, seed_a), config_of(sb, cb, seed_b)):
+    return False
+  if not ca.init_from:
+    return True
+  return _same_chain((sa, sa.cell(ca.init_from), ca.dep_seed(ca.init_from, seed_a)),
+                     (sb, sb.cell(cb.init_from), cb.dep_seed(cb.init_from, seed_b)), config_of)
 
 
 def link_reused(job: Job, log) -> None:
