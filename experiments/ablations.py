@@ -43,20 +43,29 @@ _RECORDS = flags.DEFINE_bool(
     "experiments/results/<sweep>/records/v<version>/ (wam_jax/ablations/records.py), unless a run to do "
     "needs their checkpoint; a run (not --dry_run) first records here the runs another sweep recorded "
     "with the same config and seed and the same stages (sweep.link_identical_records).")
+_PIN_CORES = flags.DEFINE_bool(
+    "pin_cores", True, "Each of the --max_parallel runs on its own share of the cores (its threads and "
+    "XLA's thread pool on those only) instead of every run's threads on every core: on 2 cores, two "
+    "runs pinned one core each train faster than two unpinned (BUILD_NOTES, 'One core per run').")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan with estimated times; run nothing.")
 _DEADLINE = flags.DEFINE_string(
     "deadline", "", "Start no run that would end after this time, by its estimate (the plan's, from "
     "finished runs and committed records): 'HH:MM' (the next time the local clock shows it: today, or "
-    "tomorrow once it has passed) or '+90m' / '+2h' from now. For a machine that goes away at a known "
-    "time: its runs either finish or are not started.")
+    "tomorrow once it has passed), 'YYYY-MM-DDTHH:MM' (local time) or '+90m' / '+2h' from now. For a "
+    "machine that goes away at a known time: its runs either finish or are not started.")
 
 
 def parse_deadline(text: str, now: Optional[float] = None) -> Optional[float]:
   """--deadline as epoch seconds: '' -> None, '+90m' / '+2h' -> from now, 'HH:MM' -> the next time
-  the local clock shows it (today, or tomorrow when it has passed: a session may cross midnight)."""
+  the local clock shows it (today, or tomorrow when it has passed: a session may cross midnight),
+  'YYYY-MM-DDTHH:MM' -> that local time (what a queue of several sweeps passes each one: an 'HH:MM'
+  resolved per step would roll over to tomorrow for the steps that start after it)."""
   now = time.time() if now is None else now
   if not text:
     return None
+  m = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})T(\d{1,2}):(\d{2})", text)
+  if m:
+    return time.mktime(tuple(int(g) for g in m.groups()) + (0, 0, 0, -1))
   m = re.fullmatch(r"\+(\d+(?:\.\d+)?)([mh])", text)
   if m:
     return now + float(m.group(1)) * (60 if m.group(2) == "m" else 3600)
@@ -67,7 +76,8 @@ def parse_deadline(text: str, now: Optional[float] = None) -> Optional[float]:
       at = time.mktime((t.tm_year, t.tm_mon, day, int(m.group(1)), int(m.group(2)), 0, 0, 0, -1))
       if at > now:
         return at
-  raise ValueError(f"--deadline={text!r}: expected 'HH:MM' or '+<minutes>m' / '+<hours>h'")
+  raise ValueError(f"--deadline={text!r}: expected 'HH:MM', 'YYYY-MM-DDTHH:MM' "
+                   "or '+<minutes>m' / '+<hours>h'")
 
 
 def check(config):
@@ -151,7 +161,7 @@ def main(argv):
     summary = sweep_lib.run(sweep, _WORKDIR.value, seeds=seeds, max_parallel=_MAX_PARALLEL.value,
                             cells=_CELLS.value, check=check, prepare=prepare,
                             reuse=_REUSE.value, recorded=recorded, record_walls=record_walls,
-                            deadline=deadline)
+                            deadline=deadline, pin_cores=_PIN_CORES.value)
   except ValueError as e:  # unknown --cells, a workdir of another sweep/version, a changed cell
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -23,14 +23,12 @@ REPO=${REPO:-$HERE}
 PY=${PY:-$REPO/.venv/bin/python}
 export JAX_PLATFORMS=cpu WAM_DATA_DIR=${WAM_DATA_DIR:-$REPO/wam_data}
 SWEEPS=${SWEEPS:-$REPO/runs/sweeps}
-if [[ "${DEADLINE:-}" == +* ]]; then  # one absolute time for every step
-  spec=${DEADLINE#+}; spec=${spec/%m/ minutes}; spec=${spec/%h/ hours}
-  DEADLINE=$(date -d "now + $spec" +%H:%M) || exit 2
-fi
 cd "$HERE"
-if [[ -n "${DEADLINE:-}" ]]; then  # a bad DEADLINE stops the queue here, not at every step
-  "$PY" -c "import sys; sys.path.insert(0, '.'); from experiments.ablations import parse_deadline as p; p(sys.argv[1])" \
-    "$DEADLINE" || exit 2
+if [[ -n "${DEADLINE:-}" ]]; then  # resolved once to a date and time for every step (an 'HH:MM'
+  # resolved per step rolls over to tomorrow for the steps after it); a bad one stops the queue here
+  DEADLINE=$("$PY" -c "import sys, time; sys.path.insert(0, '.'); from experiments.ablations import parse_deadline as p; \
+print(time.strftime('%Y-%m-%dT%H:%M', time.localtime(p(sys.argv[1]))))" "$DEADLINE") || exit 2
+  echo "[queue] deadline $DEADLINE"
 fi
 
 # sweep | seeds | cells ('' = all): claim 1's scarce-label row first (its only positive seed-0 result),

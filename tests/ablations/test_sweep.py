@@ -542,6 +542,45 @@ def test_deadline_flag_parses_clock_times_and_offsets():
   assert cli.parse_deadline("18:00", now) == now + 22.5 * 3600  # passed today: tomorrow's 18:00
   late = time.mktime((2026, 12, 31, 22, 57, 0, 0, 0, -1))  # a session that crosses midnight (and a year)
   assert cli.parse_deadline("01:20", late) == time.mktime((2027, 1, 1, 1, 20, 0, 0, 0, -1))
-  for bad in ("25:00", "9pm", "+5"):
+  # A date and time stays that time once passed (the queue resolves DEADLINE once into this form: an
+  # 'HH:MM' resolved per step moved to tomorrow for the steps that started after it).
+  resolved = time.strftime("%Y-%m-%dT%H:%M", time.localtime(cli.parse_deadline("01:20", late)))
+  assert resolved == "2027-01-01T01:20"
+  assert cli.parse_deadline(resolved, late + 86400 * 3) == time.mktime((2027, 1, 1, 1, 20, 0, 0, 0, -1))
+  for bad in ("25:00", "9pm", "+5", "2027-01-01 01:20"):
     with pytest.raises(ValueError, match="expected 'HH:MM'"):
       cli.parse_deadline(bad, now)
+
+
+def test_core_groups_split_the_cores_into_disjoint_groups_one_per_run():
+  assert sweep_lib.core_groups(2, [0, 1]) == [frozenset({0}), frozenset({1})]
+  assert sweep_lib.core_groups(2, [0, 1, 2, 3, 4]) == [frozenset({0, 1, 2}), frozenset({3, 4})]
+  assert sweep_lib.core_groups(3, [4, 6]) == [] and sweep_lib.core_groups(1, [0, 1]) == []
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_pin_cores_runs_each_concurrent_run_on_its_own_cores(tmp_path, monkeypatch):
+  """pin_cores: two runs at a time, each sees (os.sched_getaffinity) only its own group of the
+  cores, the groups are disjoint, and a run started when a slot frees takes that slot's cores."""
+  def fake_command(cell, seed, run_dir):
+    code = ("import os, pathlib, json, time; d = pathlib.Path(%r); time.sleep(0.4); "
+            "(d / 'cpus.json').write_text(json.dumps(sorted(os.sched_getaffinity(0)))); "
+            "(d / 'checkpoints' / '100000').mkdir(parents=True); (d / 'eval').mkdir(); "
+            "(d / 'eval' / 'results.json').write_text('{}')" % str(run_dir))
+    return [sys.executable, "-c", code]
+
+  monkeypatch.setattr(sweep_lib, "command", fake_command)
+  sweep = sweep_lib.Sweep(name="pinned", version=1, seeds=(0, 1, 2), cells=(
+      sweep_lib.Cell("vla", "experiments/configs/vla_baseline.py:tiny"),))
+  lines = []
+  summary = sweep_lib.run(sweep, tmp_path, max_parallel=2, poll_seconds=0.05, log=lines.append, pin_cores=True)
+  assert sorted(summary["done"]) == ["vla/seed_0", "vla/seed_1", "vla/seed_2"]
+  groups = sweep_lib.core_groups(2)
+  cpus = {s: frozenset(json.loads((tmp_path / "vla" / f"seed_{s}" / "cpus.json").read_text())) for s in range(3)}
+  assert cpus[0] != cpus[1] and {cpus[0], cpus[1]} == set(groups)  # the first two side by side
+  assert cpus[2] in groups  # the third on the cores the first to finish left
+  info = json.loads((tmp_path / "vla" / "seed_0" / "run.json").read_text())
+  assert info["attempts"][-1]["cpus"] == sorted(cpus[0])
+  assert any("; cores " in line for line in lines), lines
+  summary = sweep_lib.run(sweep, tmp_path, seeds=[3], max_parallel=2, poll_seconds=0.05, log=[].append)
+  assert json.loads((tmp_path / "vla" / "seed_3" / "cpus.json").read_text()) == sorted(os.sched_getaffinity(0))

@@ -868,9 +868,24 @@ def _fmt(seconds: float) -> str:
 # Running.
 # ----------------------------------------------------------------------------
 class _Running:
-  def __init__(self, job: Job, proc: subprocess.Popen, log_file, info: dict):
-    self.job, self.proc, self.log_file, self.info = job, proc, log_file, info
+  def __init__(self, job: Job, proc: subprocess.Popen, log_file, info: dict, cpus: Optional[frozenset] = None):
+    self.job, self.proc, self.log_file, self.info, self.cpus = job, proc, log_file, info, cpus
     self.start = time.time()
+
+
+def core_groups(max_parallel: int, cores: Optional[Sequence[int]] = None) -> list[frozenset]:
+  """The cores this process may use (``os.sched_getaffinity``) split into ``max_parallel`` disjoint
+  groups of consecutive cores, one per concurrent run ([] when there are fewer cores than runs)."""
+  cores = sorted(os.sched_getaffinity(0) if cores is None else cores)
+  if max_parallel < 2 or len(cores) < max_parallel:
+    return []
+  size, extra = divmod(len(cores), max_parallel)
+  groups, i = [], 0
+  for g in range(max_parallel):
+    n = size + (g < extra)
+    groups.append(frozenset(cores[i:i + n]))
+    i += n
+  return groups
 
 
 def code_version() -> str:
@@ -887,7 +902,9 @@ def code_version() -> str:
   return sha + ("+dirty" if sha and dirty else "")
 
 
-def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep) -> _Running:
+def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep, cpus: Optional[frozenset] = None) -> _Running:
+  """Starts ``job``'s subprocess (on the cores ``cpus`` only, if given: its threads and children
+  inherit the affinity, and XLA sizes its thread pool to it)."""
   job.dir.mkdir(parents=True, exist_ok=True)
   if job.eval_name:
     cmd = eval_command(job.dir, job.eval_name, sweep.extra_evals[job.eval_name])
@@ -897,14 +914,18 @@ def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep) -> _Running:
     (job.dir / "command.sh").write_text(" ".join(shlex.quote(c) for c in cmd) + "\n")
   log_file = open(job.dir / "log.txt", "a", buffering=1)
   log_file.write(f"\n===== attempt at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
-  proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=os.getcwd())
+  pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+  proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=os.getcwd(),
+                          preexec_fn=pin)
   info = read_json(job.info_path, {}) or {}
   info.update(cell=job.cell.spec(), seed=job.seed, command=cmd, pid=proc.pid)
   info.setdefault("attempts", []).append({"start": time.time(), "seconds": 0.0, "returncode": None,
-                                          "code": code_version()})
+                                          "code": code_version(),
+                                          "cpus": None if cpus is None else sorted(cpus)})
   _write_json(job.info_path, info)
-  log(f"[sweep] start {job.label} (pid {proc.pid}; log {job.dir / 'log.txt'})")
-  return _Running(job, proc, log_file, info)
+  on = "" if cpus is None else f"; cores {','.join(map(str, sorted(cpus)))}"
+  log(f"[sweep] start {job.label} (pid {proc.pid}{on}; log {job.dir / 'log.txt'})")
+  return _Running(job, proc, log_file, info, cpus)
 
 
 def _tick(r: _Running) -> None:
@@ -1050,7 +1071,7 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
         check: Optional[Callable] = None, prepare: Optional[Callable] = None,
         env: Optional[Mapping[str, str]] = None, poll_seconds: float = 1.0,
         log: Callable[[str], None] = print, record_walls: Optional[Mapping] = None,
-        deadline: Optional[float] = None) -> dict:
+        deadline: Optional[float] = None, pin_cores: bool = False) -> dict:
   """Runs every unfinished job; returns {"done": [...], "failed": [...], "skipped": [...]} of names.
 
   ``prepare(jobs)`` runs once before the first job, with the jobs to run (e.g. generating the
@@ -1060,6 +1081,8 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
   session's end) then spends its last hour on runs that finish, not on checkpoints it will lose.
   SIGTERM/SIGINT: running trainers get SIGTERM (they save a checkpoint and stop), then the
   sweep exits; rerunning it resumes them.
+  ``pin_cores``: each concurrent run on its own group of the cores (``core_groups``) instead of
+  every run's threads on every core (BUILD_NOTES, "One core per run").
   """
   workdir = pathlib.Path(workdir).absolute()
   write_sweep_json(sweep, workdir)
@@ -1086,6 +1109,7 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
     prepare(queue)
   env = dict(os.environ if env is None else env)
   running: list[_Running] = []
+  groups = core_groups(max_parallel) if pin_cores else []
   stop = {"signal": None}
 
   def on_signal(signum, frame):
@@ -1099,7 +1123,8 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
         job = _next_ready(queue, running, workdir, summary, log, deadline)
         if job is None:
           break
-        running.append(_start(job, env, log, sweep))
+        free = [g for g in groups if all(r.cpus != g for r in running)]
+        running.append(_start(job, env, log, sweep, free[0] if free else None))
       if not queue and not running:
         break
       time.sleep(poll_seconds)
