@@ -31,15 +31,12 @@ print(time.strftime('%Y-%m-%dT%H:%M', time.localtime(p(sys.argv[1]))))" "$DEADLI
   echo "[queue] deadline $DEADLINE"
 fi
 
-# sweep | seeds | cells ('' = all): claim 1's scarce-label row first (its only positive seed-0 result),
-# then the rest of claim 1, the families at N=20, claims 3 and 2, the ladder and claim 4. A run that
+# sweep | seeds | cells ('' = all): claim 1 first (the harness takes a sweep's runs in its cell order:
+# N=2, 5, 20; one step per sweep, so its last runs fill both slots, where a step per N left one idle), the families at N=20, claims 3 and 2, the ladder and claim 4. A run that
 # another sweep recorded (the VLA rows every sweep repeats, the families' N=20 joint and video WAMs) is recorded
 # for this one too before it starts (sweep.link_identical_records): not trained again.
 QUEUE=(
-  "video_wam_data_efficiency|1,2|video_pretrain,video_wam_n2"
-  "video_wam_data_efficiency|1,2|video_wam_scratch_n2"
-  "video_wam_data_efficiency|1,2|video_pretrain,video_wam_n5,video_wam_scratch_n5"
-  "video_wam_data_efficiency|1,2|video_pretrain,video_wam_n20,video_wam_scratch_n20"
+  "video_wam_data_efficiency|1,2|"
   "families|1,2|"
   "joint_wam_data_efficiency|0,1,2|"
   "idm_claim2|0,1,2|"
