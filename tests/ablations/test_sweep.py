@@ -572,9 +572,13 @@ def test_pin_cores_runs_each_concurrent_run_on_its_own_cores(tmp_path, monkeypat
   monkeypatch.setattr(sweep_lib, "command", fake_command)
   sweep = sweep_lib.Sweep(name="pinned", version=1, seeds=(0, 1, 2), cells=(
       sweep_lib.Cell("vla", "experiments/configs/vla_baseline.py:tiny"),))
-  lines = []
+  lines, mine = [], os.sched_getaffinity(0)
+  forks = []  # Python-level forks of this process (JAX's fork hook warns of deadlocks on one)
+  os.register_at_fork(before=lambda: forks.append(1))
   summary = sweep_lib.run(sweep, tmp_path, max_parallel=2, poll_seconds=0.05, log=lines.append, pin_cores=True)
   assert sorted(summary["done"]) == ["vla/seed_0", "vla/seed_1", "vla/seed_2"]
+  assert not forks  # pinned by the spawning thread's mask, not a preexec_fn (a fork running Python)
+  assert os.sched_getaffinity(0) == mine  # the sweep's own thread is back on all its cores
   groups = sweep_lib.core_groups(2)
   cpus = {s: frozenset(json.loads((tmp_path / "vla" / f"seed_{s}" / "cpus.json").read_text())) for s in range(3)}
   assert cpus[0] != cpus[1] and {cpus[0], cpus[1]} == set(groups)  # the first two side by side

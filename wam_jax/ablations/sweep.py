@@ -67,6 +67,7 @@ reported and the others go on; the sweep exits 1 if any failed. A rerun of the s
 retries failed and unfinished runs only (label_video.py resumes a partial labelling itself).
 """
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -888,6 +889,22 @@ def core_groups(max_parallel: int, cores: Optional[Sequence[int]] = None) -> lis
   return groups
 
 
+@contextlib.contextmanager
+def _thread_affinity(cpus: Optional[frozenset]):
+  """Restricts the calling thread (Linux: pid 0 is the thread) to ``cpus`` while the block runs, so a
+  child spawned in it inherits that mask. Not ``Popen(preexec_fn=...)``: that forces a fork of this
+  multithreaded process (JAX is imported for the cells' checks) and runs Python in the child."""
+  if cpus is None:
+    yield
+    return
+  before = os.sched_getaffinity(0)
+  os.sched_setaffinity(0, cpus)
+  try:
+    yield
+  finally:
+    os.sched_setaffinity(0, before)
+
+
 def code_version() -> str:
   """The repository's commit, "+dirty" if tracked files differ from it ("" outside a git checkout).
   Recorded per attempt: a long run reads modules lazily, so a change made while it runs can land
@@ -914,9 +931,8 @@ def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep, cpus: Optional[f
     (job.dir / "command.sh").write_text(" ".join(shlex.quote(c) for c in cmd) + "\n")
   log_file = open(job.dir / "log.txt", "a", buffering=1)
   log_file.write(f"\n===== attempt at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
-  pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
-  proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=os.getcwd(),
-                          preexec_fn=pin)
+  with _thread_affinity(cpus):
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=os.getcwd())
   info = read_json(job.info_path, {}) or {}
   info.update(cell=job.cell.spec(), seed=job.seed, command=cmd, pid=proc.pid)
   info.setdefault("attempts", []).append({"start": time.time(), "seconds": 0.0, "returncode": None,
