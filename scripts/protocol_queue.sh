@@ -13,7 +13,8 @@
 # DEADLINE (the machine's end, less the time to commit): each run starts only if its estimate (from
 # committed records of the same cell: their wall time on the machines that ran them) says it ends
 # before then, with the longest run that restores it; a pretraining stage whose policies cannot
-# finish is not started. The ladder (outside the harness, no estimate) is skipped under a DEADLINE.
+# finish is not started. The ladder (outside the harness) is priced at LADDER_MINUTES (default 45:
+# text and image-text preparation, lm.py:tiny ~9 min and vlm.py:tiny 10-25 min, measured on busy cores).
 #
 # Run it from a frozen checkout so editing REPO meanwhile cannot mix two versions into one run:
 #   git worktree add /tmp/wt_queue HEAD && cd /tmp/wt_queue && REPO=/path/to/repo bash scripts/protocol_queue.sh
@@ -31,18 +32,23 @@ print(time.strftime('%Y-%m-%dT%H:%M', time.localtime(p(sys.argv[1]))))" "$DEADLI
   echo "[queue] deadline $DEADLINE"
 fi
 
-# sweep | seeds | cells ('' = all): claim 1 first (the harness takes a sweep's runs in its cell order:
-# N=2, 5, 20; one step per sweep, so its last runs fill both slots, where a step per N left one idle), the families at N=20, claims 3 and 2, the ladder and claim 4. A run that
-# another sweep recorded (the VLA rows every sweep repeats, the families' N=20 joint and video WAMs) is recorded
-# for this one too before it starts (sweep.link_identical_records): not trained again.
+# sweep | seeds | cells ('' = all): claim 1's seeds first, then seed 0 of every claim that has none
+# (claim 3's N=2/5 joint rows, claim 2's pseudo-labels, the ladder and claim 4), then seeds 1-2 of the
+# rest. One step per sweep and seed set: the harness takes a step's runs in cell order (N=2, 5, 20)
+# and keeps both slots busy to the last run, where a step per N left one idle. A run that another
+# sweep recorded (the VLA rows every sweep repeats, the families' N=20 joint and video WAMs) is
+# recorded for this one too before it starts (sweep.link_identical_records): not trained again.
 QUEUE=(
   "video_wam_data_efficiency|1,2|"
-  "families|1,2|"
-  "joint_wam_data_efficiency|0,1,2|"
-  "idm_claim2|0,1,2|"
-  "latent_actions|1,2|"
+  "joint_wam_data_efficiency|0|"
+  "idm_claim2|0|"
   "LADDER"
-  "instruction_following|0,1,2|"
+  "instruction_following|0|"
+  "families|1,2|"
+  "joint_wam_data_efficiency|1,2|"
+  "idm_claim2|1,2|"
+  "latent_actions|1,2|"
+  "instruction_following|1,2|"
   "baseline_data_efficiency|1,2|"
 )
 
@@ -53,7 +59,9 @@ for step in "${QUEUE[@]}"; do
   if [[ -n "${QUEUE_ONLY:-}" && " ${QUEUE_ONLY} " != *" ${sweep} "* ]]; then continue; fi
   if [[ "$sweep" == "LADDER" ]]; then  # family 4's stages 1-2 (outside the harness: the hybrid restores runs/vlm_tiny)
     [[ -d "$HERE/runs/vlm_tiny/checkpoints" ]] && continue
-    if [[ -n "${DEADLINE:-}" ]]; then echo "[queue] ladder skipped: no estimate under DEADLINE=$DEADLINE"; continue; fi
+    if [[ -n "${DEADLINE:-}" ]] && (( $(date +%s) + ${LADDER_MINUTES:-45} * 60 > $(date -d "$DEADLINE" +%s) )); then
+      echo "[queue] ladder not started: its ~${LADDER_MINUTES:-45} min (LADDER_MINUTES) would end after $DEADLINE"; continue
+    fi
     "$PY" scripts/prepare_text.py && "$PY" scripts/prepare_image_text.py \
       && "$PY" experiments/train.py --config=experiments/configs/lm.py:tiny --workdir=runs/lm_tiny \
       && "$PY" experiments/train.py --config=experiments/configs/vlm.py:tiny --workdir=runs/vlm_tiny
