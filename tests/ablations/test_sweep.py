@@ -559,32 +559,46 @@ def test_core_groups_split_the_cores_into_disjoint_groups_one_per_run():
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
-def test_pin_cores_runs_each_concurrent_run_on_its_own_cores(tmp_path, monkeypatch):
-  """pin_cores: two runs at a time, each sees (os.sched_getaffinity) only its own group of the
-  cores, the groups are disjoint, and a run started when a slot frees takes that slot's cores."""
+def test_pin_cores_pins_runs_side_by_side_and_frees_a_run_left_alone(tmp_path, monkeypatch):
+  """pin_cores: runs start on every core (XLA sizes its pool then); once settled, two runs side by
+  side are on disjoint groups of the cores, every thread of them (a worker thread started before the
+  pinning too); a run left alone goes back to all of them. Seed s runs 1.2 + 1.2 * s seconds (with a
+  sleep for 0.6 s more), so seeds 0 and 1 start together, seed 2 replaces seed 0 beside seed 1, and
+  ends alone. No Python-level fork of the sweep process (JAX's fork hook warns of deadlocks)."""
   def fake_command(cell, seed, run_dir):
-    code = ("import os, pathlib, json, time; d = pathlib.Path(%r); time.sleep(0.4); "
-            "(d / 'cpus.json').write_text(json.dumps(sorted(os.sched_getaffinity(0)))); "
-            "(d / 'checkpoints' / '100000').mkdir(parents=True); (d / 'eval').mkdir(); "
-            "(d / 'eval' / 'results.json').write_text('{}')" % str(run_dir))
+    code = ("import os, pathlib, json, threading, time; d = pathlib.Path(%r); seen, worker = [], []\n"
+            "def watch():\n"
+            "  while True: worker.append(sorted(os.sched_getaffinity(0))); time.sleep(0.02)\n"
+            "threading.Thread(target=watch, daemon=True).start()\n"
+            "end = time.time() + 1.2 + 1.2 * %d\n"
+            "while time.time() < end: seen.append(sorted(os.sched_getaffinity(0))); time.sleep(0.02)\n"
+            "(d / 'cpus.json').write_text(json.dumps([seen, worker]))\n"
+            "(d / 'checkpoints' / '100000').mkdir(parents=True); (d / 'eval').mkdir()\n"
+            "(d / 'eval' / 'results.json').write_text('{}')" % (str(run_dir), seed))
     return [sys.executable, "-c", code]
 
   monkeypatch.setattr(sweep_lib, "command", fake_command)
   sweep = sweep_lib.Sweep(name="pinned", version=1, seeds=(0, 1, 2), cells=(
       sweep_lib.Cell("vla", "experiments/configs/vla_baseline.py:tiny"),))
   lines, mine = [], os.sched_getaffinity(0)
-  forks = []  # Python-level forks of this process (JAX's fork hook warns of deadlocks on one)
+  forks = []  # Python-level forks of this process
   os.register_at_fork(before=lambda: forks.append(1))
-  summary = sweep_lib.run(sweep, tmp_path, max_parallel=2, poll_seconds=0.05, log=lines.append, pin_cores=True)
+  summary = sweep_lib.run(sweep, tmp_path, max_parallel=2, poll_seconds=0.02, log=lines.append,
+                          pin_cores=True, settle_seconds=0.3)
   assert sorted(summary["done"]) == ["vla/seed_0", "vla/seed_1", "vla/seed_2"]
-  assert not forks  # pinned by the spawning thread's mask, not a preexec_fn (a fork running Python)
-  assert os.sched_getaffinity(0) == mine  # the sweep's own thread is back on all its cores
-  groups = sweep_lib.core_groups(2)
-  cpus = {s: frozenset(json.loads((tmp_path / "vla" / f"seed_{s}" / "cpus.json").read_text())) for s in range(3)}
-  assert cpus[0] != cpus[1] and {cpus[0], cpus[1]} == set(groups)  # the first two side by side
-  assert cpus[2] in groups  # the third on the cores the first to finish left
-  info = json.loads((tmp_path / "vla" / "seed_0" / "run.json").read_text())
-  assert info["attempts"][-1]["cpus"] == sorted(cpus[0])
-  assert any("; cores " in line for line in lines), lines
-  summary = sweep_lib.run(sweep, tmp_path, seeds=[3], max_parallel=2, poll_seconds=0.05, log=[].append)
-  assert json.loads((tmp_path / "vla" / "seed_3" / "cpus.json").read_text()) == sorted(os.sched_getaffinity(0))
+  assert not forks and os.sched_getaffinity(0) == mine
+  groups = [sorted(g) for g in sweep_lib.core_groups(2)]
+  every = sorted(mine)
+  seen, worker = {}, {}
+  for s in range(3):
+    seen[s], worker[s] = json.loads((tmp_path / "vla" / f"seed_{s}" / "cpus.json").read_text())
+    assert seen[s][0] == every, (s, seen[s][:3])  # started on every core
+    assert set(map(tuple, worker[s])) == set(map(tuple, seen[s])), s  # the worker thread moved too
+  pinned = {s: [c for c in seen[s] if c != every] for s in range(3)}
+  assert {tuple(c) for c in pinned[0]} | {tuple(c) for c in pinned[1]} <= {tuple(g) for g in groups}
+  assert pinned[0] and pinned[1] and pinned[0][-1] != pinned[1][0]  # side by side: disjoint groups
+  assert pinned[2] and seen[2][-1] == every  # pinned beside seed 1, then alone on every core
+  assert any(line.endswith(f"on cores {','.join(map(str, every))}") for line in lines), lines
+  sweep_lib.run(sweep, tmp_path, seeds=[3], max_parallel=2, poll_seconds=0.02, log=[].append,
+                settle_seconds=0.3)
+  assert all(c == every for c in json.loads((tmp_path / "vla" / "seed_3" / "cpus.json").read_text())[0])

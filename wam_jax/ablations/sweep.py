@@ -67,7 +67,6 @@ reported and the others go on; the sweep exits 1 if any failed. A rerun of the s
 retries failed and unfinished runs only (label_video.py resumes a partial labelling itself).
 """
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -877,6 +876,8 @@ class _Running:
 def core_groups(max_parallel: int, cores: Optional[Sequence[int]] = None) -> list[frozenset]:
   """The cores this process may use (``os.sched_getaffinity``) split into ``max_parallel`` disjoint
   groups of consecutive cores, one per concurrent run ([] when there are fewer cores than runs)."""
+  if cores is None and not hasattr(os, "sched_getaffinity"):  # not Linux: no pinning
+    return []
   cores = sorted(os.sched_getaffinity(0) if cores is None else cores)
   if max_parallel < 2 or len(cores) < max_parallel:
     return []
@@ -889,20 +890,49 @@ def core_groups(max_parallel: int, cores: Optional[Sequence[int]] = None) -> lis
   return groups
 
 
-@contextlib.contextmanager
-def _thread_affinity(cpus: Optional[frozenset]):
-  """Restricts the calling thread (Linux: pid 0 is the thread) to ``cpus`` while the block runs, so a
-  child spawned in it inherits that mask. Not ``Popen(preexec_fn=...)``: that forces a fork of this
-  multithreaded process (JAX is imported for the cells' checks) and runs Python in the child."""
-  if cpus is None:
-    yield
-    return
-  before = os.sched_getaffinity(0)
-  os.sched_setaffinity(0, cpus)
+def _set_affinity(pid: int, cpus: Sequence[int]) -> None:
+  """Moves every thread of process ``pid`` and of its descendants onto ``cpus`` (Linux: a thread's
+  mask is its own, and threads and processes started later inherit their creator's). A process that
+  exits meanwhile is skipped."""
   try:
-    yield
-  finally:
-    os.sched_setaffinity(0, before)
+    tids = os.listdir(f"/proc/{pid}/task")
+  except OSError:
+    return
+  for tid in tids:
+    try:
+      os.sched_setaffinity(int(tid), cpus)
+      children = pathlib.Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+    except OSError:
+      continue
+    for child in children:
+      _set_affinity(int(child), cpus)
+
+
+def _balance(running: list, groups: list, settle_seconds: float, log) -> None:
+  """``--pin_cores``: with two or more runs going, each settled run (started ``settle_seconds`` ago)
+  on its own group of the cores; a run going alone on every core. Runs start on every core, so XLA
+  sizes its thread pool to all of them (it reads the affinity once, at start-up): a run pinned at
+  spawn could not use the cores a finished neighbour frees. Pinning a settled run later is safe: its
+  pool's threads move with it (BUILD_NOTES, "One core per run")."""
+  if not groups:
+    return
+  all_cores = frozenset().union(*groups)
+  if len(running) < 2:
+    want = {id(r): None for r in running}
+  else:
+    want, free = {}, [g for g in groups if not any(r.cpus == g for r in running)]
+    for r in running:
+      if r.cpus in groups:
+        want[id(r)] = r.cpus
+      elif free and time.time() - r.start >= settle_seconds:
+        want[id(r)] = free.pop(0)
+      else:
+        want[id(r)] = r.cpus
+  for r in running:
+    if want[id(r)] != r.cpus:
+      r.cpus = want[id(r)]
+      _set_affinity(r.proc.pid, sorted(r.cpus or all_cores))
+      log(f"[sweep] {r.job.label} on cores {','.join(map(str, sorted(r.cpus or all_cores)))}")
 
 
 def code_version() -> str:
@@ -919,9 +949,8 @@ def code_version() -> str:
   return sha + ("+dirty" if sha and dirty else "")
 
 
-def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep, cpus: Optional[frozenset] = None) -> _Running:
-  """Starts ``job``'s subprocess (on the cores ``cpus`` only, if given: its threads and children
-  inherit the affinity, and XLA sizes its thread pool to it)."""
+def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep) -> _Running:
+  """Starts ``job``'s subprocess (on every core; ``_balance`` pins it once it has settled)."""
   job.dir.mkdir(parents=True, exist_ok=True)
   if job.eval_name:
     cmd = eval_command(job.dir, job.eval_name, sweep.extra_evals[job.eval_name])
@@ -931,17 +960,14 @@ def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep, cpus: Optional[f
     (job.dir / "command.sh").write_text(" ".join(shlex.quote(c) for c in cmd) + "\n")
   log_file = open(job.dir / "log.txt", "a", buffering=1)
   log_file.write(f"\n===== attempt at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
-  with _thread_affinity(cpus):
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=os.getcwd())
+  proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=os.getcwd())
   info = read_json(job.info_path, {}) or {}
   info.update(cell=job.cell.spec(), seed=job.seed, command=cmd, pid=proc.pid)
   info.setdefault("attempts", []).append({"start": time.time(), "seconds": 0.0, "returncode": None,
-                                          "code": code_version(),
-                                          "cpus": None if cpus is None else sorted(cpus)})
+                                          "code": code_version()})
   _write_json(job.info_path, info)
-  on = "" if cpus is None else f"; cores {','.join(map(str, sorted(cpus)))}"
-  log(f"[sweep] start {job.label} (pid {proc.pid}{on}; log {job.dir / 'log.txt'})")
-  return _Running(job, proc, log_file, info, cpus)
+  log(f"[sweep] start {job.label} (pid {proc.pid}; log {job.dir / 'log.txt'})")
+  return _Running(job, proc, log_file, info)
 
 
 def _tick(r: _Running) -> None:
@@ -1087,7 +1113,7 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
         check: Optional[Callable] = None, prepare: Optional[Callable] = None,
         env: Optional[Mapping[str, str]] = None, poll_seconds: float = 1.0,
         log: Callable[[str], None] = print, record_walls: Optional[Mapping] = None,
-        deadline: Optional[float] = None, pin_cores: bool = False) -> dict:
+        deadline: Optional[float] = None, pin_cores: bool = False, settle_seconds: float = 60.0) -> dict:
   """Runs every unfinished job; returns {"done": [...], "failed": [...], "skipped": [...]} of names.
 
   ``prepare(jobs)`` runs once before the first job, with the jobs to run (e.g. generating the
@@ -1097,8 +1123,8 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
   session's end) then spends its last hour on runs that finish, not on checkpoints it will lose.
   SIGTERM/SIGINT: running trainers get SIGTERM (they save a checkpoint and stop), then the
   sweep exits; rerunning it resumes them.
-  ``pin_cores``: each concurrent run on its own group of the cores (``core_groups``) instead of
-  every run's threads on every core (BUILD_NOTES, "One core per run").
+  ``pin_cores``: while runs go side by side, each on its own group of the cores (``core_groups``),
+  once it has run ``settle_seconds``; a run going alone on all of them (``_balance``).
   """
   workdir = pathlib.Path(workdir).absolute()
   write_sweep_json(sweep, workdir)
@@ -1139,14 +1165,14 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
         job = _next_ready(queue, running, workdir, summary, log, deadline)
         if job is None:
           break
-        free = [g for g in groups if all(r.cpus != g for r in running)]
-        running.append(_start(job, env, log, sweep, free[0] if free else None))
+        running.append(_start(job, env, log, sweep))
       if not queue and not running:
         break
       time.sleep(poll_seconds)
       for r in [r for r in running if r.proc.poll() is not None]:
         running.remove(r)
         summary["done" if _finish(r, log) else "failed"].append(label(r.job))
+      _balance(running, groups, settle_seconds, log)
       if time.time() - last_tick > 30:
         last_tick = time.time()
         for r in running:
