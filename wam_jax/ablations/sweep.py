@@ -868,9 +868,10 @@ def _fmt(seconds: float) -> str:
 # Running.
 # ----------------------------------------------------------------------------
 class _Running:
-  def __init__(self, job: Job, proc: subprocess.Popen, log_file, info: dict, cpus: Optional[frozenset] = None):
-    self.job, self.proc, self.log_file, self.info, self.cpus = job, proc, log_file, info, cpus
+  def __init__(self, job: Job, proc: subprocess.Popen, log_file, info: dict):
+    self.job, self.proc, self.log_file, self.info = job, proc, log_file, info
     self.start = time.time()
+    self.cpus: Optional[frozenset] = None  # its group of the cores once pinned (_balance); None: all
 
 
 def core_groups(max_parallel: int, cores: Optional[Sequence[int]] = None) -> list[frozenset]:
@@ -916,23 +917,19 @@ def _balance(running: list, groups: list, settle_seconds: float, log) -> None:
   pool's threads move with it (BUILD_NOTES, "One core per run")."""
   if not groups:
     return
-  all_cores = frozenset().union(*groups)
-  if len(running) < 2:
-    want = {id(r): None for r in running}
-  else:
-    want, free = {}, [g for g in groups if not any(r.cpus == g for r in running)]
-    for r in running:
-      if r.cpus in groups:
-        want[id(r)] = r.cpus
-      elif free and time.time() - r.start >= settle_seconds:
-        want[id(r)] = free.pop(0)
-      else:
-        want[id(r)] = r.cpus
+  free = [g for g in groups if not any(r.cpus == g for r in running)]
   for r in running:
-    if want[id(r)] != r.cpus:
-      r.cpus = want[id(r)]
-      _set_affinity(r.proc.pid, sorted(r.cpus or all_cores))
-      log(f"[sweep] {r.job.label} on cores {','.join(map(str, sorted(r.cpus or all_cores)))}")
+    if len(running) < 2:
+      want = None
+    elif r.cpus is None and free and time.time() - r.start >= settle_seconds:
+      want = free.pop(0)
+    else:
+      continue
+    if want != r.cpus:
+      r.cpus = want
+      cores = sorted(want or frozenset().union(*groups))
+      _set_affinity(r.proc.pid, cores)
+      log(f"[sweep] {r.job.label} on cores {','.join(map(str, cores))}")
 
 
 def code_version() -> str:
