@@ -45,8 +45,10 @@ _RECORDS = flags.DEFINE_bool(
     "with the same config and seed and the same stages (sweep.link_identical_records).")
 _PIN_CORES = flags.DEFINE_bool(
     "pin_cores", True, "While --max_parallel runs go side by side, each on its own share of the cores "
-    "(every thread, once it has started up); a run going alone on all of them. On 2 cores two runs "
-    "pinned one core each trained 8-12% more steps/s than unpinned (BUILD_NOTES, 'One core per run').")
+    "(every thread: from its start when the estimates give it a neighbour for most of its run, else "
+    "once it has started up); a run going alone on all of them. On 2 cores two runs pinned one core "
+    "each trained 8-12% more steps/s than unpinned, 9-13% more again when started pinned (BUILD_NOTES, "
+    "'One core per run').")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan with estimated times; run nothing.")
 _DEADLINE = flags.DEFINE_string(
     "deadline", "", "Start no run that would end after this time, by its estimate (the plan's, from "

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -559,13 +560,17 @@ def test_core_groups_split_the_cores_into_disjoint_groups_one_per_run():
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+@pytest.mark.skipif(not sweep_lib.core_groups(2) or shutil.which("taskset") is None,
+                    reason="needs 2+ cores and taskset (util-linux)")
 def test_pin_cores_pins_runs_side_by_side_and_frees_a_run_left_alone(tmp_path, monkeypatch):
-  """pin_cores: runs start on every core (XLA sizes its pool then: checked with a settling time no
-  run reaches); once settled, two runs side by side are on disjoint groups of the cores, every
-  thread of them; a run left alone goes back to all of them. Seed s runs 2 + 2 * s seconds after its
-  start-up, so seeds 0 and 1 start together, seed 2 replaces seed 0 beside seed 1, and ends alone.
-  No Python-level fork of the sweep process (JAX's fork hook warns of deadlocks). Timing margins are
-  seconds against a 0.3 s settle: a loaded CI machine took longer than 0.3 s to start Python."""
+  """pin_cores. Seed s runs 2 + 2 * s seconds after its start-up, so seeds 0 and 1 start together,
+  seed 2 replaces seed 0 beside seed 1, and ends alone. (a) With neighbours for their whole estimate,
+  runs start on disjoint groups of the cores (every thread, from the first sample: XLA sizes its
+  pool then), through taskset (no Python-level fork of the sweep process: JAX's fork hook warns of
+  deadlocks), which command.sh does not keep; the run left alone goes to every core. (b) Runs
+  spawned on every core (a share no neighbour reaches) are pinned once settled, worker threads too.
+  (c) A run with no neighbour starts and stays on every core. Timing margins are seconds against a
+  0.3 s settle: a loaded CI machine took longer than 0.3 s to start Python."""
   def fake_command(cell, seed, run_dir):
     code = ("import os, pathlib, json, threading, time; d = pathlib.Path(%r); seen, worker = [], []\n"
             "def watch():\n"
@@ -581,27 +586,51 @@ def test_pin_cores_pins_runs_side_by_side_and_frees_a_run_left_alone(tmp_path, m
   monkeypatch.setattr(sweep_lib, "command", fake_command)
   sweep = sweep_lib.Sweep(name="pinned", version=1, seeds=(0, 1, 2), cells=(
       sweep_lib.Cell("vla", "experiments/configs/vla_baseline.py:tiny"),))
-  lines, mine = [], os.sched_getaffinity(0)
+  mine = os.sched_getaffinity(0)
   forks = []  # Python-level forks of this process
   os.register_at_fork(before=lambda: forks.append(1))
-  summary = sweep_lib.run(sweep, tmp_path, max_parallel=2, poll_seconds=0.02, log=lines.append,
-                          pin_cores=True, settle_seconds=0.3)
+  groups = {tuple(sorted(g)) for g in sweep_lib.core_groups(2)}
+  every = sorted(mine)
+
+  def samples(root, s):
+    return json.loads((root / "vla" / f"seed_{s}" / "cpus.json").read_text())
+
+  # (a) Spawned on their groups (settle never reached: only the spawn pins).
+  lines = []
+  summary = sweep_lib.run(sweep, tmp_path / "a", max_parallel=2, poll_seconds=0.02, log=lines.append,
+                          pin_cores=True, settle_seconds=1e9)
   assert sorted(summary["done"]) == ["vla/seed_0", "vla/seed_1", "vla/seed_2"]
   assert not forks and os.sched_getaffinity(0) == mine
-  groups = [sorted(g) for g in sweep_lib.core_groups(2)]
-  every = sorted(mine)
+  seen = {s: samples(tmp_path / "a", s)[0] for s in range(3)}
+  assert {tuple(seen[0][0]), tuple(seen[1][0])} == groups  # side by side from the start
+  assert tuple(seen[2][0]) in groups and seen[2][-1] == every  # beside seed 1, then alone
+  for s in range(3):
+    run_dir = tmp_path / "a" / "vla" / f"seed_{s}"
+    assert "taskset" not in (run_dir / "command.sh").read_text()
+    assert sweep_lib.read_json(run_dir / "run.json")["attempts"][-1]["spawned_on"] == ",".join(
+        map(str, seen[s][0]))
+  assert any(line.startswith("[sweep] start vla/seed_0 on cores ") for line in lines), lines
+
+  # (b) Spawned on every core, pinned once settled.
+  monkeypatch.setattr(sweep_lib, "SPAWN_PINNED_SHARE", float("inf"))
+  lines = []
+  summary = sweep_lib.run(sweep, tmp_path / "b", max_parallel=2, poll_seconds=0.02, log=lines.append,
+                          pin_cores=True, settle_seconds=0.3)
+  assert sorted(summary["done"]) == ["vla/seed_0", "vla/seed_1", "vla/seed_2"] and not forks
   seen, worker = {}, {}
   for s in range(3):
-    seen[s], worker[s] = json.loads((tmp_path / "vla" / f"seed_{s}" / "cpus.json").read_text())
+    seen[s], worker[s] = samples(tmp_path / "b", s)
+    assert seen[s][0] == every, s
     assert worker[s] and worker[s][-1] == seen[s][-1], s  # the worker thread is moved too
   pinned = {s: [c for c in seen[s] if c != every] for s in range(3)}
-  assert {tuple(c) for c in pinned[0]} | {tuple(c) for c in pinned[1]} <= {tuple(g) for g in groups}
+  assert {tuple(c) for c in pinned[0]} | {tuple(c) for c in pinned[1]} <= groups
   assert pinned[0] and pinned[1] and pinned[0][-1] != pinned[1][0]  # side by side: disjoint groups
   assert pinned[2] and seen[2][-1] == every  # pinned beside seed 1, then alone on every core
   assert any(line.endswith(f"on cores {','.join(map(str, every))}") for line in lines), lines
-  # Spawned on every core: side by side but never settled, two runs are never moved.
-  sweep_lib.run(sweep, tmp_path / "unsettled", seeds=[0, 1], max_parallel=2, poll_seconds=0.02,
-                log=[].append, pin_cores=True, settle_seconds=1e9)
-  for s in (0, 1):
-    for samples in json.loads((tmp_path / "unsettled" / "vla" / f"seed_{s}" / "cpus.json").read_text()):
-      assert samples and all(c == every for c in samples), s
+
+  # (c) No neighbour: every core throughout.
+  monkeypatch.setattr(sweep_lib, "SPAWN_PINNED_SHARE", 0.7)
+  sweep_lib.run(sweep, tmp_path / "c", seeds=[0], max_parallel=2, poll_seconds=0.02, log=[].append,
+                pin_cores=True, settle_seconds=0.3)
+  for part in samples(tmp_path / "c", 0):
+    assert part and all(c == every for c in part)

@@ -73,6 +73,7 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,6 +104,12 @@ DEFAULT_SECONDS_PER_EVAL_EPISODE = 1.5
 # measured with a training run on the same cores (session 11), so ~0.5 s; 0.6 s leaves a margin.
 DEFAULT_SECONDS_PER_LABEL_EPISODE = 0.6
 STARTUP_SECONDS = 60  # imports, data check, compile, policy load.
+# --pin_cores: a run expected to go beside others for at least this share of its estimate starts on
+# its own group of the cores (XLA sizes its thread pool to them), else on every core. Measured on 2
+# cores, joint WAM step (BUILD_NOTES, "One core per run"): spawned on one core 1.55 s beside a
+# neighbour, vs 1.75 s spawned on both and pinned later (its 2-thread pool sharing one core); alone
+# on both cores 0.96 s spawned on both vs 1.49 s spawned on one. Break-even: 0.55 / 0.77 = 0.71.
+SPAWN_PINNED_SHARE = 0.7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -909,12 +916,31 @@ def _set_affinity(pid: int, cpus: Sequence[int]) -> None:
       _set_affinity(int(child), cpus)
 
 
+def _spawn_group(job: Job, queue: Sequence[Job], running: Sequence["_Running"], groups: list,
+                 max_parallel: int) -> Optional[frozenset]:
+  """``--pin_cores``: the group of the cores ``job`` starts on, or None (every core). XLA sizes a
+  process's thread pool to the cores it may use at start-up, once: a run spawned on one group is
+  fastest beside a neighbour and cannot use the cores a finished neighbour frees; a run spawned on
+  every core is fastest alone, and slower once pinned beside a neighbour. So a run starts on a free
+  group when, by the estimates, the other slots have work (the running runs' remaining time and the
+  queued jobs') for at least ``SPAWN_PINNED_SHARE`` of its own run. Needs ``taskset`` (util-linux):
+  the sweep process never forks a child itself (``_start``)."""
+  free = [g for g in groups if not any(r.cpus == g for r in running)]
+  if not free or shutil.which("taskset") is None:
+    return None
+  now = time.time()
+  beside = (sum(max(r.job.estimate_s - (now - r.start), 0.0) for r in running)
+            + sum(j.estimate_s for j in queue)) / max(max_parallel - 1, 1)
+  return free[0] if beside >= SPAWN_PINNED_SHARE * job.estimate_s else None
+
+
 def _balance(running: list, groups: list, settle_seconds: float, log) -> None:
   """``--pin_cores``: with two or more runs going, each settled run (started ``settle_seconds`` ago)
-  on its own group of the cores; a run going alone on every core. Runs start on every core, so XLA
-  sizes its thread pool to all of them (it reads the affinity once, at start-up): a run pinned at
-  spawn could not use the cores a finished neighbour frees. Pinning a settled run later is safe: its
-  pool's threads move with it (BUILD_NOTES, "One core per run")."""
+  on its own group of the cores; a run going alone on every core. A run spawned on every core
+  (``_spawn_group``) has a thread pool for all of them; pinning it once settled is safe (its pool's
+  threads move with it) and faster than leaving it to share the cores (BUILD_NOTES, "One core per
+  run"). A run spawned on its group keeps a one-group pool: alone, it gets the other cores for its
+  other threads (input pipeline, simulator)."""
   if not groups:
     return
   free = [g for g in groups if not any(r.cpus == g for r in running)]
@@ -946,8 +972,9 @@ def code_version() -> str:
   return sha + ("+dirty" if sha and dirty else "")
 
 
-def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep) -> _Running:
-  """Starts ``job``'s subprocess (on every core; ``_balance`` pins it once it has settled)."""
+def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep, cpus: Optional[frozenset] = None) -> _Running:
+  """Starts ``job``'s subprocess on ``cpus`` (through ``taskset``: no fork of this multithreaded
+  process), or on every core (None: ``_balance`` pins it once it has settled)."""
   job.dir.mkdir(parents=True, exist_ok=True)
   if job.eval_name:
     cmd = eval_command(job.dir, job.eval_name, sweep.extra_evals[job.eval_name])
@@ -957,14 +984,19 @@ def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep) -> _Running:
     (job.dir / "command.sh").write_text(" ".join(shlex.quote(c) for c in cmd) + "\n")
   log_file = open(job.dir / "log.txt", "a", buffering=1)
   log_file.write(f"\n===== attempt at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
-  proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=os.getcwd())
+  cores = ",".join(map(str, sorted(cpus or ())))
+  spawn = ["taskset", "-c", cores, *cmd] if cpus else cmd  # taskset execs cmd: the pid is the run's
+  proc = subprocess.Popen(spawn, stdout=log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=os.getcwd())
   info = read_json(job.info_path, {}) or {}
   info.update(cell=job.cell.spec(), seed=job.seed, command=cmd, pid=proc.pid)
   info.setdefault("attempts", []).append({"start": time.time(), "seconds": 0.0, "returncode": None,
-                                          "code": code_version()})
+                                          "code": code_version(), "spawned_on": cores or "all"})
   _write_json(job.info_path, info)
-  log(f"[sweep] start {job.label} (pid {proc.pid}; log {job.dir / 'log.txt'})")
-  return _Running(job, proc, log_file, info)
+  log(f"[sweep] start {job.label} " + (f"on cores {cores} " if cpus else "")
+      + f"(pid {proc.pid}; log {job.dir / 'log.txt'})")
+  r = _Running(job, proc, log_file, info)
+  r.cpus = cpus
+  return r
 
 
 def _tick(r: _Running) -> None:
@@ -1120,8 +1152,9 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
   session's end) then spends its last hour on runs that finish, not on checkpoints it will lose.
   SIGTERM/SIGINT: running trainers get SIGTERM (they save a checkpoint and stop), then the
   sweep exits; rerunning it resumes them.
-  ``pin_cores``: while runs go side by side, each on its own group of the cores (``core_groups``),
-  once it has run ``settle_seconds``; a run going alone on all of them (``_balance``).
+  ``pin_cores``: while runs go side by side, each on its own group of the cores (``core_groups``):
+  from its start when it is expected to have a neighbour for most of its run (``_spawn_group``),
+  else once it has run ``settle_seconds``; a run going alone on all of them (``_balance``).
   """
   workdir = pathlib.Path(workdir).absolute()
   write_sweep_json(sweep, workdir)
@@ -1162,7 +1195,8 @@ def run(sweep: Sweep, workdir, *, seeds: Optional[Sequence[int]] = None, max_par
         job = _next_ready(queue, running, workdir, summary, log, deadline)
         if job is None:
           break
-        running.append(_start(job, env, log, sweep))
+        cpus = _spawn_group(job, queue, running, groups, max_parallel) if groups else None
+        running.append(_start(job, env, log, sweep, cpus))
       if not queue and not running:
         break
       time.sleep(poll_seconds)
