@@ -25,6 +25,10 @@ PY=${PY:-$REPO/.venv/bin/python}
 export JAX_PLATFORMS=cpu WAM_DATA_DIR=${WAM_DATA_DIR:-$REPO/wam_data}
 SWEEPS=${SWEEPS:-$REPO/runs/sweeps}
 cd "$HERE"
+# Runs named by relative paths (the ladder's runs/lm_tiny and runs/vlm_tiny, which the hybrid cells
+# restore as 'runs/vlm_tiny' from the sweep's working directory) land in REPO's runs/, which outlives
+# the frozen worktree (removing the worktree removes the link, not REPO's runs).
+if [[ "$HERE" != "$REPO" && ! -e "$HERE/runs" ]]; then ln -s "$REPO/runs" "$HERE/runs"; fi
 if [[ -n "${DEADLINE:-}" ]]; then  # resolved once to a date and time for every step (an 'HH:MM'
   # resolved per step rolls over to tomorrow for the steps after it); a bad one stops the queue here
   DEADLINE=$("$PY" -c "import sys, time; sys.path.insert(0, '.'); from experiments.ablations import parse_deadline as p; \
