@@ -489,11 +489,14 @@ def test_a_reused_stage_makes_its_later_stage_reusable_in_the_same_plan(tmp_path
 
 def test_a_cell_without_local_runs_is_priced_by_its_committed_records(tmp_path):
   """Its records' wall time (training + evaluation, on the machines that ran them) is the estimate,
-  scaled by the steps still to train; a cell with no record keeps the defaults."""
+  scaled by the steps still to train; a cell with no record of its own is priced per step by the
+  records of a cell with the same step (its N=20 twin); one with another step keeps the defaults."""
   vla = "experiments/configs/vla_baseline.py:tiny"
   sweep = sweep_lib.Sweep(name="priced", version=1, seeds=(1,), cells=(
       sweep_lib.Cell("recorded_cell", vla, n_demos=2, overrides={"train.steps": 1000}),
-      sweep_lib.Cell("new_cell", vla, n_demos=5, overrides={"train.steps": 1000})))
+      sweep_lib.Cell("new_cell", vla, n_demos=5, overrides={"train.steps": 1000}),
+      sweep_lib.Cell("same_step_longer", vla, n_demos=20, overrides={"train.steps": 3000}),
+      sweep_lib.Cell("other_step", vla, n_demos=5, overrides={"train.steps": 1000, "train.batch_size": 8})))
   rdir = tmp_path / "records" / "v1"
   for seed, wall in ((0, 1800.0), (2, 2400.0), (3, float("nan")), (4, None)):  # rebuilt records: NaN, none
     (rdir / "recorded_cell").mkdir(parents=True, exist_ok=True)
@@ -502,9 +505,12 @@ def test_a_cell_without_local_runs_is_priced_by_its_committed_records(tmp_path):
   assert walls == {"recorded_cell": [1800.0, 2400.0]} and records.walls(tmp_path / "none") == {}
   jobs = {j.cell.name: j for j in sweep_lib.plan(sweep, tmp_path / "w", record_walls=walls)}
   assert jobs["recorded_cell"].estimate_s == pytest.approx(sweep_lib.STARTUP_SECONDS + 2100.0)
+  assert jobs["new_cell"].estimate_s == pytest.approx(sweep_lib.STARTUP_SECONDS + 2100.0)
+  assert jobs["same_step_longer"].estimate_s == pytest.approx(sweep_lib.STARTUP_SECONDS + 6300.0)
   without = {j.cell.name: j for j in sweep_lib.plan(sweep, tmp_path / "w")}
-  assert jobs["new_cell"].estimate_s == pytest.approx(without["new_cell"].estimate_s)
+  assert jobs["other_step"].estimate_s == pytest.approx(without["other_step"].estimate_s)
   assert without["recorded_cell"].estimate_s < 2100.0  # the defaults: an idle machine's rate
+  assert without["new_cell"].estimate_s < 2100.0
 
   (jobs["recorded_cell"].dir / "checkpoints" / "500").mkdir(parents=True)  # half trained here
   jobs = {j.cell.name: j for j in sweep_lib.plan(sweep, tmp_path / "w", record_walls=walls)}

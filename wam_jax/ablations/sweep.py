@@ -515,6 +515,7 @@ def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
     raise ValueError(f"--cells: {unknown} not in sweep {sweep.name}; its cells: {known}")
   jobs, planned = [], set()
   reused = {}  # real path of a reusable job's run -> the finished run it will link to
+  step_walls = record_walls_by_step(sweep, record_walls)
   for sweep_seed in seeds:
     for cell in sweep.cells:
       seed = cell.seed_of(sweep_seed)  # a stage shared by every seed: its one run, planned once
@@ -539,14 +540,14 @@ def plan(sweep: Sweep, workdir, seeds: Optional[Sequence[int]] = None,
         if job.reuse_from is not None:
           job.state, job.detail = "reusable", f"same run finished in {job.reuse_from}"
           reused[os.path.realpath(job.dir)] = str(job.reuse_from)
-      job.estimate_s = estimate_seconds(job, workdir, record_walls)
+      job.estimate_s = estimate_seconds(job, workdir, record_walls, step_walls)
       jobs.append(job)
       if job.config is not None and job.config.eval.get("at_end", False):
         for name in sweep.extra_evals:
           ev = Job(cell, seed, job.dir, job.config, eval_name=name)
           ev.state = "done" if eval_results(ev.dir, name).exists() else (
               "running" if _running_pid(ev.dir, ev.info_path) else "pending")
-          ev.estimate_s = 0.0 if ev.state == "done" else estimate_seconds(ev, workdir, record_walls)
+          ev.estimate_s = 0.0 if ev.state == "done" else estimate_seconds(ev, workdir, record_walls, step_walls)
           jobs.append(ev)
   if recorded:
     skip_recorded(jobs, recorded)
@@ -731,12 +732,33 @@ def _state_of(rdir: pathlib.Path) -> tuple[str, str]:
   return "pending", ""
 
 
-def estimate_seconds(job: Job, workdir, record_walls: Optional[Mapping[str, Sequence[float]]] = None) -> float:
+def record_walls_by_step(sweep: Sweep, record_walls: Optional[Mapping[str, Sequence[float]]]) -> dict:
+  """{``cost_key``: [(wall seconds, train steps) of each recorded run]} over the sweep's train cells
+  that have records: what a run of that step took on the machines that finished it."""
+  out = {}
+  for cell in sweep.cells:
+    walls = (record_walls or {}).get(cell.name)
+    if cell.kind != "train" or not walls:
+      continue
+    try:
+      cfg = load_config(cell, cell.seed_of(0))
+    except ValueError:
+      continue
+    key = cost_key(json.loads(cfg.to_json_best_effort()))
+    out.setdefault(key, []).extend((w, cfg.train.steps) for w in walls)
+  return out
+
+
+def estimate_seconds(job: Job, workdir, record_walls: Optional[Mapping[str, Sequence[float]]] = None,
+                     step_walls: Optional[Mapping[str, Sequence[tuple]]] = None) -> float:
   """Remaining wall time of a job: the rates of the cell's finished seeds, else the wall time of its
   committed records (``record_walls``: {cell: wall seconds of its recorded runs}, finished on other
   machines), else the rates of a finished run of the same step in a sweep beside it (``cost_key``),
-  else defaults. Measured rates carry the load their runs had (a sweep two at a time: about half a
-  core's worth of the machine each)."""
+  else the records of a cell of this sweep with the same step, per step (``step_walls``:
+  ``record_walls_by_step``), else defaults. Measured rates carry the load their runs had (a sweep
+  two at a time: about half a core's worth of the machine each). Session 18: without the
+  same-step records a joint WAM N=5 run was priced by the defaults (~15 min, where its recorded N=20
+  twin took 63) and started 52 minutes before a deadline it could not meet."""
   if job.state in ("done", "reusable", "recorded"):
     return 0.0
   recorded = (record_walls or {}).get(job.cell.name, [])  # records.walls: finite, positive
@@ -760,6 +782,10 @@ def estimate_seconds(job: Job, workdir, record_walls: Optional[Mapping[str, Sequ
   if not (per_step and per_episode):  # no finished seed of this cell: a run with the same step elsewhere
     same_step, same_episode = _rates_of_the_same_step(cfg, workdir)
     per_step, per_episode = per_step or same_step, per_episode or same_episode
+  same = (step_walls or {}).get(cost_key(json.loads(cfg.to_json_best_effort())), [])
+  if not (per_step or per_episode) and same and not job.eval_name:  # whole runs, evaluation included
+    done = (checkpoint_steps(job.dir)[-1:] or [0])[0]
+    return STARTUP_SECONDS + sum(w / n for w, n in same) / len(same) * max(cfg.train.steps - done, 0)
   per_step = per_step or DEFAULT_SECONDS_PER_EXAMPLE * cfg.train.batch_size
   per_episode = per_episode or DEFAULT_SECONDS_PER_EVAL_EPISODE
   steps_done = checkpoint_steps(job.dir)[-1:] or [0]
