@@ -782,10 +782,11 @@ def estimate_seconds(job: Job, workdir, record_walls: Optional[Mapping[str, Sequ
   if not (per_step and per_episode):  # no finished seed of this cell: a run with the same step elsewhere
     same_step, same_episode = _rates_of_the_same_step(cfg, workdir)
     per_step, per_episode = per_step or same_step, per_episode or same_episode
-  same = (step_walls or {}).get(cost_key(json.loads(cfg.to_json_best_effort())), [])
-  if not (per_step or per_episode) and same and not job.eval_name:  # whole runs, evaluation included
-    done = (checkpoint_steps(job.dir)[-1:] or [0])[0]
-    return STARTUP_SECONDS + sum(w / n for w, n in same) / len(same) * max(cfg.train.steps - done, 0)
+  if not (per_step or per_episode) and step_walls and not job.eval_name:  # whole runs, evaluation included
+    same = step_walls.get(cost_key(json.loads(cfg.to_json_best_effort())), [])
+    if same:
+      done = (checkpoint_steps(job.dir)[-1:] or [0])[0]
+      return STARTUP_SECONDS + sum(w / n for w, n in same) / len(same) * max(cfg.train.steps - done, 0)
   per_step = per_step or DEFAULT_SECONDS_PER_EXAMPLE * cfg.train.batch_size
   per_episode = per_episode or DEFAULT_SECONDS_PER_EVAL_EPISODE
   steps_done = checkpoint_steps(job.dir)[-1:] or [0]
@@ -901,10 +902,10 @@ def _fmt(seconds: float) -> str:
 # Running.
 # ----------------------------------------------------------------------------
 class _Running:
-  def __init__(self, job: Job, proc: subprocess.Popen, log_file, info: dict):
+  def __init__(self, job: Job, proc: subprocess.Popen, log_file, info: dict, cpus: Optional[frozenset] = None):
     self.job, self.proc, self.log_file, self.info = job, proc, log_file, info
     self.start = time.time()
-    self.cpus: Optional[frozenset] = None  # its group of the cores once pinned (_balance); None: all
+    self.cpus = cpus  # its group of the cores (from spawn, or once _balance pins it); None: all
 
 
 def core_groups(max_parallel: int, cores: Optional[Sequence[int]] = None) -> list[frozenset]:
@@ -942,6 +943,11 @@ def _set_affinity(pid: int, cpus: Sequence[int]) -> None:
       _set_affinity(int(child), cpus)
 
 
+def _free_groups(groups: list, running: Sequence["_Running"]) -> list:
+  """The groups of the cores no running run is pinned to."""
+  return [g for g in groups if not any(r.cpus == g for r in running)]
+
+
 def _spawn_group(job: Job, queue: Sequence[Job], running: Sequence["_Running"], groups: list,
                  max_parallel: int) -> Optional[frozenset]:
   """``--pin_cores``: the group of the cores ``job`` starts on, or None (every core). XLA sizes a
@@ -951,7 +957,7 @@ def _spawn_group(job: Job, queue: Sequence[Job], running: Sequence["_Running"], 
   group when, by the estimates, the other slots have work (the running runs' remaining time and the
   queued jobs') for at least ``SPAWN_PINNED_SHARE`` of its own run. Needs ``taskset`` (util-linux):
   the sweep process never forks a child itself (``_start``)."""
-  free = [g for g in groups if not any(r.cpus == g for r in running)]
+  free = _free_groups(groups, running)
   if not free or shutil.which("taskset") is None:
     return None
   now = time.time()
@@ -969,7 +975,7 @@ def _balance(running: list, groups: list, settle_seconds: float, log) -> None:
   other threads (input pipeline, simulator)."""
   if not groups:
     return
-  free = [g for g in groups if not any(r.cpus == g for r in running)]
+  free = _free_groups(groups, running)
   for r in running:
     if len(running) < 2:
       want = None
@@ -1020,9 +1026,7 @@ def _start(job: Job, env: Mapping[str, str], log, sweep: Sweep, cpus: Optional[f
   _write_json(job.info_path, info)
   log(f"[sweep] start {job.label} " + (f"on cores {cores} " if cpus else "")
       + f"(pid {proc.pid}; log {job.dir / 'log.txt'})")
-  r = _Running(job, proc, log_file, info)
-  r.cpus = cpus
-  return r
+  return _Running(job, proc, log_file, info, cpus)
 
 
 def _tick(r: _Running) -> None:
