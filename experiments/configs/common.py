@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
       ema_decay=0.0,          # 0 disables EMA params.
       compute_dtype="float32",  # "bfloat16": bf16 matmuls, fp32 params.
       log_every=25,
+      grad_norm_of="",        # 'video_loss,action_loss': log each metric's gradient norm at log steps
       val_every=250,
       val_batches=4,
       ckpt_every=250,

@@ -37,6 +37,7 @@ def model_config() -> ml_collections.ConfigDict:
           objective="regression",   # "regression" | "flow" (decoupled needs flow)
           num_sampling_steps=4,     # flow: Euler steps when generating frames alone
           delta_scale=1.0,          # the predicted change (future - last frame tokens) is scaled by this
+          loss_norm="none",         # "none" (MSE) | "copy" (MSE over copy-last MSE: 1.0 = copying; scale-free)
           t_min=0.0,                # flow: training times tau_v ~ U[t_min, 1]
       )),
       video_weight=1.0,         # loss = video_weight * video_loss + action_weight * action_loss

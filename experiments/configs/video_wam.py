@@ -45,6 +45,7 @@ def model_config() -> ml_collections.ConfigDict:
           action_conditioned=False,  # forward dynamics: the future also sees the action chunk
           num_sampling_steps=4,     # flow: Euler steps when generating frames
           delta_scale=1.0,          # the predicted change (future - last frame tokens) is scaled by this
+          loss_norm="none",         # "none" (MSE) | "copy" (MSE over copy-last MSE: 1.0 = copying; scale-free)
           t_min=0.0,                # flow: training times tau ~ U[t_min, 1]
       )),
       policy=ml_collections.ConfigDict(dict(

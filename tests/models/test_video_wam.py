@@ -358,3 +358,39 @@ def test_rollout_frames_show_each_prediction_at_the_step_it_was_made_for():
   assert out.shape == (6, 8, 16, 3)
   np.testing.assert_array_equal(out[:, :, :8], frames)
   assert (out[2, :, 8:] == 200).all() and (out[[0, 1, 3, 4, 5], :, 8:] == 0).all()
+
+
+def test_copy_normalized_video_loss_is_one_at_copy_and_free_of_the_frames_scale():
+  rs = np.random.RandomState(0)
+  delta = jnp.asarray(rs.normal(size=(4, 1, 2, 6, 12)), jnp.float32)
+  out = jnp.asarray(rs.normal(size=delta.shape), jnp.float32)
+  valid = jnp.asarray([[[True, True]], [[True, False]], [[False, False]], [[True, True]]])
+  loss, metrics = vp.video_loss(jnp.zeros_like(delta), delta, valid, "copy")
+  np.testing.assert_allclose(loss, 1.0, rtol=1e-6)  # predicting no change is the unit
+  raw, raw_metrics = vp.video_loss(out, delta, valid)
+  rel, rel_metrics = vp.video_loss(out, delta, valid, "copy")
+  assert set(raw_metrics) == {"video_loss"} and set(rel_metrics) == {"video_loss", "video_loss_vs_copy"}
+  np.testing.assert_allclose(rel_metrics["video_loss"], raw, rtol=1e-6)  # the MSE is still logged
+  copy = float(vp.video_loss(jnp.zeros_like(delta), delta, valid)[0])
+  np.testing.assert_allclose(rel, raw / copy, rtol=1e-5)
+  np.testing.assert_allclose(vp.video_loss(3 * out, 3 * delta, valid, "copy")[0], rel, rtol=1e-5)
+  # The divisor carries no gradient: the gradient is the MSE's, divided by the copy MSE.
+  g_rel = jax.grad(lambda o: vp.video_loss(o, delta, valid, "copy")[0])(out)
+  g_raw = jax.grad(lambda o: vp.video_loss(o, delta, valid)[0])(out)
+  np.testing.assert_allclose(g_rel, g_raw / copy, rtol=1e-5, atol=1e-9)
+  with pytest.raises(ValueError, match="config.model.video.loss_norm='mean'"):
+    vp.video_loss(out, delta, valid, "mean")
+
+
+def test_copy_normalized_family_loss_starts_at_exactly_one():
+  """The future head starts at zero (copy-last), so at init the video term of the loss is 1.0."""
+  cfg = small_config("pretrain_tiny", **{"video.loss_norm": "copy"})
+  run = setup(cfg)
+  params = run.init_state(jax.random.key(0)).params
+  loss, metrics = registry.loss_fn(run.model, params, make_batch(cfg, 8), jax.random.key(0), train=False)
+  np.testing.assert_allclose(loss, 1.0, rtol=1e-5)
+  np.testing.assert_allclose(metrics["video_loss_vs_copy"], 1.0, rtol=1e-5)
+  np.testing.assert_allclose(metrics["video_loss"], metrics["copy_last_video_loss"], rtol=1e-5)
+  cfg.model.video.loss_norm = "per_pixel"
+  with pytest.raises(ValueError, match="config.model.video.loss_norm='per_pixel'"):
+    video_wam_lib.VideoWAM.check_config(cfg.model)

@@ -347,7 +347,8 @@ def test_unknown_accelerator_peak_logs_no_mfu_and_trains_on(syn_data_dir, tmp_pa
 
 def test_config_changes_ignores_free_fields_and_new_fields_at_their_off_default():
   saved = {"model": {"depth": 2}, "train": {"log_every": 5}, "data": {"mixture": [["a", 1.0]]}}
-  now = {"model": {"depth": 2}, "train": {"log_every": 1, "new_flag": ""}, "data": {"mixture": [["a", 1.0]],
+  now = {"model": {"depth": 2, "loss_norm": "none"}, "train": {"log_every": 1, "new_flag": ""},
+         "data": {"mixture": [["a", 1.0]],
          "registry_files": ""}, "eval": {"episodes_per_task": 3}}
   assert trainer.config_changes(saved, now) == {}
   now["data"]["registry_files"] = "mine.json"  # a new field set to something: a real change
@@ -371,3 +372,23 @@ def test_compiler_options_reach_the_step_of_their_platform_only(tmp_path):
   run = trainer.setup_training(cfg, mesh, spec, 1)
   with pytest.raises(Exception, match="xla_cpu_no_such_option"):
     run.train_step.lower(run.abstract_state, spec).compile()
+
+
+def test_grad_norm_of_logs_each_named_loss_gradient_of_the_step(syn_data_dir, tmp_path):  # noqa: F811
+  cfg = tiny_config(syn_data_dir, steps=4)
+  cfg.train.update(val_every=0, ema_decay=0.0, grad_norm_of="action_l1,action_mse")
+  trainer.train(cfg, tmp_path, devices=one_device())
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  logged = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in logged] == [2, 4]
+  for r in logged:  # the L1 head's loss is action_l1: its gradient is the step's whole gradient
+    np.testing.assert_allclose(r["train/grad_norm/action_l1"], r["train/grad_norm"], rtol=1e-4)
+    assert r["train/grad_norm/action_mse"] > 0 and r["train/grad_norm/action_mse"] != r["train/grad_norm"]
+
+
+def test_grad_norm_of_an_unknown_metric_fails_before_work_naming_it(syn_data_dir, tmp_path):  # noqa: F811
+  cfg = tiny_config(syn_data_dir, steps=4)
+  cfg.train.grad_norm_of = "action_l1,video_loss"
+  with pytest.raises(ValueError, match=r"grad_norm_of names 'video_loss'.*action_l1"):
+    trainer.train(cfg, tmp_path, devices=one_device())
+  assert not (tmp_path / "metrics.jsonl").exists() or "train/loss" not in (tmp_path / "metrics.jsonl").read_text()

@@ -36,18 +36,29 @@ baseline. Objectives (``objective``):
   one of the P = 768 values of a pixel patch through its D = 128 width; on a
   moving-square test it left the static background noisy (PSNR 2 dB *below*
   copy-last after 400 steps where data prediction is 2.5 dB above).
+
+The video loss (``video_loss``, one definition for every family) is that MSE; with
+``video.loss_norm='copy'`` it is divided by the same batch's MSE of predicting no change
+(no gradient through the divisor), so 1.0 is the copy-last baseline whatever the frame
+representation, ``delta_scale`` or dataset. Beside an action loss this matters: the raw MSE of
+a 64 px frame's change is ~0.02, of which ~0.002 is learnable, and its gradient on the shared
+trunk is ~10^3 times smaller than an L1 action head's (BUILD_NOTES.md, "The video loss never
+reached the trunk"), so a family's ``video_weight`` of 1 trained no world model at all.
 """
 
 import chex
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from wam_jax.models import encoders, frame_metrics, layers
 from wam_jax.models.heads.denoiser import timestep_embedding
+from wam_jax.models.heads.regression import masked_mean
 
 REPRESENTATIONS = ("pixels", "latents")
 OBJECTIVES = ("regression", "flow")
+LOSS_NORMS = ("none", "copy")
 
 # Segment kinds and which kinds each may attend to (row: query kind, column: key kind).
 CONTEXT, ACTIONS, FUTURE, QUERIES = 0, 1, 2, 3
@@ -258,6 +269,25 @@ class VideoPredictor(nn.Module):
     return future_out, queries_out
 
 
+def video_loss(out_BCFNP, delta_BCFNP, valid_BCF, loss_norm: str = "none"):
+  """(loss, metrics) of predicted change tokens ``out`` against the true change ``delta``.
+
+  metrics["video_loss"] is always the MSE over valid frames (comparable across runs); the
+  returned loss is that MSE, or with ``loss_norm='copy'`` the MSE over the batch's copy-last MSE
+  (``video_loss_vs_copy``: 1.0 is copying the last frame, 0.7 a 30% better prediction).
+  """
+  chex.assert_equal_shape((out_BCFNP, delta_BCFNP))
+  chex.assert_shape(valid_BCF, out_BCFNP.shape[:3])
+  mse = masked_mean(jnp.mean((out_BCFNP - delta_BCFNP) ** 2, axis=(-2, -1)), valid_BCF)
+  if loss_norm == "none":
+    return mse, {"video_loss": mse}
+  if loss_norm != "copy":
+    raise ValueError(f"config.model.video.loss_norm={loss_norm!r} is not one of {list(LOSS_NORMS)}")
+  copy = masked_mean(jnp.mean(delta_BCFNP ** 2, axis=(-2, -1)), valid_BCF)
+  relative = mse / jax.lax.stop_gradient(jnp.maximum(copy, 1e-12))
+  return relative, {"video_loss": mse, "video_loss_vs_copy": relative}
+
+
 def check_config(model_cfg) -> None:
   """The world-model fields of config.model; raises a one-line ValueError naming the field."""
   if model_cfg.frames not in REPRESENTATIONS:
@@ -271,4 +301,6 @@ def check_config(model_cfg) -> None:
     raise ValueError(f"config.model.video.delta_scale={video.delta_scale} must be positive")
   if not 0.0 <= video.t_min < 1.0:
     raise ValueError(f"config.model.video.t_min={video.t_min} must be in [0, 1)")
+  if video.get("loss_norm", "none") not in LOSS_NORMS:
+    raise ValueError(f"config.model.video.loss_norm={video.loss_norm!r} is not one of {list(LOSS_NORMS)}")
 

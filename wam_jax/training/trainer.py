@@ -85,6 +85,31 @@ def make_train_step(model, tx, train_cfg, batch_axes, accum=None):
   return step
 
 
+def make_grad_norms(model, names):
+  """Returns fn(state, batch) -> {name: global norm of the gradient of metrics[name]}.
+
+  Which of a family's losses drives its shared parameters: e.g. ``video_loss`` vs ``action_loss``
+  (``train.grad_norm_of``). The gradients of the next train step's loss terms (its params, batch
+  and rng; before clipping): one backward pass per name, at log steps only.
+  """
+  def norms(state, batch):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    params = state.params
+
+    def metric(p, name):
+      metrics = registry.loss_fn(model, p, batch, rng)[1]
+      if name not in metrics:
+        raise ValueError(f"config.train.grad_norm_of names {name!r}, which is not a training metric of "
+                         f"this model; its metrics: {', '.join(sorted(metrics))}")
+      return metrics[name]
+    return {name: optax.global_norm(jax.grad(metric)(params, name)) for name in names}
+  return norms
+
+
+def grad_norm_names(train_cfg) -> tuple:
+  return tuple(n.strip() for n in str(train_cfg.get("grad_norm_of", "")).split(",") if n.strip())
+
+
 def make_eval_step(model):
   def step(params, batch, rng):
     _, metrics = registry.loss_fn(model, params, batch, rng, train=False)
@@ -125,7 +150,7 @@ class ConfigChangedError(ValueError):
 RESUME_FREE_FIELDS = (
     "train.log_every", "train.val_every", "train.val_batches", "train.ckpt_every", "train.keep_last",
     "train.keep_every", "train.summary_every", "train.matmul_peak_gflops", "train.init_from", "train.init_from_map",
-    "train.allow_changes", "data.data_dir", "data.cache_dir", "data.episode_cache_mb",
+    "train.allow_changes", "train.grad_norm_of", "data.data_dir", "data.cache_dir", "data.episode_cache_mb",
     "data.read_threads", "mesh.", "eval.", "train.compiler_options.")
 
 
@@ -141,7 +166,7 @@ def config_changes(saved: dict, current: dict) -> dict:
 
   def changed(k):
     old, new = a.get(k, missing), b.get(k, missing)
-    if old is missing and new in ("", 0, False, None, [], {}):
+    if old is missing and new in ("", "none", 0, False, None, [], {}):
       return False  # a field the code gained since the run was saved, at its "off" default
     return old != new
   return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b)) if changed(k)
@@ -199,6 +224,7 @@ class TrainingSetup:
   train_step: Callable                      # jitted (state, batch) -> (state, metrics)
   eval_step: Callable                       # jitted (params, batch, rng) -> metrics
   unaccumulated_step: Callable = None       # the step without grad accumulation (FLOP counting only)
+  grad_norms: Callable = None               # jitted (state, batch) -> {metric: grad norm} (train.grad_norm_of)
   flops_state: state_lib.TrainState = None  # its abstract state, if not ``abstract_state`` (layers unrolled)
   predict_frames: Callable = None           # jitted (params, batch, rng) -> {camera: uint8 [B, F, H, W, 3]}
 
@@ -299,6 +325,12 @@ def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup
     count_step, count_state = counter.train_step, counter.abstract_state
   elif tc.grad_accum_steps > 1:
     count_step = _RulesJit(jit_step(1), mesh, rules)
+  grad_norms = None
+  if grad_norm_names(tc):
+    grad_norms = _RulesJit(jax.jit(make_grad_norms(model, grad_norm_names(tc)), in_shardings=(state_sh, batch_sh)),
+                           mesh, rules)
+    # Traced now (not compiled): a name that is not a metric fails before any work.
+    grad_norms.lower(ckpt_lib.abstract_with_shardings(state_lib.unbox(boxed), state_sh), batch_spec)
   predict_frames = None
   if registry.predicts_frames(model):  # families that generate frames get them summarized
     predict_frames = _RulesJit(jax.jit(functools.partial(registry.predict_frames, model)), mesh, rules)
@@ -309,7 +341,7 @@ def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup
       init_state=with_rules(init), train_step=_RulesJit(step, mesh, rules),
       eval_step=_RulesJit(evaluate, mesh, rules),
       unaccumulated_step=count_step, flops_state=count_state,
-      predict_frames=predict_frames)
+      predict_frames=predict_frames, grad_norms=grad_norms)
 
 
 @contextlib.contextmanager
@@ -448,6 +480,9 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
         break
       batch = next(data.iterator)
       device_batch = _device_batch(batch, run.batch_shardings)
+      norms = None
+      if run.grad_norms is not None and ((step + 1) % tc.log_every == 0 or step + 1 == tc.steps):
+        norms = run.grad_norms(state, device_batch)  # before the step donates the state
       state, step_metrics = train_step(state, device_batch)
       step += 1
       finite.observe(step_metrics["loss"], step)
@@ -455,6 +490,8 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
         finite.check()
         last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         last.update(progress.update(step, last))
+        if norms is not None:
+          last.update({f"grad_norm/{k}": float(v) for k, v in jax.device_get(norms).items()})
         writer.scalars(step, last, prefix="train/")
       if tc.val_every and (step % tc.val_every == 0 or step == tc.steps):
         if val_data is None:

@@ -162,8 +162,8 @@ class HybridWAM(VideoWAM):
       out, _ = self._predict(batch, hist, context, train=train)
       b, c, f = fut.shape[:3]
       valid_BCF = jnp.broadcast_to(batch["future_mask"][:, None, :], (b, c, f))
-      video_loss = masked_mean(jnp.mean((out - delta) ** 2, axis=(-2, -1)), valid_BCF)
-      metrics["video_loss"] = video_loss
+      video_loss, video_metrics = vp.video_loss(out, delta, valid_BCF, cfg.video.get("loss_norm", "none"))
+      metrics.update(video_metrics)
       loss = loss + cfg.video_weight * video_loss
       if not train and not self.is_initializing():
         metrics.update(self._video_metrics(batch, hist, fut, delta, context, valid_BCF))

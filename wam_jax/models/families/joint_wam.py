@@ -152,8 +152,8 @@ class JointWAM(VideoWAM):
     valid_BCF = jnp.broadcast_to(batch["future_mask"][:, None, :], (b, c, f))
     video_loss = 0.0
     if with_future:
-      video_loss = masked_mean(jnp.mean((out - delta) ** 2, axis=(-2, -1)), valid_BCF)
-      metrics["video_loss"] = video_loss
+      video_loss, video_metrics = vp.video_loss(out, delta, valid_BCF, video.get("loss_norm", "none"))
+      metrics.update(video_metrics)
     metrics["action_loss"] = action_loss
     loss = cfg.video_weight * video_loss + cfg.action_weight * action_loss
     if self.is_initializing() and cfg.frames == "latents":

@@ -189,8 +189,8 @@ class VideoWAM(nn.Module):
     metrics = {}
     video_loss = 0.0
     if with_future:
-      video_loss = masked_mean(jnp.mean((out - delta) ** 2, axis=(-2, -1)), valid_BCF)
-      metrics["video_loss"] = video_loss
+      video_loss, video_metrics = vp.video_loss(out, delta, valid_BCF, video.get("loss_norm", "none"))
+      metrics.update(video_metrics)
     if pol.enabled:
       mask_BKA = heads.loss_mask(batch)
       action_loss, head_metrics = self.head(readout, batch["actions"], mask_BKA, train=train)
