@@ -1,7 +1,10 @@
 """Claims 1 and 3 for family 3 (shared/PROTOCOL.md): at N in {2, 5, 20} labeled demos per MT10 task
 plus the action-free video pool (its rows add only the video loss), the joint WAM (joint readout,
 regression frames, L1 head), the same network with video_weight = 0 (actions only: isolates the
-video objective), and the VLA baseline at equal steps and labels (the reference row, as
+video objective), the joint WAM with its video loss scaled to be heard (``video.loss_norm='copy'``
+at video_weight 10 and 100: at the shipped weight of 1 the action loss's gradient is ~10^3 times the
+video loss's and the frame head stays at copy-last; BUILD_NOTES.md, "The video loss never reached
+the trunk"), and the VLA baseline at equal steps and labels (the reference row, as
 baseline_data_efficiency). Evaluation reports the rollout consistency of the joint model's
 predicted t+k frames beside success; per-task success on pick-place, push and peg-insert-side is
 the long-horizon part of claim 3."""
@@ -9,6 +12,7 @@ the long-horizon part of claim 3."""
 from wam_jax.ablations.sweep import Cell, Sweep
 
 N_DEMOS = (2, 5, 20)
+VNORM_WEIGHTS = (10, 100)  # video_weight with the copy-normalized video loss (1.0 = copying)
 
 SWEEP = Sweep(
     name="joint_wam_data_efficiency",
@@ -20,6 +24,10 @@ SWEEP = Sweep(
              method="joint_wam", n_demos=n),
         Cell(name=f"joint_wam_no_video_n{n}", config=f"experiments/configs/joint_wam.py:mt10_n{n}",
              overrides={"model.video_weight": 0.0}, method="joint_wam_no_video", n_demos=n),
+        *(Cell(name=f"joint_wam_vnorm{w}_n{n}", config=f"experiments/configs/joint_wam.py:mt10_n{n}",
+               overrides={"model.video.loss_norm": "copy", "model.video_weight": float(w),
+                          "train.grad_norm_of": "video_loss_vs_copy,action_loss"},
+               method=f"joint_wam_vnorm{w}", n_demos=n) for w in VNORM_WEIGHTS),
         Cell(name=f"vla_l1_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
              method="vla_l1", n_demos=n),
     )),

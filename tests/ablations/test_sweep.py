@@ -3,6 +3,7 @@ evaluated closed loop (1 MetaWorld episode) in its own subprocess; the sweep is 
 mid-way and rerun: finished runs are not redone, the interrupted one resumes from its checkpoint,
 and the report's numbers equal a direct computation from the runs' JSON files."""
 
+import copy
 import csv
 import json
 import os
@@ -640,3 +641,17 @@ def test_pin_cores_pins_runs_side_by_side_and_frees_a_run_left_alone(tmp_path, m
                 pin_cores=True, settle_seconds=0.3)
   for part in samples(tmp_path / "c", 0):
     assert part and all(c == every for c in part)
+
+
+def test_cost_key_reads_loss_weights_as_zero_or_not_and_ignores_the_video_normalization():
+  base = {"model": {"name": "joint_wam", "depth": 4, "video_weight": 1.0, "video": {"loss_norm": "none"}},
+          "train": {"batch_size": 64}}
+  heard = copy.deepcopy(base)
+  heard["model"].update(video_weight=100.0, video={"loss_norm": "copy"})
+  assert sweep_lib.cost_key(heard) == sweep_lib.cost_key(base)
+  assert heard["model"]["video_weight"] == 100.0  # the caller's config is left alone
+  silent = copy.deepcopy(base)
+  silent["model"]["video_weight"] = 0.0  # no future-frame segment: a cheaper step
+  deeper = copy.deepcopy(base)
+  deeper["model"]["depth"] = 6
+  assert len({sweep_lib.cost_key(c) for c in (base, silent, deeper)}) == 3

@@ -831,14 +831,29 @@ COST_FIELDS = ("model", "train.batch_size", "train.compute_dtype", "train.grad_a
                "data.max_text_len", "eval")
 
 
+# Loss weights cost nothing per step but whether they are 0 (a zero weight can drop a whole
+# segment, e.g. the joint WAM's future frames); the video loss's normalization costs nothing.
+WEIGHT_FIELDS = ("model.video_weight", "model.action_weight", "model.video.loss_weight")
+FREE_FIELDS = ("model.video.loss_norm",)
+
+
 def cost_key(config: Mapping) -> str:
-  """``COST_FIELDS`` of a config (a JSON dict or ConfigDict) as one comparable string."""
+  """``COST_FIELDS`` of a config (a JSON dict or ConfigDict) as one comparable string; loss
+  weights only as zero / nonzero (``WEIGHT_FIELDS``), ``FREE_FIELDS`` not at all."""
   def get(path):
     node = config
     for part in path.split("."):
       node = node.get(part) if hasattr(node, "get") else None
     return node.to_dict() if hasattr(node, "to_dict") else node
-  return json.dumps({f: get(f) for f in COST_FIELDS}, sort_keys=True, default=str)
+  key = json.loads(json.dumps({f: get(f) for f in COST_FIELDS}, default=str))  # a copy: never the caller's
+  for path in WEIGHT_FIELDS + FREE_FIELDS:
+    head, *rest = path.split(".")
+    node = key.get(head)
+    for part in rest[:-1]:
+      node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and rest[-1] in node:
+      node[rest[-1]] = (node[rest[-1]] > 0) if path in WEIGHT_FIELDS else None
+  return json.dumps(key, sort_keys=True, default=str)
 
 
 def _rates_of_the_same_step(cfg, workdir) -> tuple[float, float]:
