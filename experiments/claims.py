@@ -15,6 +15,7 @@ import importlib
 from absl import app
 from absl import flags
 
+from experiments.sweeps.joint_wam_data_efficiency import VNORM_WEIGHTS
 from wam_jax.ablations import compare
 from wam_jax.ablations.compare import Comparison, Side
 
@@ -39,6 +40,8 @@ def consistency() -> list[tuple[str, Side]]:
   and the video WAM's (pretrained predictor, co-trained), the same measurement with a real prior."""
   joint, video = workdir("joint_wam_data_efficiency"), workdir("video_wam_data_efficiency")
   return ([(f"joint WAM, N={n}", Side(joint, f"joint_wam_n{n}")) for n in (2, 5, 20)]
+          + [(f"joint WAM, video heard (x{w}), N={n}", Side(joint, f"joint_wam_vnorm{w}_n{n}"))
+             for w in VNORM_WEIGHTS for n in (2, 5, 20)]
           + [("joint WAM, N=20 (families)", Side(workdir("families"), "joint_wam"))]
           + [(f"video WAM, N={n}", Side(video, f"video_wam_n{n}")) for n in (2, 5, 20)])
 
@@ -69,6 +72,13 @@ def comparisons() -> list[Comparison]:
                         tasks=LONG_TASKS),
              Comparison("3", f"joint WAM vs its video_weight=0 ablation, long tasks, N={n}",
                         Side(joint, f"joint_wam_n{n}"), Side(joint, f"joint_wam_no_video_n{n}"), tasks=LONG_TASKS)]
+    for w in VNORM_WEIGHTS:  # the joint WAM whose video loss reaches the trunk (BUILD_NOTES, session 19)
+      heard = Side(joint, f"joint_wam_vnorm{w}_n{n}")
+      rows += [Comparison("3", f"joint WAM, video heard (x{w}), vs its video_weight=0 ablation, N={n}", heard,
+                          Side(joint, f"joint_wam_no_video_n{n}")),
+               Comparison("3", f"joint WAM, video heard (x{w}), vs VLA, N={n}", heard, vla(n)),
+               Comparison("3", f"joint WAM, video heard (x{w}), vs VLA, long tasks, N={n}", heard, vla(n),
+                          tasks=LONG_TASKS)]
   for eval_name in ("", "paraphrase"):  # 4. hybrids balance instruction following and dynamics
     what = "unseen paraphrases" if eval_name else "training instructions"
     rows += [Comparison("4", f"hybrid vs VLA, {what}", Side(instr, "hybrid_n20"), Side(instr, "vla_l1_n20"),
