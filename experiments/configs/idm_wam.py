@@ -68,6 +68,7 @@ def latent_action_config() -> ml_collections.ConfigDict:
       name="latent_action",
       decoder_depth=4,
       decoder_history=0,       # > 0: the decoder sees only the last h history frames (0: all)
+      recon_norm="none",       # "copy": the decoder's MSE over copy-last's (1.0 = copying), beside the bottleneck loss
       use_proprio=False,       # z must come from the pixels: no proprio or instruction in encoder or decoder
       use_language=False,
       frame_difference=True,

@@ -184,6 +184,24 @@ def test_decoder_history_hides_the_older_frames_from_the_latent_decoder(built):
     registry.check_model_config(cfg.model)
 
 
+def test_copy_normalized_reconstruction_is_the_raw_one_over_copying(built):
+  """recon_norm='copy': the decoder term is recon_loss / copy_last_loss (1.0 = copying); the raw
+  recon_loss and the bottleneck's loss are unchanged, so the loss moves by exactly that term."""
+  b = built("latent_tiny")
+  cfg = small_config("latent_tiny")
+  cfg.model.recon_norm = "copy"
+  model = registry.build_model(cfg, num_datasets=2)
+  run = lambda m: jax.device_get(jit(lambda p, x: registry.loss_fn(m, p, x, jax.random.key(1), train=False))(
+      b.params, b.batch))
+  (raw_loss, raw), (rel_loss, rel) = run(b.model), run(model)
+  np.testing.assert_allclose(rel["recon_loss"], raw["recon_loss"], rtol=1e-6)
+  np.testing.assert_allclose(rel["recon_vs_copy"], raw["recon_loss"] / raw["copy_last_loss"], rtol=1e-5)
+  np.testing.assert_allclose(rel_loss - rel["recon_vs_copy"], raw_loss - raw["recon_loss"], rtol=1e-4, atol=1e-6)
+  cfg.model.recon_norm = "per_example"
+  with pytest.raises(ValueError, match="config.model.recon_norm='per_example'"):
+    registry.check_model_config(cfg.model)
+
+
 @pytest.mark.slow  # a fifth model to compile (~8 s)
 def test_continuous_latent_is_deterministic_at_evaluation():
   cfg = small_config("latent_tiny")

@@ -14,7 +14,9 @@
   decoder   ``video_predictor.VideoPredictor`` in forward-dynamics mode: the
             latent tokens take the place of the action chunk (K = Q, A = Z); it
             predicts the change of the future frames' pixel patches from the
-            last history frame (zero output = copy-last). ``decoder_history`` = h
+            last history frame (zero output = copy-last). ``recon_norm='copy'``
+            divides its MSE by copying's (as ``video.loss_norm``): the raw MSE's
+            learnable part is ~0.002, below any bottleneck regulariser. ``decoder_history`` = h
             > 0 lets it see only the last h history frames (Genie/LAPA decode from
             o_t alone): with more, the motion already visible in the history
             predicts much of the change and z is not needed.
@@ -62,6 +64,8 @@ def check_config(model_cfg) -> None:
     if int(lat.code_dim) != len(levels) or int(lat.num_codes) != int(np.prod(levels)):
       raise ValueError(f"config.model.latent.kind='fsq' with levels={levels} needs code_dim={len(levels)} and "
                        f"num_codes={int(np.prod(levels))} (got code_dim={lat.code_dim}, num_codes={lat.num_codes})")
+  if model_cfg.get("recon_norm", "none") not in vp.LOSS_NORMS:
+    raise ValueError(f"config.model.recon_norm={model_cfg.recon_norm!r} is not one of {list(vp.LOSS_NORMS)}")
   if int(model_cfg.get("decoder_history", 0)) < 0:
     raise ValueError(f"config.model.decoder_history={model_cfg.decoder_history} must be >= 0 (0: every history frame)")
   for field in ("commitment", "entropy_weight", "kl_weight"):
@@ -143,7 +147,11 @@ class LatentActionModel(nn.Module):
     recon = masked_mean(err_B, valid_B)
     weight = lat.kl_weight if lat.kind == "continuous" else 1.0
     metrics = dict(metrics, recon_loss=recon, loss_weight=valid_B.sum().astype(jnp.float32))
+    recon_term = recon
+    if self.config.get("recon_norm", "none") == "copy":  # the fraction of copying's error left (1.0 = copy)
+      recon_term = recon / jax.lax.stop_gradient(jnp.maximum(masked_mean(copy_B, valid_B), 1e-12))
+      metrics["recon_vs_copy"] = recon_term
     if not train:  # does z carry the transition? The same decoder with z of another example
       shuffled, _, _ = self.decode_errors(batch, jnp.roll(jax.lax.stop_gradient(z), 1, axis=0), train)
       metrics.update(shuffled_z_loss=masked_mean(shuffled, valid_B), copy_last_loss=masked_mean(copy_B, valid_B))
-    return recon + weight * aux, metrics
+    return recon_term + weight * aux, metrics
