@@ -37,9 +37,10 @@ print(time.strftime('%Y-%m-%dT%H:%M', time.localtime(p(sys.argv[1]))))" "$DEADLI
 fi
 
 # sweep | seeds | cells ('' = all): claim 1's seeds first, then claim 3's joint WAM whose video loss
-# is heard (N=2, seed 0), then seed 0 of every claim that has none (claim 3's N=2/5 joint rows, claim 2's pseudo-labels, the ladder and claim 4), then seeds 1-2 of the
-# rest. One step per sweep and seed set: the harness takes a step's runs in cell order (N=2, 5, 20)
-# and keeps both slots busy to the last run, where a step per N left one idle. A run that another
+# is heard (N=2, seed 0), then seed 0 of every claim that has none (claim 3's N=2/5 joint rows,
+# claim 2's pseudo-labels, the ladder and claim 4), then seeds 1-2 of the rest. One step per sweep
+# and seed set: the harness takes a step's runs in cell order (N=2, 5, 20) and keeps both slots busy
+# to the last run, where a step per N left one idle. A run that another
 # sweep recorded (the VLA rows every sweep repeats, the families' N=20 joint and video WAMs) is
 # recorded for this one too before it starts (sweep.link_identical_records): not trained again.
 QUEUE=(

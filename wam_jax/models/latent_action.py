@@ -149,7 +149,7 @@ class LatentActionModel(nn.Module):
     metrics = dict(metrics, recon_loss=recon, loss_weight=valid_B.sum().astype(jnp.float32))
     recon_term = recon
     if self.config.get("recon_norm", "none") == "copy":  # the fraction of copying's error left (1.0 = copy)
-      recon_term = recon / jax.lax.stop_gradient(jnp.maximum(masked_mean(copy_B, valid_B), 1e-12))
+      recon_term = vp.relative_to_copy(recon, masked_mean(copy_B, valid_B))
       metrics["recon_vs_copy"] = recon_term
     if not train:  # does z carry the transition? The same decoder with z of another example
       shuffled, _, _ = self.decode_errors(batch, jnp.roll(jax.lax.stop_gradient(z), 1, axis=0), train)

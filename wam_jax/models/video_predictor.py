@@ -283,9 +283,13 @@ def video_loss(out_BCFNP, delta_BCFNP, valid_BCF, loss_norm: str = "none"):
     return mse, {"video_loss": mse}
   if loss_norm != "copy":
     raise ValueError(f"config.model.video.loss_norm={loss_norm!r} is not one of {list(LOSS_NORMS)}")
-  copy = masked_mean(jnp.mean(delta_BCFNP ** 2, axis=(-2, -1)), valid_BCF)
-  relative = mse / jax.lax.stop_gradient(jnp.maximum(copy, 1e-12))
+  relative = relative_to_copy(mse, masked_mean(jnp.mean(delta_BCFNP ** 2, axis=(-2, -1)), valid_BCF))
   return relative, {"video_loss": mse, "video_loss_vs_copy": relative}
+
+
+def relative_to_copy(mse, copy_mse):
+  """``mse`` as the fraction of copy-last's error left (1.0 = copying); no gradient through the divisor."""
+  return mse / jax.lax.stop_gradient(jnp.maximum(copy_mse, 1e-12))
 
 
 def check_config(model_cfg) -> None:

@@ -90,19 +90,21 @@ def make_grad_norms(model, names):
 
   Which of a family's losses drives its shared parameters: e.g. ``video_loss`` vs ``action_loss``
   (``train.grad_norm_of``). The gradients of the next train step's loss terms (its params, batch
-  and rng; before clipping): one backward pass per name, at log steps only.
+  and rng; before clipping): one forward pass and one backward pass per name, at log steps only.
   """
   def norms(state, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    params = state.params
 
-    def metric(p, name):
+    def named(p):
       metrics = registry.loss_fn(model, p, batch, rng)[1]
-      if name not in metrics:
-        raise ValueError(f"config.train.grad_norm_of names {name!r}, which is not a training metric of "
+      unknown = [n for n in names if n not in metrics]
+      if unknown:
+        raise ValueError(f"config.train.grad_norm_of names {unknown[0]!r}, which is not a training metric of "
                          f"this model; its metrics: {', '.join(sorted(metrics))}")
-      return metrics[name]
-    return {name: optax.global_norm(jax.grad(metric)(params, name)) for name in names}
+      return tuple(metrics[n] for n in names)
+    values, pullback = jax.vjp(named, state.params)
+    one_hot = lambda i: tuple(jnp.ones_like(v) if j == i else jnp.zeros_like(v) for j, v in enumerate(values))
+    return {n: optax.global_norm(pullback(one_hot(i))[0]) for i, n in enumerate(names)}
   return norms
 
 
@@ -325,10 +327,9 @@ def setup_training(config, mesh, batch_spec, num_datasets: int) -> TrainingSetup
     count_step, count_state = counter.train_step, counter.abstract_state
   elif tc.grad_accum_steps > 1:
     count_step = _RulesJit(jit_step(1), mesh, rules)
-  grad_norms = None
-  if grad_norm_names(tc):
-    grad_norms = _RulesJit(jax.jit(make_grad_norms(model, grad_norm_names(tc)), in_shardings=(state_sh, batch_sh)),
-                           mesh, rules)
+  grad_norms, names = None, grad_norm_names(tc)
+  if names:
+    grad_norms = _RulesJit(jax.jit(make_grad_norms(model, names), in_shardings=(state_sh, batch_sh)), mesh, rules)
     # Traced now (not compiled): a name that is not a metric fails before any work.
     grad_norms.lower(ckpt_lib.abstract_with_shardings(state_lib.unbox(boxed), state_sh), batch_spec)
   predict_frames = None
@@ -480,13 +481,14 @@ def train(config, workdir, *, devices=None, crash_after_step=None) -> dict:
         break
       batch = next(data.iterator)
       device_batch = _device_batch(batch, run.batch_shardings)
+      logs = (step + 1) % tc.log_every == 0 or step + 1 == tc.steps
       norms = None
-      if run.grad_norms is not None and ((step + 1) % tc.log_every == 0 or step + 1 == tc.steps):
+      if logs and run.grad_norms is not None:
         norms = run.grad_norms(state, device_batch)  # before the step donates the state
       state, step_metrics = train_step(state, device_batch)
       step += 1
       finite.observe(step_metrics["loss"], step)
-      if step % tc.log_every == 0 or step == tc.steps:
+      if logs:
         finite.check()
         last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         last.update(progress.update(step, last))
