@@ -106,14 +106,22 @@ def protocol_needs(job) -> set:
 
 
 def prepare(jobs):
-  """Generates (once, resumably) the protocol datasets the runs read."""
+  """Generates (once, resumably) the protocol datasets the runs read, then the embedded MetaWorld
+  sample of runs with no ``data.data_dir``: here, on every core, rather than by each of two runs
+  started side by side (both would generate it, each on its own pinned core)."""
   from wam_jax.ablations import protocol  # pylint: disable=g-import-not-at-top
+  from wam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   by_root = {}
   for job in jobs:
     for root, name in protocol_needs(job):
       by_root.setdefault(root, set()).add(name)
   for root, names in by_root.items():
     protocol.ensure_data(root, sorted(names))
+  for job in jobs:  # a no-op once the sample exists (its recipe is checked)
+    data = job.config.data if job.cell.kind == "train" and job.config is not None else None
+    if data is not None and not data.data_dir and pipeline.prepared_data_module(data) is None:
+      from wam_jax.sim import metaworld_data  # pylint: disable=g-import-not-at-top  (MuJoCo: only then)
+      metaworld_data.ensure_embedded_dataset(data)
 
 
 def data_status(jobs) -> str:

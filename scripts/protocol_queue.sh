@@ -37,8 +37,9 @@ print(time.strftime('%Y-%m-%dT%H:%M', time.localtime(p(sys.argv[1]))))" "$DEADLI
 fi
 
 # sweep | seeds | cells ('' = all): claim 1's seeds first, then claim 3's joint WAM whose video loss
-# is heard (N=2, seed 0), then seed 0 of every claim that has none (claim 3's N=2/5 joint rows,
-# claim 2's pseudo-labels, the ladder and claim 4), then seeds 1-2 of the rest. One step per sweep
+# is heard (N=2, seed 0), then seed 0 of every claim that has none (claim 3's N=5 joint rows and its
+# heard-video weights 3 and 10, claim 2's pseudo-labels, the ladder and claim 4), then seeds 1-2 of
+# the rest; weight 100 at N=5/20 last (at N=2 it lost 24 points to the actions-only twin). One step per sweep
 # and seed set: the harness takes a step's runs in cell order (N=2, 5, 20) and keeps both slots busy
 # to the last run, where a step per N left one idle. A run that another
 # sweep recorded (the VLA rows every sweep repeats, the families' N=20 joint and video WAMs) is
@@ -46,7 +47,8 @@ fi
 QUEUE=(
   "video_wam_data_efficiency|1,2|"
   "joint_wam_data_efficiency|0|joint_wam_vnorm10_n2,joint_wam_vnorm100_n2"
-  "joint_wam_data_efficiency|0|"
+  "joint_wam_data_efficiency|0|joint_wam_n5,joint_wam_no_video_n5"
+  "joint_wam_data_efficiency|0|joint_wam_vnorm3_n2,joint_wam_vnorm10_n5,joint_wam_vnorm3_n5,joint_wam_vnorm10_n20,joint_wam_vnorm3_n20"
   "idm_claim2|0|"
   "LADDER"
   "instruction_following|0|"
@@ -56,6 +58,7 @@ QUEUE=(
   "latent_actions|1,2|"
   "instruction_following|1,2|"
   "baseline_data_efficiency|1,2|"
+  "joint_wam_data_efficiency|0|joint_wam_vnorm100_n5,joint_wam_vnorm100_n20"
 )
 
 version() { "$PY" -c "import sys; sys.path.insert(0, '.'); from wam_jax.ablations import sweep; print(sweep.load_sweep('$1').version)"; }

@@ -655,3 +655,21 @@ def test_cost_key_reads_loss_weights_as_zero_or_not_and_ignores_the_video_normal
   deeper = copy.deepcopy(base)
   deeper["model"]["depth"] = 6
   assert len({sweep_lib.cost_key(c) for c in (base, silent, deeper)}) == 3
+
+
+def test_prepare_generates_the_embedded_sample_before_the_runs_and_only_for_runs_that_read_it(tmp_path, monkeypatch):
+  """ablations.py's prepare step makes the embedded MetaWorld sample once, before two runs that
+  read it start side by side (each would otherwise generate it on its own pinned core); runs with a
+  data_dir are left alone."""
+  from experiments import ablations as cli  # noqa: E402
+  from wam_jax.sim import metaworld_data
+  calls = []
+  monkeypatch.setattr(metaworld_data, "ensure_embedded_dataset", lambda data: calls.append(data.metaworld.tasks))
+  jobs = sweep_lib.plan(sweep_lib.load_sweep("quickstart"), tmp_path / "qs", seeds=(0,))
+  cli.prepare(jobs)
+  assert len(calls) == 3 and all(tuple(t) == tuple(calls[0]) for t in calls), calls
+  calls.clear()
+  for job in jobs:
+    job.config.data.data_dir = str(tmp_path / "elsewhere")
+  cli.prepare(jobs)
+  assert calls == []
