@@ -11,6 +11,7 @@ from experiments.configs import joint_wam
 from wam_jax.data.fake_batch import make_batch
 from wam_jax.models import registry
 from tests import sharded_steps
+from tests.models import fit
 from wam_jax.training import sharding, trainer
 
 
@@ -216,12 +217,7 @@ def test_inverse_dynamics_recovers_the_action_of_a_linear_system_from_clean_fram
   cfg.model.update(width=64, num_heads=4, mlp_dim=128, patch_size=4, endpoint_prob=0.8)
   cfg.data.update(image_size=16)
   cfg.train.update(steps=1000, warmup_steps=20, learning_rate=2e-3, batch_size=32)
-  run = setup(cfg)
-  state = run.init_state(jax.random.key(0))
-  for i in range(cfg.train.steps):
-    state, _ = run.train_step(state, trainer._device_batch(linear_system(cfg, 32, seed=i), run.batch_shardings))
-  held_out = trainer._device_batch(linear_system(cfg, 64, seed=10_000), setup(cfg, batch_size=64).batch_shardings)
-  m = jax.device_get(run.eval_step(state.params, held_out, jax.random.key(0)))
+  m = fit.train_then_evaluate(setup, cfg, linear_system)
   # Actions are in {-1, -0.5, 0, 0.5, 1} on 2 dims (mean |a| 0.6 there, 0 elsewhere).
   assert m["id_action_l1"] < 0.5 * m["policy_action_l1"], m
   assert m["id_action_l1"] < 0.12, m

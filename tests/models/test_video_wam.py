@@ -14,6 +14,7 @@ from wam_jax.models.families import video_wam as video_wam_lib
 from wam_jax.models import video_predictor as vp
 from wam_jax.training import checkpoint as ckpt_lib
 from tests import sharded_steps
+from tests.models import fit
 from wam_jax.training import sharding, trainer
 
 
@@ -166,12 +167,7 @@ def squares_run(objective):
   cfg.model.update(width=64, num_heads=4, mlp_dim=128, patch_size=4)
   cfg.data.image_size = 16
   cfg.train.update(steps=300, warmup_steps=20, learning_rate=3e-3, batch_size=32)
-  run = setup(cfg)
-  state = run.init_state(jax.random.key(0))
-  for i in range(cfg.train.steps):
-    state, _ = run.train_step(state, trainer._device_batch(moving_squares(cfg, 32, seed=i), run.batch_shardings))
-  held_out = trainer._device_batch(moving_squares(cfg, 64, seed=10_000), setup(cfg, batch_size=64).batch_shardings)
-  return jax.device_get(run.eval_step(state.params, held_out, jax.random.key(0)))
+  return fit.train_then_evaluate(setup, cfg, moving_squares)
 
 
 def test_predictor_beats_copy_last_on_moving_squares():  # ~35 s: issue 10 asks for it in CI
