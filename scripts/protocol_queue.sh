@@ -38,12 +38,13 @@ fi
 
 # sweep | seeds | cells ('' = all): claim 1's seeds first, then claim 3's joint WAM whose video loss
 # is heard (N=2, seed 0), then seed 0 of every claim that has none (claim 3's N=5 joint rows and its
-# heard-video weights 3 and 10, claim 2's pseudo-labels, the ladder and claim 4), then seeds 1-2 of
-# the rest; weight 100 at N=5/20 last (at N=2 it lost 24 points to the actions-only twin). One step per sweep
-# and seed set: the harness takes a step's runs in cell order (N=2, 5, 20) and keeps both slots busy
-# to the last run, where a step per N left one idle. A run that another
-# sweep recorded (the VLA rows every sweep repeats, the families' N=20 joint and video WAMs) is
-# recorded for this one too before it starts (sweep.link_identical_records): not trained again.
+# heard-video weights 3 and 10, claim 2's pseudo-labels, the ladder and claim 4), then claim 2's latent
+# actions with the copy-normalized decoder, then seeds 1-2 of the rest; weight 100 at N=5/20 last (at
+# N=2 it lost 24 points to the actions-only twin). One step per sweep and seed set: the harness takes
+# a step's runs in cell order (N=2, 5, 20) and keeps both slots busy to the last run, where a step per
+# N left one idle. A run that another sweep recorded (the VLA rows every sweep repeats, the families'
+# N=20 joint and video WAMs) is recorded for this one too before it starts
+# (sweep.link_identical_records): not trained again.
 QUEUE=(
   "video_wam_data_efficiency|1,2|"
   "joint_wam_data_efficiency|0|joint_wam_vnorm10_n2,joint_wam_vnorm100_n2"
@@ -52,6 +53,7 @@ QUEUE=(
   "idm_claim2|0|"
   "LADDER"
   "instruction_following|0|"
+  "latent_actions|0|latent_action_cn,latent_policy_cn,latent_finetune_cn_n2,latent_finetune_cn_n5"
   "families|1,2|"
   "joint_wam_data_efficiency|1,2|"
   "idm_claim2|1,2|"
