@@ -22,7 +22,7 @@ def train_steps(cfg, devices, batches, num_datasets: int = 1, with_grads: bool =
   grads_of = None
   if with_grads:
     def grads(state, batch):
-      rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+      rng = trainer.step_rng(state)
       return jax.grad(lambda p: registry.loss_fn(run.model, p, batch, rng)[0])(state.params)
     grads_of = trainer._RulesJit(jax.jit(grads, in_shardings=(run.state_shardings, run.batch_shardings)),  # pylint: disable=protected-access
                                  mesh, run.rules)
@@ -43,9 +43,10 @@ def assert_sharded_matches_single_device(cfg, batches, *, num_datasets: int = 1,
   final state.
 
   Sharding can only change how sums are split and ordered, which the gradients show at float
-  noise: they are compared tightly at every step. The params after the steps are compared within
-  one Adam update per step: Adam divides a gradient by its own magnitude, so an element whose true
-  gradient is ~0 takes a step of up to the learning rate with the sign of its reduction noise.
+  noise: they are compared tightly at every step. The params after the steps agree to float noise
+  except for at most 0.1% of elements, which must agree within one Adam update per step: Adam
+  divides a gradient by its own magnitude, so an element whose true gradient is ~0 takes a step of
+  up to the learning rate with the sign of its reduction noise.
   """
   cfg.mesh.shape = (1, 1, 1)
   p1, l1, _, m1 = train_steps(cfg, jax.devices()[:1], batches, num_datasets, with_grads=True)

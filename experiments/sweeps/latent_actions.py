@@ -21,6 +21,21 @@ from wam_jax.ablations.sweep import Cell, Sweep
 
 N_DEMOS = (2, 5)
 
+
+def variant_chain(tag: str, lam_overrides: dict, policy_overrides: dict = None) -> tuple:
+  """The three stages again with the latent-action model changed by ``lam_overrides`` (and the latent
+  policy that reads it by ``policy_overrides``): cells ``latent_action_<tag>`` ->
+  ``latent_policy_<tag>`` -> ``latent_finetune_<tag>_n<N>``."""
+  return ((Cell(name=f"latent_action_{tag}", config="experiments/configs/idm_wam.py:latent_mt10", stage_seed=0,
+                overrides=lam_overrides, method=f"latent_action_{tag}"),
+           Cell(name=f"latent_policy_{tag}", config="experiments/configs/idm_wam.py:latent_policy_mt10",
+                stage_seed=0, init_from=f"latent_action_{tag}", overrides=policy_overrides or {},
+                method=f"latent_policy_{tag}"))
+          + tuple(Cell(name=f"latent_finetune_{tag}_n{n}", config=f"experiments/configs/idm_wam.py:finetune_mt10_n{n}",
+                       init_from=f"latent_policy_{tag}", method=f"latent_actions_{tag}", n_demos=n)
+                  for n in N_DEMOS))
+
+
 SWEEP = Sweep(
     name="latent_actions",
     version=4,  # v4: the latent policy on the pool only, both stages trained once for every N and seed (session 10)
@@ -37,16 +52,6 @@ SWEEP = Sweep(
         Cell(name=f"vla_l1_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
              method="vla_l1", n_demos=n),
     ))
-    + (Cell(name="latent_action_k8", config="experiments/configs/idm_wam.py:latent_mt10", stage_seed=0,
-            overrides={"data.future_offset": 8}, method="latent_action_k8"),
-       Cell(name="latent_policy_k8", config="experiments/configs/idm_wam.py:latent_policy_mt10", stage_seed=0,
-            init_from="latent_action_k8", overrides={"data.future_offset": 8}, method="latent_policy_k8"))
-    + tuple(Cell(name=f"latent_finetune_k8_n{n}", config=f"experiments/configs/idm_wam.py:finetune_mt10_n{n}",
-                 init_from="latent_policy_k8", method="latent_actions_k8", n_demos=n) for n in N_DEMOS)
-    + (Cell(name="latent_action_cn", config="experiments/configs/idm_wam.py:latent_mt10", stage_seed=0,
-            overrides={"model.recon_norm": "copy"}, method="latent_action_cn"),
-       Cell(name="latent_policy_cn", config="experiments/configs/idm_wam.py:latent_policy_mt10", stage_seed=0,
-            init_from="latent_action_cn", method="latent_policy_cn"))
-    + tuple(Cell(name=f"latent_finetune_cn_n{n}", config=f"experiments/configs/idm_wam.py:finetune_mt10_n{n}",
-                 init_from="latent_policy_cn", method="latent_actions_cn", n_demos=n) for n in N_DEMOS),
+    + variant_chain("k8", {"data.future_offset": 8}, {"data.future_offset": 8})
+    + variant_chain("cn", {"model.recon_norm": "copy"}),
 )

@@ -34,6 +34,11 @@ from wam_jax.training import state as state_lib
 # ----------------------------------------------------------------------------
 # The train step: one jitted function of (state, batch).
 # ----------------------------------------------------------------------------
+def step_rng(state):
+  """The rng of the train step ``state.step``: what its loss sees (dropout, noise levels, masks)."""
+  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
 def make_train_step(model, tx, train_cfg, batch_axes, accum=None):
   """Returns step(state, batch) -> (state, metrics). Pure; lowered with abstract shapes.
 
@@ -69,7 +74,7 @@ def make_train_step(model, tx, train_cfg, batch_axes, accum=None):
     return (loss, metrics), grads
 
   def step(state, batch):
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    rng = step_rng(state)
     (loss, metrics), grads = loss_and_grads(state.params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -90,10 +95,10 @@ def make_grad_norms(model, names):
 
   Which of a family's losses drives its shared parameters: e.g. ``video_loss`` vs ``action_loss``
   (``train.grad_norm_of``). The gradients of the next train step's loss terms (its params, batch
-  and rng; before clipping): one forward pass and one backward pass per name, at log steps only.
+  and rng; before clipping): one forward pass, then one backward pass per name, at log steps only.
   """
   def norms(state, batch):
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    rng = step_rng(state)
 
     def named(p):
       metrics = registry.loss_fn(model, p, batch, rng)[1]
