@@ -40,7 +40,7 @@ from wam_jax.training import profile  # noqa: E402  (stdlib only at import: no j
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per case and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the best median is kept.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Train batch size.")
-_CALLS = flags.DEFINE_integer("infer_calls", 100, "Timed batch-1 predict_actions calls per case.")
+_CALLS = flags.DEFINE_integer("infer_calls", 100, "Timed batch-1 predict_actions calls per case (0: skip).")
 _SAMPLING = flags.DEFINE_list("sampling_steps", ["1", "2", "4"], "Flow predictor generation steps to time.")
 _TORCH = flags.DEFINE_boolean("torch", True, "Also time the PyTorch replica of video_wam.py:pretrain_tiny "
                                "(scripts/torch_video_wam.py; needs the torch extra, skipped with a note without it).")
@@ -183,8 +183,8 @@ def main(argv):
       result["torch"] = {"case": c.name, "threads": c.threads, "params": c.params,
                          "matmul_gflops_per_step": round(c.matmul_flops / 1e9, 2),
                          "jax_over_torch_ms": round(best[c.jax_name] / best[c.name], 3)}
-  infer = {"vla tiny": latency("vla_baseline.py:tiny", _CALLS.value)}
-  if "video_wam" in _FAMILIES.value:
+  infer = {"vla tiny": latency("vla_baseline.py:tiny", _CALLS.value)} if _CALLS.value else {}
+  if "video_wam" in _FAMILIES.value and _CALLS.value:
     infer.update({"video_wam skip_video": latency("video_wam.py:policy_tiny", _CALLS.value),
            "video_wam generate (regression)": latency("video_wam.py:policy_tiny", _CALLS.value,
                                                       **{"policy.skip_video": False})})
@@ -192,7 +192,7 @@ def main(argv):
       infer[f"video_wam generate (flow, {s} steps)"] = latency(
           "video_wam.py:policy_tiny", _CALLS.value, **{"policy.skip_video": False, "video.objective": "flow",
                                                        "video.num_sampling_steps": int(s)})
-  if "joint_wam" in _FAMILIES.value:  # one pass for both outputs: frame queries left out, or decoded too
+  if "joint_wam" in _FAMILIES.value and _CALLS.value:  # one pass for both outputs: frame queries left out, or decoded too
     for preset in ("tiny", "uwm_tiny"):
       for skip in (True, False):
         infer[f"joint_wam {preset} {'skip_video' if skip else 'generate'}"] = latency(
@@ -208,6 +208,8 @@ def main(argv):
     r = result["torch"]["jax_over_torch_ms"]
     print(f"\nJAX / PyTorch ms per step, {result['torch']['case']}: {r:.2f} "
           f"(PyTorch / JAX {1 / r:.2f}: JAX {'faster' if r < 1 else 'slower'})")
+  if not result["inference_ms"]:
+    return
   vla = result["inference_ms"]["vla tiny"]["median"]
   print("\n| inference, batch 1 | median ms | p95 ms | / VLA |\n|---|---|---|---|")
   for name, r in result["inference_ms"].items():
