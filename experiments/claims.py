@@ -67,7 +67,9 @@ def comparisons() -> list[Comparison]:
              Comparison("2", f"latent-action pretraining + fine-tune vs VLA, N={n}",
                         Side(latent, f"latent_finetune_n{n}"), vla(n)),
              Comparison("2", f"latent actions, copy-normalized decoder, + fine-tune vs VLA, N={n}",
-                        Side(latent, f"latent_finetune_cn_n{n}"), vla(n))]
+                        Side(latent, f"latent_finetune_cn_n{n}"), vla(n)),
+             Comparison("2", f"latent actions, k=8 + copy-normalized decoder, + fine-tune vs VLA, N={n}",
+                        Side(latent, f"latent_finetune_k8cn_n{n}"), vla(n))]
   for n in (2, 5, 20):  # 3. joint prediction keeps long-horizon behaviour consistent (+ consistency())
     rows += [Comparison("3", f"joint WAM vs VLA, N={n}", Side(joint, f"joint_wam_n{n}"), vla(n)),
              Comparison("3", f"joint WAM vs VLA, long tasks, N={n}", Side(joint, f"joint_wam_n{n}"), vla(n),

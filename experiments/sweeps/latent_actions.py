@@ -13,6 +13,8 @@ The ``*_cn`` cells are the same three stages with the latent-action model's reco
 copy-normalized (``model.recon_norm='copy'``: the decoder's error over copying the last frame's, so
 the motion is not drowned by regularisers of fixed size); probed at step 1000, its code adds 5.8
 points of R^2 beyond the task against 1.9 (BUILD_NOTES, session 20).
+The ``*_k8cn`` cells combine both (frame gap 8 and the copy-normalized reconstruction): probed at
+step 1000 its code adds 15.6 points beyond the task (k=8 alone 7.1; BUILD_NOTES, session 21).
 
 The other two claim-2 methods (a VLA on labels + IDM pseudo-labels, and plan-with-video-act-with-
 IDM) are the idm_claim2 sweep (label and eval cells)."""
@@ -53,5 +55,6 @@ SWEEP = Sweep(
              method="vla_l1", n_demos=n),
     ))
     + variant_chain("k8", {"data.future_offset": 8}, {"data.future_offset": 8})
-    + variant_chain("cn", {"model.recon_norm": "copy"}),
+    + variant_chain("cn", {"model.recon_norm": "copy"})
+    + variant_chain("k8cn", {"data.future_offset": 8, "model.recon_norm": "copy"}, {"data.future_offset": 8}),
 )
