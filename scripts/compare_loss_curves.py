@@ -4,27 +4,22 @@
       --presets=vla_baseline.py:tiny,video_wam.py:pretrain_tiny --steps=300
 
 A speed change to a shared block must not change what the model learns. For each preset this trains
-the same config twice with ``experiments/train.py``: once from a detached worktree of ``--base``, once
-from this checkout (uncommitted changes included), same seed, same data root (``$WAM_DATA_DIR``, else
+the same config with ``experiments/train.py`` from a detached worktree of ``--base`` and from this
+checkout (uncommitted changes included), at the same seeds, on the same data root (``$WAM_DATA_DIR``, else
 ``<workdir>/data``: the embedded sample is generated once and read by both). It then
 
 - checks the two runs were the same experiment: the identity fields of their ``config.json`` must be
   equal (``trainer.config_changes``, the rule resume uses); a preset that changed between the
   revisions is reported, not compared;
-- compares ``train/loss`` in windows of ``--window`` steps. Two float programs with different
-  reduction orders drift apart step by step (and a fast-falling curve turns a small shift in time
-  into a large difference), so the yardstick is the same code at other seeds: both sides train at
-  the preset's seed + 0..``--seeds``-1. Per window, the seed-mean loss of each side and their relative
-  difference; the noise is the spread between two seeds of one side (mean absolute relative window
-  difference over all such pairs, S). A change passes when the mean absolute difference of the
-  seed-means is at most 2 S / sqrt(seeds) (about two standard errors of a difference of two
-  means of ``--seeds`` runs) or ``--tolerance``, whichever is larger, and the first step's loss at
-  each seed agrees to 1e-4 (same init, same batch: only the program differs).
+- compares ``train/loss`` in windows of ``--window`` steps, both sides at the preset's seed +
+  0..``--seeds``-1, against the seed-to-seed spread of one side (the rule and why:
+  ``wam_jax/training/loss_curves.py``).
 
 Writes ``<out>/loss_curves.md`` (a table per preset), ``<out>/loss_curves.png`` (both curves per
 preset) and ``<out>/loss_curves.json``. Runs already finished in ``--workdir`` are reused, so an
-interrupted comparison resumes (a base run is
-keyed by its commit and seed, this checkout's by a hash of its training code, committed and not, and seed). Exit status 1 if a preset is out of tolerance or not comparable.
+interrupted comparison resumes (a base run is keyed by its commit and seed, this checkout's by a hash
+of its training code, committed and not, and seed). Exit status 1 if a preset is out of the bound or
+not comparable.
 """
 
 import hashlib
@@ -36,7 +31,8 @@ import sys
 
 from absl import app
 from absl import flags
-import numpy as np
+
+from wam_jax.training import loss_curves
 
 _BASE = flags.DEFINE_string("base", None, "Git revision of the previous code.", required=True)
 _PRESETS = flags.DEFINE_list("presets", ["vla_baseline.py:tiny", "video_wam.py:pretrain_tiny"],
@@ -68,7 +64,7 @@ def train(tree: pathlib.Path, preset: str, run: pathlib.Path, steps: int, data_r
           seed_offset: int = 0) -> None:
   """``experiments/train.py`` of ``tree`` on ``preset`` (its seed + ``seed_offset``) for ``steps``; logs
   every step, no eval."""
-  if _losses(run).get(steps) is not None:
+  if loss_curves.losses(run).get(steps) is not None:
     return  # finished earlier
   file, name = preset.split(":")
   cmd = [sys.executable, "experiments/train.py", f"--config=experiments/configs/{file}:{name}",
@@ -95,41 +91,6 @@ def _preset_seed(tree: pathlib.Path, preset: str) -> int:
   out = subprocess.run([sys.executable, "-c", code], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
                        check=True, capture_output=True, text=True).stdout
   return int(out.strip().splitlines()[-1])
-
-
-def _losses(run: pathlib.Path) -> dict[int, float]:
-  """step -> train/loss from a run's metrics.jsonl ({} if it has none)."""
-  path = run / "metrics.jsonl"
-  if not path.exists():
-    return {}
-  rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
-
-
-def _windows(a: dict[int, float], b: dict[int, float], window: int) -> list[dict]:
-  """Mean loss of both curves per window of common steps, and b's relative difference from a."""
-  steps = sorted(set(a) & set(b))
-  rows = []
-  for start in range(0, len(steps), window):
-    chunk = steps[start:start + window]
-    ma, mb = np.mean([a[s] for s in chunk]), np.mean([b[s] for s in chunk])
-    rows.append({"steps": f"{chunk[0]}-{chunk[-1]}", "a": float(ma), "b": float(mb), "rel_diff": float((mb - ma) / abs(ma))})
-  return rows
-
-
-def compare(base: list[dict[int, float]], head: list[dict[int, float]], window: int, tolerance: float) -> dict:
-  """Seed-mean windows of base vs head, the seed spread and the verdict (module docstring): lists of
-  curves, one per seed, the same seeds in the same order on both sides."""
-  mean = lambda curves: {s: float(np.mean([c[s] for c in curves])) for s in set.intersection(*map(set, curves))}
-  rows = _windows(mean(base), mean(head), window)
-  pairs = [(a, b) for side in (base, head) for i, a in enumerate(side) for b in side[i + 1:]]
-  spread = float(np.mean([np.mean([abs(r["rel_diff"]) for r in _windows(a, b, window)]) for a, b in pairs]))
-  first = [(h[min(h)] - b[min(b)]) / abs(b[min(b)]) for b, h in zip(base, head)]
-  mad = float(np.mean([abs(r["rel_diff"]) for r in rows]))
-  bound = max(2 * spread / np.sqrt(len(base)), tolerance)
-  return {"windows": rows, "first_step_rel_diff": float(max(first, key=abs)), "mean_abs_rel_diff": mad,
-          "seed_spread": spread, "bound": float(bound), "seeds": len(base),
-          "within_tolerance": bool(max(map(abs, first)) <= 1e-4 and mad <= bound)}
 
 
 def markdown(preset: str, commits: tuple[str, str], result: dict, tolerance: float) -> str:
@@ -192,10 +153,10 @@ def main(argv):
         train(src, preset, runs[side][k], _STEPS.value, data_root, k)
     configs = [json.loads((runs[s][0] / "config.json").read_text()) for s in ("base", "head")]
     changes = trainer.config_changes(*configs)
-    curves[preset] = {side: [_losses(r) for r in rs] for side, rs in runs.items()}
+    curves[preset] = {side: [loss_curves.losses(r) for r in rs] for side, rs in runs.items()}
     result = {"config_changes": {k: [str(a), str(b)] for k, (a, b) in changes.items()}}
     if not changes:
-      result.update(compare(curves[preset]["base"], curves[preset]["head"], _WINDOW.value, _TOLERANCE.value))
+      result.update(loss_curves.compare(curves[preset]["base"], curves[preset]["head"], _WINDOW.value, _TOLERANCE.value))
     results[preset] = result
     tables.append(markdown(preset, (base_commit, head), result, _TOLERANCE.value))
     print(tables[-1], flush=True)

@@ -1,12 +1,9 @@
-"""The numerics check of speed changes (issue 17 item 5): its verdict on synthetic loss curves."""
-
-import pathlib
-import sys
+"""The numerics check of speed changes (issue 17 item 5, scripts/compare_loss_curves.py): its verdict on
+synthetic loss curves."""
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "scripts"))
-import compare_loss_curves as clc  # noqa: E402
+from wam_jax.training import loss_curves as clc
 
 
 def _curve(scale=1.0, shift=0, noise=0.0, seed=0):
@@ -21,7 +18,7 @@ def _curve(scale=1.0, shift=0, noise=0.0, seed=0):
 def test_windows_average_common_steps_and_give_the_relative_difference():
   a = {1: 1.0, 2: 3.0, 3: 2.0}
   b = {1: 1.5, 2: 2.5, 3: 2.0, 4: 9.0}  # step 4 has no partner: left out
-  rows = clc._windows(a, b, window=2)
+  rows = clc.windows(a, b, window=2)
   assert [r["steps"] for r in rows] == ["1-2", "3-3"]
   assert rows[0]["a"] == 2.0 and rows[0]["b"] == 2.0 and rows[0]["rel_diff"] == 0.0
   assert rows[1]["rel_diff"] == 0.0
