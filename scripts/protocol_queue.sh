@@ -53,6 +53,7 @@ QUEUE=(
   "idm_claim2|0|"
   "LADDER"
   "instruction_following|0|"
+  "latent_actions|0|latent_action_k8cn,latent_policy_k8cn,latent_finetune_k8cn_n2,latent_finetune_k8cn_n5"
   "latent_actions|0|latent_action_cn,latent_policy_cn,latent_finetune_cn_n2,latent_finetune_cn_n5"
   "families|1,2|"
   "joint_wam_data_efficiency|1,2|"
