@@ -163,6 +163,27 @@ def latency(spec, calls, **model_overrides):
   return statistics.median(times), times[min(len(times) - 1, int(0.95 * (len(times) - 1)))]
 
 
+def inference_latencies(calls: int) -> dict:
+  """Batch-1 latency (median, p95 ms) of each family's policy call, beside the VLA's ({} if calls == 0)."""
+  if not calls:
+    return {}
+  infer = {"vla tiny": latency("vla_baseline.py:tiny", calls)}
+  if "video_wam" in _FAMILIES.value:
+    infer.update({"video_wam skip_video": latency("video_wam.py:policy_tiny", calls),
+                  "video_wam generate (regression)": latency("video_wam.py:policy_tiny", calls,
+                                                             **{"policy.skip_video": False})})
+    for s in _SAMPLING.value:
+      infer[f"video_wam generate (flow, {s} steps)"] = latency(
+          "video_wam.py:policy_tiny", calls, **{"policy.skip_video": False, "video.objective": "flow",
+                                                "video.num_sampling_steps": int(s)})
+  if "joint_wam" in _FAMILIES.value:  # one pass for both outputs: frame queries left out, or decoded too
+    for preset in ("tiny", "uwm_tiny"):
+      for skip in (True, False):
+        infer[f"joint_wam {preset} {'skip_video' if skip else 'generate'}"] = latency(
+            f"joint_wam.py:{preset}", calls, skip_video=skip)
+  return infer
+
+
 def main(argv):
   del argv
   from wam_jax.training import peak
@@ -183,20 +204,7 @@ def main(argv):
       result["torch"] = {"case": c.name, "threads": c.threads, "params": c.params,
                          "matmul_gflops_per_step": round(c.matmul_flops / 1e9, 2),
                          "jax_over_torch_ms": round(best[c.jax_name] / best[c.name], 3)}
-  infer = {"vla tiny": latency("vla_baseline.py:tiny", _CALLS.value)} if _CALLS.value else {}
-  if "video_wam" in _FAMILIES.value and _CALLS.value:
-    infer.update({"video_wam skip_video": latency("video_wam.py:policy_tiny", _CALLS.value),
-           "video_wam generate (regression)": latency("video_wam.py:policy_tiny", _CALLS.value,
-                                                      **{"policy.skip_video": False})})
-    for s in _SAMPLING.value:
-      infer[f"video_wam generate (flow, {s} steps)"] = latency(
-          "video_wam.py:policy_tiny", _CALLS.value, **{"policy.skip_video": False, "video.objective": "flow",
-                                                       "video.num_sampling_steps": int(s)})
-  if "joint_wam" in _FAMILIES.value and _CALLS.value:  # one pass for both outputs: frame queries left out, or decoded too
-    for preset in ("tiny", "uwm_tiny"):
-      for skip in (True, False):
-        infer[f"joint_wam {preset} {'skip_video' if skip else 'generate'}"] = latency(
-            f"joint_wam.py:{preset}", _CALLS.value, skip_video=skip)
+  infer = inference_latencies(_CALLS.value)
   result["inference_ms"] = {k: {"median": round(m, 2), "p95": round(p, 2)} for k, (m, p) in infer.items()}
   result["load_end"] = [round(x, 2) for x in os.getloadavg()]
   result["peak_gflops_fp32_cached"] = round(peak_flops / 1e9, 1)

@@ -61,9 +61,9 @@ def base_tree(rev: str, workdir: pathlib.Path) -> tuple[pathlib.Path, str]:
 
 
 def train(tree: pathlib.Path, preset: str, run: pathlib.Path, steps: int, data_root: pathlib.Path,
-          seed_offset: int = 0) -> None:
-  """``experiments/train.py`` of ``tree`` on ``preset`` (its seed + ``seed_offset``) for ``steps``; logs
-  every step, no eval."""
+          seed: int | None = None) -> None:
+  """``experiments/train.py`` of ``tree`` on ``preset`` for ``steps`` at ``seed`` (None: the preset's);
+  logs every step, no eval."""
   if loss_curves.losses(run).get(steps) is not None:
     return  # finished earlier
   file, name = preset.split(":")
@@ -71,8 +71,8 @@ def train(tree: pathlib.Path, preset: str, run: pathlib.Path, steps: int, data_r
          f"--workdir={run}", f"--config.train.steps={steps}", "--config.train.log_every=1",
          f"--config.train.val_every={steps}", f"--config.train.ckpt_every={steps}",
          "--config.train.summary_every=0", "--config.eval.at_end=False"]
-  if seed_offset:
-    cmd.append(f"--config.seed={_preset_seed(tree, preset) + seed_offset}")
+  if seed is not None:
+    cmd.append(f"--config.seed={seed}")
   env = {**os.environ, "PYTHONPATH": str(tree), "WAM_DATA_DIR": str(data_root)}
   print(f"[{preset}] training {steps} steps from {tree} -> {run}", flush=True)
   log = run.parent / f"{run.name}.log"
@@ -81,16 +81,6 @@ def train(tree: pathlib.Path, preset: str, run: pathlib.Path, steps: int, data_r
     proc = subprocess.run(cmd, cwd=tree, env=env, stdout=f, stderr=subprocess.STDOUT)
   if proc.returncode:
     raise RuntimeError(f"[{preset}] {' '.join(cmd)} failed in {tree} (exit {proc.returncode}); see {log}")
-
-
-def _preset_seed(tree: pathlib.Path, preset: str) -> int:
-  """The preset's ``config.seed`` as ``tree``'s code defines it."""
-  file, name = preset.split(":")
-  code = (f"import importlib; print(importlib.import_module('experiments.configs.{file.removesuffix('.py')}')"
-          f".get_config('{name}').seed)")
-  out = subprocess.run([sys.executable, "-c", code], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
-                       check=True, capture_output=True, text=True).stdout
-  return int(out.strip().splitlines()[-1])
 
 
 def markdown(preset: str, commits: tuple[str, str], result: dict, tolerance: float) -> str:
@@ -148,11 +138,13 @@ def main(argv):
     slug = preset.replace(".py:", "_")
     runs = {side: [workdir / slug / f"{side}_{key}_s{k}" for k in range(_SEEDS.value)]
             for side, key in (("base", base_commit[:12]), ("head", head_key))}
+    configs = {}
     for k in range(_SEEDS.value):
       for side, src in (("base", tree), ("head", REPO)):
-        train(src, preset, runs[side][k], _STEPS.value, data_root, k)
-    configs = [json.loads((runs[s][0] / "config.json").read_text()) for s in ("base", "head")]
-    changes = trainer.config_changes(*configs)
+        # Seed 0 is the preset's own; the next ones count up from it, as that revision's config has it.
+        train(src, preset, runs[side][k], _STEPS.value, data_root, configs[side]["seed"] + k if k else None)
+        configs.setdefault(side, json.loads((runs[side][0] / "config.json").read_text()))
+    changes = trainer.config_changes(configs["base"], configs["head"])
     curves[preset] = {side: [loss_curves.losses(r) for r in rs] for side, rs in runs.items()}
     result = {"config_changes": {k: [str(a), str(b)] for k, (a, b) in changes.items()}}
     if not changes:
