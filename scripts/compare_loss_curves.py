@@ -129,7 +129,8 @@ def main(argv):
   tree, base_commit = base_tree(_BASE.value, workdir)
   # This checkout's runs are keyed by what trains: the code of the package, configs and train.py.
   code = ("wam_jax", "experiments/configs", "experiments/train.py")
-  diff = _git("diff", "HEAD", "--", *code)
+  untracked = _git("ls-files", "--others", "--exclude-standard", "--", *code).split()
+  diff = _git("diff", "HEAD", "--", *code) + "".join(f"\n{f}\n" + (REPO / f).read_text() for f in untracked)
   head = _git("rev-parse", "HEAD") + ("+uncommitted" if diff else "")
   trees = " ".join(_git("rev-parse", f"HEAD:{path}") for path in code)
   head_key = hashlib.sha1((trees + diff).encode()).hexdigest()[:12]
