@@ -27,7 +27,7 @@ def data_config() -> ml_collections.ConfigDict:
       action_dim=7,         # actions are zero-padded to this many dims.
       proprio_dim=8,        # proprio is zero-padded to this many dims.
       max_text_len=48,
-      text_tokenizer="",    # '' = UTF-8 bytes; a tokenizer.json = the language model's BPE (the hybrid WAM)
+      text_tokenizer="",    # "" = UTF-8 bytes; a tokenizer.json (absolute, or under the data root) = the LM BPE (hybrid)
       normalization="quantile",  # "zscore" | "quantile" (q01/q99 -> [-1, 1]).
       augment=ml_collections.ConfigDict(dict(
           enabled=True, crop_scale=(0.85, 1.0), crop_ratio=(0.9, 1.1),

@@ -56,7 +56,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       head=heads.default_head_config("flow"),
   ))
   config.model.head.flow.update(denoiser="mlp", depth=1, width=64, mlp_dim=128, num_sampling_steps=5)
-  config.data.update(max_text_len=32, text_tokenizer="wam_data/shakespeare_text/tokenizer.json")
+  config.data.update(max_text_len=32, text_tokenizer="shakespeare_text/tokenizer.json")
   if arg == "tiny":
     config.train.update(steps=1000, compute_dtype="bfloat16", log_every=50, val_every=250, ckpt_every=250,
                         summary_every=250, init_from="runs/vlm_tiny", init_from_map="=vlm/")

@@ -155,3 +155,25 @@ def test_live_history_zero_fills_a_camera_the_dataset_lacks():
   with pytest.raises(ValueError, match=r"camera 'primary'.*'metaworld_demos'.*image_primary"):
     windows.history_inputs([{"proprio": np.zeros(4, np.float32)}], "go", cfg,
                            _identity_normalizer(), "metaworld_demos")
+
+
+def test_text_tokenizer_path_resolves_under_the_data_root(tmp_path, monkeypatch):
+  """A relative data.text_tokenizer is read under the data root, not the working directory (a sweep's
+  runs start in a worktree whose data root is $WAM_DATA_DIR); absolute paths and '' are kept."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("WAM_DATA_DIR", str(tmp_path / "env_root"))
+  cfg = ml_collections.ConfigDict(dict(data_dir="", text_tokenizer="shakespeare_text/tokenizer.json"))
+  assert windows.text_tokenizer_path(cfg) == str(tmp_path / "env_root/shakespeare_text/tokenizer.json")
+  cfg.data_dir = str(tmp_path / "cfg_root")
+  assert windows.text_tokenizer_path(cfg) == str(tmp_path / "cfg_root/shakespeare_text/tokenizer.json")
+  cfg.text_tokenizer = "/abs/tokenizer.json"
+  assert windows.text_tokenizer_path(cfg) == "/abs/tokenizer.json"
+  cfg.text_tokenizer = ""
+  assert windows.text_tokenizer_path(cfg) == ""
+  cfg.text_tokenizer = "missing/tokenizer.json"  # a missing file is named with its resolved path
+  spec = windows.WindowSpec(cameras=("primary",), image_size=8, history=1, future_offset=1, num_future=1,
+                            action_horizon=1, action_dim=1, proprio_dim=1, max_text_len=4,
+                            text_tokenizer=windows.text_tokenizer_path(cfg))
+  with pytest.raises(ValueError, match="cfg_root/missing/tokenizer.json"):
+    tokenizer.for_spec(spec)

@@ -25,6 +25,7 @@ resolution they were recorded at, and zeros for a camera the dataset lacks.
 
 import collections
 import dataclasses
+import pathlib
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -34,6 +35,17 @@ from wam_jax.data import registry
 from wam_jax.data import registry_files
 from wam_jax.data import rlds
 from wam_jax.data import tokenizer as tokenizer_lib
+
+
+def text_tokenizer_path(data_cfg) -> str:
+  """``data.text_tokenizer`` resolved: '' (UTF-8 bytes), an absolute path, or a path under the data
+  root (``data.data_dir``, else $WAM_DATA_DIR, else ./wam_data), as registry directories are; so a
+  run reads the same tokenizer whatever its working directory."""
+  path = str(data_cfg.get("text_tokenizer", ""))
+  if not path or pathlib.Path(path).is_absolute():
+    return path
+  from wam_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (pipeline imports this module)
+  return str(pipeline.resolve_data_dir(data_cfg) / path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +60,7 @@ class WindowSpec:
   action_dim: int      # A.
   proprio_dim: int     # P.
   max_text_len: int    # L.
-  text_tokenizer: str = ""  # '' = bytes; a tokenizer.json = the LM's BPE (data/tokenizer.py)
+  text_tokenizer: str = ""  # "" = bytes; a tokenizer.json (text_tokenizer_path) = the LM BPE (data/tokenizer.py)
 
   @classmethod
   def from_config(cls, data_cfg) -> "WindowSpec":
@@ -56,7 +68,7 @@ class WindowSpec:
                history=int(data_cfg.history), future_offset=int(data_cfg.future_offset),
                num_future=int(data_cfg.num_future), action_horizon=int(data_cfg.action_horizon),
                action_dim=int(data_cfg.action_dim), proprio_dim=int(data_cfg.proprio_dim),
-               max_text_len=int(data_cfg.max_text_len), text_tokenizer=str(data_cfg.get("text_tokenizer", "")))
+               max_text_len=int(data_cfg.max_text_len), text_tokenizer=text_tokenizer_path(data_cfg))
 
   def element_spec(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Key -> (shape, dtype) of a batch of ``batch_size`` windows."""
