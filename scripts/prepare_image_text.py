@@ -15,17 +15,18 @@ import os
 import pathlib
 import sys
 import time
+import types
 
 from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout too
 
-from wam_jax.data import image_text, registry, rlds, text  # noqa: E402
+from wam_jax.data import image_text, pipeline, registry, rlds, text  # noqa: E402
 
 _DATASETS = flags.DEFINE_list("datasets", ["metaworld_video_pool", "bridge"],
                               "Registry names; `bridge` is read from --bridge_dir.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "wam_data", "Root of the project's datasets.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "Data root ('' -> $WAM_DATA_DIR, else ./wam_data: the trainer's).")
 _BRIDGE_DIR = flags.DEFINE_string(
     "bridge_dir", str(pathlib.Path(__file__).resolve().parents[2] / "shared/data/bridge_debug/bridge_dataset/1.0.0"),
     "The Bridge sample's dataset directory (RLDS).")
@@ -33,9 +34,10 @@ _VAL_DATASETS = flags.DEFINE_list(
     "val_datasets", ["metaworld_video_pool"],
     "Datasets whose val split is held out (accuracy = naming these tasks; Bridge's val instructions are "
     "free text never seen in training, so no answer could be exact).")
-_TOKENIZER = flags.DEFINE_string("tokenizer", f"wam_data/{text.DEFAULT_DIRNAME}/tokenizer.json",
-                                 "The stage-1 language model's tokenizer.json.")
-_OUT_DIR = flags.DEFINE_string("out_dir", f"wam_data/{image_text.DEFAULT_DIRNAME}", "Output directory (must not exist).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", "", "The stage-1 language model's tokenizer.json ('' -> "
+                                 f"<data root>/{text.DEFAULT_DIRNAME}/tokenizer.json).")
+_OUT_DIR = flags.DEFINE_string("out_dir", "", f"Output directory ('' -> <data root>/{image_text.DEFAULT_DIRNAME}); "
+                               "prepared once: a finished one is kept (remove it to prepare again).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Frames are resized to S x S: config.data.image_size.")
 _TEXT_LEN = flags.DEFINE_integer("text_len", 48, "Tokens per example (prompt + answer + EOS): config.data.text_len.")
 _FRAMES = flags.DEFINE_integer("frames_per_episode", 4, "Evenly spaced frames taken from each episode.")
@@ -44,17 +46,22 @@ _FRAMES = flags.DEFINE_integer("frames_per_episode", 4, "Evenly spaced frames ta
 def main(argv):
   del argv
   t0 = time.perf_counter()
+  root = pipeline.resolve_data_dir(types.SimpleNamespace(data_dir=_DATA_DIR.value))
+  out_dir = pathlib.Path(_OUT_DIR.value or root / image_text.DEFAULT_DIRNAME)
+  if (out_dir / "meta.json").exists():  # written inside the atomic rename: a finished directory
+    print(f"{out_dir} is prepared already (remove it to prepare again)")
+    return
   readers = {"train": [], "val": []}
   for name in _DATASETS.value:
     spec = registry.get_spec(name)
     directory = (pathlib.Path(_BRIDGE_DIR.value) if name == "bridge"
-                 else pathlib.Path(_DATA_DIR.value) / spec.directory)
+                 else root / spec.directory)
     if not directory.exists():
       sys.exit(f"error: dataset {name!r}: {directory} does not exist")
     camera = next(iter(spec.cameras))
     for split in ("train", "val") if name in _VAL_DATASETS.value else ("train",):
       readers[split].append((name, rlds.RldsReader(directory, split, spec), camera))
-  meta = image_text.prepare(readers, _TOKENIZER.value, _OUT_DIR.value, image_size=_IMAGE_SIZE.value,
+  meta = image_text.prepare(readers, _TOKENIZER.value or root / text.DEFAULT_DIRNAME / "tokenizer.json", out_dir, image_size=_IMAGE_SIZE.value,
                             text_len=_TEXT_LEN.value, frames_per_episode=_FRAMES.value)
   for split, counts in meta["splits"].items():
     print(f"{split}: {counts['examples']} examples {counts['by_kind']} from {counts['by_dataset']}; "

