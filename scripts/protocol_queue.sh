@@ -74,7 +74,10 @@ for step in "${QUEUE[@]}"; do
     if [[ -n "${DEADLINE:-}" ]] && (( $(date +%s) + ${LADDER_MINUTES:-45} * 60 > $(date -d "$DEADLINE" +%s) )); then
       echo "[queue] ladder not started: its ~${LADDER_MINUTES:-45} min (LADDER_MINUTES) would end after $DEADLINE"; continue
     fi
-    "$PY" scripts/prepare_text.py && "$PY" scripts/prepare_image_text.py \
+    # the Bridge sample beside REPO (the script's default looks beside this worktree, which is REPO only
+    # when not frozen)
+    "$PY" scripts/prepare_text.py \
+      && "$PY" scripts/prepare_image_text.py --bridge_dir="$REPO/../shared/data/bridge_debug/bridge_dataset/1.0.0" \
       && "$PY" experiments/train.py --config=experiments/configs/lm.py:tiny --workdir=runs/lm_tiny \
       && "$PY" experiments/train.py --config=experiments/configs/vlm.py:tiny --workdir=runs/vlm_tiny
     continue
