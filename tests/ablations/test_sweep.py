@@ -541,6 +541,30 @@ def test_deadline_starts_only_runs_that_finish_before_it(tmp_path, monkeypatch):
              for line in lines), lines
 
 
+def test_deadline_prices_a_seed_again_once_an_earlier_seed_of_its_cell_has_finished(tmp_path, monkeypatch):
+  """The plan prices a cell with no finished seed at the defaults; once seed 0 finishes, seed 1 is
+  priced at the rate seed 0 measured (here 2 s a step: far past the deadline), and not started."""
+  started = []
+
+  def slow_command(cell, seed, run_dir):
+    started.append(f"{cell.name}/seed_{seed}")
+    code = ("import json, pathlib; d = pathlib.Path(%r); (d / 'checkpoints' / '100000').mkdir(parents=True); "
+            "(d / 'eval').mkdir(); (d / 'eval' / 'results.json').write_text('{}'); "
+            "(d / 'metrics.jsonl').write_text(json.dumps({'step': 50, 'train/steps_per_s': 0.5}) + '\\n')"
+            % str(run_dir))
+    return [sys.executable, "-c", code]
+
+  monkeypatch.setattr(sweep_lib, "command", slow_command)
+  sweep = sweep_lib.Sweep(name="reprice", version=1, seeds=(0, 1), cells=(
+      sweep_lib.Cell("quick", "experiments/configs/vla_baseline.py:tiny"),))
+  jobs = sweep_lib.plan(sweep, tmp_path)
+  assert all(j.estimate_s < 1800 for j in jobs)  # both fit by the defaults
+  lines = []
+  summary = sweep_lib.run(sweep, tmp_path, poll_seconds=0.05, log=lines.append, deadline=time.time() + 1800)
+  assert started == ["quick/seed_0"] and summary["done"] == ["quick/seed_0"], lines
+  assert summary["skipped"] == ["quick/seed_1"], lines
+
+
 def test_deadline_flag_parses_clock_times_and_offsets():
   from experiments import ablations as cli  # noqa: E402  (absl flags defined at import: once per process)
   now = time.mktime((2026, 12, 2, 19, 30, 0, 0, 0, -1))

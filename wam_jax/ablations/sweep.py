@@ -1095,6 +1095,16 @@ def _uses_run_of(user: Job, job: Job) -> bool:
   return not job.eval_name and (job.cell.name, job.seed) in user.runs_used
 
 
+def refreshed_estimate(job: Job, workdir) -> float:
+  """``job``'s estimate with the rates of its cell's seeds that finished here since the plan priced it.
+  Session 22: a hybrid cell with no finished seed was planned at the defaults (~15 min); its seed 0
+  then took 69 min, and seed 1 started 20 minutes before the deadline on the stale estimate."""
+  per_step, per_episode = _measured_rates(pathlib.Path(workdir) / job.cell.name)
+  if job.cell.kind != "train" or not (per_step or per_episode) or job.config is None:
+    return job.estimate_s
+  return estimate_seconds(job, workdir)
+
+
 def seconds_needed(job: Job, queue: Sequence[Job]) -> float:
   """``job``'s estimate plus the longest queued job that uses its run: a stage is worth starting
   only if one run that restores it can finish too."""
@@ -1112,6 +1122,9 @@ def _next_ready(queue: list, running: list, workdir: pathlib.Path, summary: dict
     if not waiting:
       queue.remove(job)
       left = None if deadline is None else deadline - time.time()
+      if left is not None:  # priced again: a seed of the cell may have finished since the plan
+        for j in [job] + [u for u in queue if _uses_run_of(u, job)]:
+          j.estimate_s = refreshed_estimate(j, workdir)
       needed = None if left is None else seconds_needed(job, queue)
       if needed is not None and needed > left:
         log(f"[sweep] not started {job.label}: needs ~{_fmt(needed)} (with a run that "
