@@ -233,3 +233,21 @@ def test_a_run_recorded_by_another_sweep_is_recorded_for_this_one(tmp_path):
   third = sweep_lib.Sweep(name="third", version=1, seeds=(0,), cells=(
       sweep_lib.Cell("vla", vla, overrides={"train.steps": 7}),))
   assert sweep_lib.link_identical_records(third, root=tmp_path, others=[this]) == []  # a link is no source
+
+
+def test_an_extra_evaluation_reports_from_the_sweeps_one_set_of_records(tmp_path):
+  """``--eval=paraphrase --out=RESULTS``: tables in RESULTS/paraphrase, records (which hold every
+  evaluation of a run) only in RESULTS/records; the report of the records alone is the same."""
+  meta = dict(META, extra_evals={"paraphrase": {"instructions": "paraphrase"}})
+  wd = _machine(tmp_path / "a", [0, 1])
+  (wd / "sweep.json").write_text(json.dumps(meta))
+  for (cell, seed) in RUNS:
+    run = wd / cell / f"seed_{seed}"
+    shutil.copytree(run / "eval", run / "eval_paraphrase")
+  results = tmp_path / "results"
+  main = report.write_report(wd, str(results), plots=False)
+  para = report.write_report(wd, str(results), plots=False, eval_name="paraphrase")
+  assert (results / "paraphrase" / "results.md").exists() and not (results / "paraphrase" / "records").exists()
+  assert len(para["runs"]) == len(main["runs"]) == 4
+  alone = report.write_report(tmp_path / "gone" / "fake_v3", str(results), plots=False, eval_name="paraphrase")
+  assert _same(alone["rows"], para["rows"])

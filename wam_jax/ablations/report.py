@@ -447,7 +447,8 @@ def _records_dir(workdir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
 
 def write_report(workdir, out_dir: Optional[str] = None, *, plots: bool = True, eval_name: str = "") -> dict:
   """Writes the report of ``workdir``'s finished runs to ``out_dir`` (default <workdir>/report, or
-  report_<eval_name> for an extra evaluation of the sweep).
+  report_<eval_name> for an extra evaluation of the sweep; with ``out_dir``, an extra evaluation's
+  tables go to ``<out_dir>/<eval_name>`` beside the sweep's one set of records).
 
   With ``out_dir`` (the committed results, experiments/results/<sweep>), the runs are pooled with
   the records in ``<out_dir>/records/v<version>`` (records.py: runs finished on other machines),
@@ -457,7 +458,9 @@ def write_report(workdir, out_dir: Optional[str] = None, *, plots: bool = True, 
   """
   workdir = pathlib.Path(workdir)
   out = pathlib.Path(out_dir) if out_dir else workdir / (f"report_{eval_name}" if eval_name else "report")
-  rdir = _records_dir(workdir, out) if out_dir else None
+  rdir = _records_dir(workdir, out) if out_dir else None  # one record holds every evaluation of a run:
+  if out_dir and eval_name:  # the sweep's records, an extra evaluation's tables in <out_dir>/<eval_name>
+    out = out / eval_name
   meta, found, local = load_records(workdir, rdir)
   runs = runs_of(meta, found, eval_name)
   rows = aggregate(meta, runs)
