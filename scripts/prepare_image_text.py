@@ -48,7 +48,7 @@ def main(argv):
   t0 = time.perf_counter()
   root = pipeline.resolve_data_dir(types.SimpleNamespace(data_dir=_DATA_DIR.value))
   out_dir = pathlib.Path(_OUT_DIR.value or root / image_text.DEFAULT_DIRNAME)
-  if (out_dir / "meta.json").exists():  # written inside the atomic rename: a finished directory
+  if text.is_prepared(out_dir):
     print(f"{out_dir} is prepared already (remove it to prepare again)")
     return
   readers = {"train": [], "val": []}
@@ -61,7 +61,8 @@ def main(argv):
     camera = next(iter(spec.cameras))
     for split in ("train", "val") if name in _VAL_DATASETS.value else ("train",):
       readers[split].append((name, rlds.RldsReader(directory, split, spec), camera))
-  meta = image_text.prepare(readers, _TOKENIZER.value or root / text.DEFAULT_DIRNAME / "tokenizer.json", out_dir, image_size=_IMAGE_SIZE.value,
+  tokenizer = _TOKENIZER.value or root / text.DEFAULT_DIRNAME / "tokenizer.json"
+  meta = image_text.prepare(readers, tokenizer, out_dir, image_size=_IMAGE_SIZE.value,
                             text_len=_TEXT_LEN.value, frames_per_episode=_FRAMES.value)
   for split, counts in meta["splits"].items():
     print(f"{split}: {counts['examples']} examples {counts['by_kind']} from {counts['by_dataset']}; "

@@ -61,7 +61,7 @@ def main(argv):
   t0 = time.perf_counter()
   root = pipeline.resolve_data_dir(types.SimpleNamespace(data_dir=_DATA_DIR.value))
   out_dir = pathlib.Path(_OUT_DIR.value or root / text.DEFAULT_DIRNAME)
-  if (out_dir / "meta.json").exists():  # written last, inside the atomic rename: a finished directory
+  if text.is_prepared(out_dir):
     print(f"{out_dir} is prepared already (remove it to prepare again)", flush=True)
     return
   archive = (pathlib.Path(_ARCHIVE.value) if _ARCHIVE.value

@@ -458,8 +458,8 @@ def write_report(workdir, out_dir: Optional[str] = None, *, plots: bool = True, 
   """
   workdir = pathlib.Path(workdir)
   out = pathlib.Path(out_dir) if out_dir else workdir / (f"report_{eval_name}" if eval_name else "report")
-  rdir = _records_dir(workdir, out) if out_dir else None  # one record holds every evaluation of a run:
-  if out_dir and eval_name:  # the sweep's records, an extra evaluation's tables in <out_dir>/<eval_name>
+  rdir = _records_dir(workdir, out) if out_dir else None
+  if out_dir and eval_name:  # a record holds every evaluation of a run: one set per sweep, tables apart
     out = out / eval_name
   meta, found, local = load_records(workdir, rdir)
   runs = runs_of(meta, found, eval_name)

@@ -253,11 +253,17 @@ def text_dir(data_cfg) -> pathlib.Path:
   return pathlib.Path(data_cfg.text_dir) if data_cfg.get("text_dir") else pipeline.resolve_data_dir(data_cfg) / DEFAULT_DIRNAME
 
 
+def is_prepared(directory) -> bool:
+  """Whether ``directory`` is a finished prepared directory (text or image-text): its meta.json is
+  written inside ``atomic_directory``, so it exists only once everything else does."""
+  return (pathlib.Path(directory) / "meta.json").exists()
+
+
 def read_prepared_meta(directory, data_cfg, fields, *, what: str, script: str) -> dict:
   """meta.json of a prepared directory, each of ``fields`` checked against config.data (the
   error names the field and the fix)."""
   directory = pathlib.Path(directory)
-  if not (directory / "meta.json").exists():
+  if not is_prepared(directory):
     raise ValueError(f"data.kind={data_cfg.get('kind')!r}: no prepared {what} in {directory}; run "
                      f"python scripts/{script} --out_dir={directory}")
   meta = json.loads((directory / "meta.json").read_text())
