@@ -65,6 +65,14 @@ def test_missing_runs_are_not_run_and_the_table_says_so(root, tmp_path):
   assert "| 1 | wam vs vla | 68% (80) | 40% (80) | +27.5 (" in md and "| +30, +25 | 2/2 | **supported** |" in md
 
 
+def test_best_is_the_side_with_the_highest_pooled_success(root):
+  s = lambda cell: Side("s", cell)
+  assert compare.best(root, [s("bad"), s("nope"), s("vla"), s("wam")]) == s("wam")  # 54/80 > 32/80 > 2/40
+  assert compare.best(root, [s("vla"), s("bad")]) == s("vla")
+  assert compare.best(root, [s("vla"), s("vla")]) is not None and compare.best(root, [s("nope")]) is None
+  assert claims.best_family(root) == claims.FAMILY_CELLS[0]  # no families run under this root
+
+
 def test_extra_evaluations_are_compared_on_their_own_episodes(tmp_path):
   _sweep(tmp_path, "p", {"h": {0: {"reach-v3": (5, 10)}}, "v": {0: {"reach-v3": (5, 10)}}},
          extra_evals={"paraphrase": {"instructions": "paraphrase"}})

@@ -114,6 +114,18 @@ def compare(root, c: Comparison, loaded: Optional[dict] = None, records_root=Non
   return row
 
 
+def best(root, sides: Sequence[Side], records_root=None) -> Optional[Side]:
+  """The side with the highest pooled success over its finished runs' training evaluation (the first
+  of a tie), None if none has a finished run: e.g. claim 4's "best world-action family"."""
+  loaded, scored = {}, []
+  for side in sides:
+    eps = [e for seed_eps in _episodes(pathlib.Path(root), side, (), "", loaded, records_root).values()
+           for e in seed_eps]
+    if eps:
+      scored.append((sum(bool(e["success"]) for e in eps) / len(eps), side))
+  return max(scored, key=lambda t: t[0])[1] if scored else None
+
+
 def markdown(rows: Sequence[dict], root) -> str:
   out = [f"Method vs reference from the finished runs under `{root}` (`wam_jax/ablations/compare.py`): "
          "pooled success over every evaluation episode of every finished seed, the difference with "
