@@ -200,6 +200,17 @@ def test_ensure_embedded_dataset_generates_when_absent(tmp_path):
     metaworld_data.ensure_embedded_dataset(cfg, num_workers=1, log=lambda s: None)
 
 
+def test_ensure_embedded_dataset_skips_mixtures_without_the_sample(tmp_path):
+  """A run on other data (here a labelled pool) with no data_dir generates no MetaWorld sample:
+  the sweep's ``vla_pseudo`` cells did, a minute of MuJoCo for datasets nobody read."""
+  import ml_collections
+  cfg = ml_collections.ConfigDict(dict(data_dir=str(tmp_path / "root"), mixture=(("metaworld_video_labeled", 1.0),),
+                                       metaworld=dict(tasks=("reach-v3",), episodes_per_task=2,
+                                                      video_episodes_per_task=2, resolution=RES)))
+  assert metaworld_data.ensure_embedded_dataset(cfg, num_workers=1, log=pytest.fail) == tmp_path / "root"
+  assert not (tmp_path / "root").exists()
+
+
 def test_data_pipeline_reads_generated_datasets(data_root, tmp_path):
   from experiments.configs import common
   from wam_jax.data import batch as batch_lib

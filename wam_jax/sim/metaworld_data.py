@@ -297,8 +297,9 @@ def ensure_embedded_dataset(data_cfg, *, num_workers: Optional[int] = None,
   from ``data_cfg.metaworld`` (tasks, episodes_per_task, video_episodes_per_task,
   resolution; optional extra_video_tasks, camera) when they are absent. Protocol
   datasets named in ``data.mixture`` (``wam_jax/ablations/protocol.py``) are
-  generated from the protocol's own recipe instead; a mixture of protocol
-  datasets only does not generate the sample.
+  generated from the protocol's own recipe instead. A mixture that names neither
+  sample dataset (protocol datasets, a labelled pool, Bridge) does not generate
+  the sample.
   """
   from wam_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (one data-root rule)
   from wam_jax.ablations import protocol  # pylint: disable=g-import-not-at-top
@@ -310,8 +311,8 @@ def ensure_embedded_dataset(data_cfg, *, num_workers: Optional[int] = None,
   protocol_names = mixture_names & set(protocol.DATASET_NAMES)
   if protocol_names:  # The protocol's datasets (MT10 demos at N, the video pool).
     protocol.ensure_data(root, sorted(protocol_names), num_workers=num_workers, log=log)
-    if protocol_names == mixture_names:
-      return root
+  if not mixture_names & {DEMOS_NAME, VIDEO_NAME}:
+    return root
   cfg = data_cfg.metaworld
   tasks = mw.parse_tasks(cfg.tasks)
   camera = cfg.get("camera", mw.DEFAULT_CAMERA)
