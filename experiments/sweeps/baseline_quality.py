@@ -21,7 +21,13 @@ its stem (four stride-2 convolutions, 64 px -> 4 x 4 x 128: one token per 16 px 
 steps, but ~18.5 min of training; 3000 steps would fit the protocol's ~15-minute budget (64%).
 Then the trunk with one history frame: the trunk is a third of the step's time per frame, so one
 frame makes the step 1.5x cheaper (190 vs 297 ms) and 4000 steps fit the budget; and the same with
-an exponential moving average of the parameters (decay 0.999), evaluated in place of the raw ones."""
+an exponential moving average of the parameters (decay 0.999), evaluated in place of the raw ones.
+Then (session 26) the two ways of reading a 1-2 px goal left untried, each on the current preset (the
+trunk, one frame, 4000 steps): spatial-softmax keypoints (``model.keypoints``: 32 soft-argmax (x, y)
+pairs of a 1x1 convolution of the trunk's 16 x 16 level, one extra token per frame; robomimic's image
+BC) and a stride-1 first convolution (``model.stem_strides``: the trunk sees the full 64 px before
+downsampling; ~4x the trunk's FLOPs, so the same 4000 steps run past the 15-minute budget: the cell
+asks whether resolution is what the goal tasks lack, not whether it fits)."""
 
 from wam_jax.ablations.sweep import Cell, Sweep
 
@@ -65,5 +71,7 @@ SWEEP = Sweep(
         _cell("stem4_history1_steps4000", {"model.stem": (32, 64, 128, 128), "data.history": 1, "train.steps": 4000}),
         _cell("stem4_history1_steps4000_ema", {"model.stem": (32, 64, 128, 128), "data.history": 1,
                                                "train.steps": 4000, "train.ema_decay": 0.999}),
+        _cell("keypoints32", {"model.keypoints": 32, "model.keypoint_level": 1}, pin=False),
+        _cell("stride1_first_conv", {"model.stem_strides": (1, 2, 2, 2)}, pin=False),
     ),
 )

@@ -41,5 +41,62 @@ def test_stem_tokens_are_local():
 
 def test_stem_rejects_a_patch_it_cannot_halve_into():
   tok = encoders.ImageTokenizer(width=8, patch_size=4, stem=(4, 4, 4))
-  with pytest.raises(ValueError, match=r"model.patch_size=4 .* 2\^len\(model.stem\)=8"):
+  with pytest.raises(ValueError, match=r"model.patch_size=4 is not divisible by the stem's downsampling 8"):
     tok.init(jax.random.key(0), _frames(), jnp.ones((2, 2), bool))
+
+
+def test_stem_strides_keep_the_token_grid_at_a_finer_stem():
+  """A stride-1 first convolution: the stem reads the full-resolution image, then the patch embedding
+  takes (p / 4)^2 cells of stem features instead of (p / 8)^2: the same 16 tokens per frame."""
+  frames, mask = _frames(), jnp.ones((2, 2), bool)
+  tok = encoders.ImageTokenizer(width=24, patch_size=8, stem=(4, 8, 8), stem_strides=(1, 2, 2))
+  params = tok.init(jax.random.key(0), frames, mask)
+  out, _ = tok.apply(params, frames, mask)
+  assert out.shape == (2, 2 * 16, 24)
+  assert params["params"]["patch_embed"]["kernel"].unbox().shape == ((8 // 4) ** 2 * 8, 24)
+  with pytest.raises(ValueError, match=r"model.stem_strides=\(1, 2\) needs one stride per model.stem entry"):
+    encoders.ImageTokenizer(width=24, patch_size=8, stem=(4, 8, 8), stem_strides=(1, 2)).init(
+        jax.random.key(0), frames, mask)
+
+
+def test_spatial_softmax_finds_the_peak_of_each_channel():
+  """A one-hot map -> the peak's pixel-centre coordinates in [-1, 1], x then y, per channel."""
+  h, w = 8, 6
+  logits = np.full((1, h, w, 3), -1e4, np.float32)
+  peaks = [(0, 0), (7, 5), (2, 3)]  # (row, column)
+  for k, (r, c) in enumerate(peaks):
+    logits[0, r, c, k] = 0.0
+  kp = np.asarray(encoders.spatial_softmax(jnp.asarray(logits)))
+  expected = [(-1 + 2 * c / (w - 1), -1 + 2 * r / (h - 1)) for r, c in peaks]
+  np.testing.assert_allclose(kp[0], expected, atol=1e-6)
+  # Flat logits: every location equally likely -> the centre of the image.
+  np.testing.assert_allclose(encoders.spatial_softmax(jnp.zeros((2, h, w, 4))), 0.0, atol=1e-6)
+
+
+def test_keypoints_add_one_token_per_frame_that_follows_a_small_dot():
+  """``keypoints=K``: T*(N+1) tokens, the mask repeated over the extra one, and the keypoint token of
+  a frame moves when a 2 px dot moves within one 8 px patch (where a patch token's content changes
+  but its position embedding does not)."""
+  frames, mask = _frames(), jnp.array([[False, True], [True, True]])
+  tok = encoders.ImageTokenizer(width=24, patch_size=8, stem=(4, 8), keypoints=5, keypoint_level=0)
+  params = tok.init(jax.random.key(0), frames, mask)
+  out, out_mask = tok.apply(params, frames, mask)
+  assert out.shape == (2, 2 * 17, 24)
+  np.testing.assert_array_equal(out_mask, np.repeat(np.asarray(mask), 17, axis=1))
+  p = params["params"]
+  assert p["keypoint_logits"]["kernel"].unbox().shape == (1, 1, 4, 5)  # level 0: the first conv's 4 channels
+  assert p["keypoint_embed"]["kernel"].unbox().shape == (10, 24)  # 5 keypoints x (x, y)
+  black = jnp.zeros((1, 2, 32, 32, 3), jnp.uint8)
+  dot_a, dot_b = black.at[0, :, 9:11, 9:11].set(255), black.at[0, :, 13:15, 13:15].set(255)
+  ta, _ = tok.apply(params, dot_a, jnp.ones((1, 2), bool))
+  tb, _ = tok.apply(params, dot_b, jnp.ones((1, 2), bool))
+  assert float(jnp.abs(ta[0, 16] - tb[0, 16]).max()) > 1e-3  # the keypoint token moved
+
+
+def test_keypoints_need_a_stem_and_a_level_of_it():
+  frames, mask = _frames(), jnp.ones((2, 2), bool)
+  with pytest.raises(ValueError, match="model.keypoints needs a convolutional stem"):
+    encoders.ImageTokenizer(width=8, patch_size=8, keypoints=4).init(jax.random.key(0), frames, mask)
+  with pytest.raises(ValueError, match=r"model.keypoint_level=2 is not a level of model.stem=\(4, 8\)"):
+    encoders.ImageTokenizer(width=8, patch_size=8, stem=(4, 8), keypoints=4, keypoint_level=2).init(
+        jax.random.key(0), frames, mask)

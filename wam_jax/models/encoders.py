@@ -36,53 +36,125 @@ def patchify(frames_BTHWC, patch: int):
   return to_patches(to_signed_unit(frames_BTHWC), patch)
 
 
-def conv_stem(x_NHWC, channels: tuple, *, prefix: str = "stem"):
-  """One 3x3 stride-2 convolution + GELU per entry of ``channels``: [N, H, W, C] -> [N, H/2^L,
-  W/2^L, channels[-1]]. Call it inside a compact module: the convolutions become that module's
-  submodules ``{prefix}_0``, ``{prefix}_1``, ... (the VLA's, the video predictor's and the plain
-  CNN's trunks are this one function)."""
-  for i, c in enumerate(channels):
-    x_NHWC = nn.gelu(layers.Conv(c, (3, 3), strides=2, names=(None, None, None, "embed"),
+def conv_stem_levels(x_NHWC, channels: tuple, *, strides: tuple = (), prefix: str = "stem") -> list:
+  """One 3x3 convolution + GELU per entry of ``channels``, stride ``strides[i]`` (default 2 each):
+  [N, H, W, C] -> every level's output, [N, H/s_0, W/s_0, channels[0]], ... Call it inside a compact
+  module: the convolutions become that module's submodules ``{prefix}_0``, ``{prefix}_1``, ... (the
+  VLA's, the video predictor's and the plain CNN's trunks are this one function)."""
+  strides = tuple(strides) or (2,) * len(channels)
+  if len(strides) != len(channels):
+    raise ValueError(f"model.stem_strides={strides} needs one stride per model.stem entry {tuple(channels)}")
+  levels = []
+  for i, (c, s) in enumerate(zip(channels, strides)):
+    x_NHWC = nn.gelu(layers.Conv(c, (3, 3), strides=s, names=(None, None, None, "embed"),
                                  name=f"{prefix}_{i}")(x_NHWC))
-  return x_NHWC
+    levels.append(x_NHWC)
+  return levels
 
 
-def stem_patches(x_BTHWC, patch: int, stem: tuple, *, field: str = "model.patch_size", prefix: str = "stem"):
+def conv_stem(x_NHWC, channels: tuple, *, strides: tuple = (), prefix: str = "stem"):
+  """``conv_stem_levels``' last level: [N, H, W, C] -> [N, H/prod(s), W/prod(s), channels[-1]]
+  (3x3 stride-2 convolutions unless ``strides`` says otherwise)."""
+  return conv_stem_levels(x_NHWC, channels, strides=strides, prefix=prefix)[-1]
+
+
+def stem_downsampling(stem: tuple, strides: tuple = ()) -> int:
+  """How much ``conv_stem(x, stem, strides=strides)`` shrinks each side of the image."""
+  factor = 1
+  for s in (tuple(strides) or (2,) * len(stem)):
+    factor *= s
+  return factor
+
+
+def spatial_softmax(features_NHWC, temperature_K=None):
+  """Soft-argmax keypoints: each channel's softmax over the H x W grid -> its expected (x, y) in
+  [-1, 1] (pixel centres): [N, H, W, K] -> [N, K, 2]. Sub-cell positions from a coarse map (Levine
+  et al. 2016, "End-to-end training of deep visuomotor policies"; robomimic's image BC): a small,
+  moving target (a 1-2 px goal dot) becomes two numbers instead of a fraction of one token.
+  ``temperature_K`` [K] divides the logits (learned by the caller)."""
+  n, h, w, k = features_NHWC.shape
+  logits = features_NHWC.astype(jnp.float32)
+  if temperature_K is not None:
+    logits = logits / temperature_K
+  attn_NKP = nn.softmax(logits.reshape(n, h * w, k).transpose(0, 2, 1), axis=-1)
+  ys, xs = jnp.meshgrid(jnp.linspace(-1.0, 1.0, h), jnp.linspace(-1.0, 1.0, w), indexing="ij")
+  grid_P2 = jnp.stack([xs.reshape(-1), ys.reshape(-1)], axis=-1)
+  return attn_NKP @ grid_P2
+
+
+def image_fields(model_config) -> dict:
+  """The image-reading fields of a ``config.model`` that ``ImageTokenizer`` / ``ObservationEncoder``
+  take (``stem``, ``stem_strides``, ``keypoints``, ``keypoint_level``), their defaults when absent:
+  every family passes ``**image_fields(cfg)``, so a new way of reading frames reaches all of them."""
+  return dict(stem=tuple(model_config.get("stem", ())), stem_strides=tuple(model_config.get("stem_strides", ())),
+              keypoints=int(model_config.get("keypoints", 0)), keypoint_level=int(model_config.get("keypoint_level", 0)))
+
+
+def stem_patches(x_BTHWC, patch: int, stem: tuple, *, strides: tuple = (), field: str = "model.patch_size",
+                 prefix: str = "stem", keep_level: int = None):
   """Signed frames [B, T, H, W, C] -> the ``conv_stem``'s features cut into the same token grid as
-  ``to_patches(x, patch)``: [B, T, (H/p)*(W/p), (p/2^L)^2 * stem[-1]]. ``stem=()``: ``to_patches``."""
+  ``to_patches(x, patch)``: [B, T, (H/p)*(W/p), (p/f)^2 * stem[-1]] for the stem's downsampling f
+  (2^L for L stride-2 convolutions). ``stem=()``: ``to_patches``. With ``keep_level=i`` also returns
+  level i of the stem, [B*T, h_i, w_i, stem[i]] (what ``spatial_softmax`` reads)."""
   if not stem:
+    if keep_level is not None:
+      raise ValueError("model.keypoints needs a convolutional stem (model.stem) to read them from")
     return to_patches(x_BTHWC, patch, field)
-  if patch % (2 ** len(stem)):
-    raise ValueError(f"{field}={patch} is not divisible by 2^len(model.stem)={2 ** len(stem)}: "
-                     "each stem convolution halves the image")
+  factor = stem_downsampling(stem, strides)
+  if patch % factor:
+    raise ValueError(f"{field}={patch} is not divisible by the stem's downsampling {factor} "
+                     f"(model.stem={tuple(stem)}, model.stem_strides={tuple(strides) or 'all 2'})")
   b, t = x_BTHWC.shape[:2]
-  x = conv_stem(x_BTHWC.reshape((b * t,) + x_BTHWC.shape[2:]), stem, prefix=prefix)
-  return to_patches(x.reshape((b, t) + x.shape[1:]), patch // 2 ** len(stem), field)
+  levels = conv_stem_levels(x_BTHWC.reshape((b * t,) + x_BTHWC.shape[2:]), stem, strides=strides, prefix=prefix)
+  x = levels[-1]
+  tokens = to_patches(x.reshape((b, t) + x.shape[1:]), patch // factor, field)
+  if keep_level is None:
+    return tokens
+  if not -len(levels) <= keep_level < len(levels):
+    raise ValueError(f"model.keypoint_level={keep_level} is not a level of model.stem={tuple(stem)}")
+  return tokens, levels[keep_level]
 
 
 class ImageTokenizer(nn.Module):
   """ViT-style patch embedding with learned spatial and temporal position embeddings.
 
-  [B, T, H, W, 3] -> tokens [B, T*N, D] and their mask [B, T*N] from mask_BT; N = (H/p)*(W/p)
-  for ``patch_size`` p whatever the stem. ``stem=()`` embeds each p x p pixel patch with one
-  matrix (ViT). ``stem=(c1, c2, ..)`` first runs one 3x3 stride-2 convolution + GELU per entry
-  (c_i channels), then embeds the remaining p/2^L x p/2^L patch of features: a convolutional
-  stem (Xiao et al. 2021, "Early convolutions help transformers see better") that gives each
-  token local, translation-equivariant features at the same token count.
+  [B, T, H, W, 3] -> tokens [B, T*N', D] and their mask [B, T*N'] from mask_BT; N = (H/p)*(W/p)
+  for ``patch_size`` p whatever the stem, N' = N (+1 with keypoints). ``stem=()`` embeds each p x p
+  pixel patch with one matrix (ViT). ``stem=(c1, c2, ..)`` first runs one 3x3 convolution + GELU per
+  entry (c_i channels; stride 2, or ``stem_strides``), then embeds the remaining patch of features:
+  a convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see better") that
+  gives each token local, translation-equivariant features at the same token count.
+  ``keypoints=K`` adds one token per frame: K spatial-softmax keypoints (``spatial_softmax``) of a
+  1x1 convolution of stem level ``keypoint_level``, their 2K coordinates embedded by one matrix.
   """
   width: int
   patch_size: int
   dot_general: layers.DotGeneral = None
   stem: tuple = ()
+  stem_strides: tuple = ()
+  keypoints: int = 0
+  keypoint_level: int = 0
 
   @nn.compact
   def __call__(self, frames_BTHWC, mask_BT):
     b, t = frames_BTHWC.shape[:2]
-    patches = stem_patches(to_signed_unit(frames_BTHWC), self.patch_size, tuple(self.stem))
+    out = stem_patches(to_signed_unit(frames_BTHWC), self.patch_size, tuple(self.stem),
+                       strides=tuple(self.stem_strides), keep_level=self.keypoint_level if self.keypoints else None)
+    patches, level = out if self.keypoints else (out, None)
     n = patches.shape[2]
     tok_BTND = layers.logical_dense(self.width, ("patch", "embed"), dot_general=self.dot_general,
                                     name="patch_embed")(patches)
     tok_BTND = tok_BTND + layers.learned_embedding(self, "pos", (n, self.width), ("length", "embed"))
+    if self.keypoints:
+      logits = layers.Conv(self.keypoints, (1, 1), names=(None, None, None, None), name="keypoint_logits")(level)
+      log_temp = self.param("keypoint_log_temperature", nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+                            (self.keypoints,))
+      kp_NK2 = spatial_softmax(logits, jnp.exp(log_temp))
+      kp_tok = layers.logical_dense(self.width, (None, "embed"), dot_general=self.dot_general,
+                                    name="keypoint_embed")(kp_NK2.reshape(b, t, 1, 2 * self.keypoints))
+      kp_tok = kp_tok + layers.learned_embedding(self, "keypoint_pos", (self.width,), ("embed",))
+      tok_BTND = jnp.concatenate([tok_BTND, kp_tok.astype(tok_BTND.dtype)], axis=2)
+      n += 1
     tok_BTND = tok_BTND + layers.learned_embedding(self, "time", (t, self.width), ("time", "embed"))[:, None]
     mask_BTN = jnp.broadcast_to(mask_BT[:, :, None], (b, t, n))
     return tok_BTND.reshape(b, t * n, self.width), mask_BTN.reshape(b, t * n)
@@ -114,6 +186,9 @@ class ObservationEncoder(nn.Module):
   num_datasets: int
   dot_general: layers.DotGeneral = None
   stem: tuple = ()  # ImageTokenizer.stem: conv channels before the patch embedding
+  stem_strides: tuple = ()  # ImageTokenizer's: one stride per stem entry, () = all 2
+  keypoints: int = 0  # ImageTokenizer's: spatial-softmax keypoints, one extra token per frame
+  keypoint_level: int = 0
 
   @nn.compact
   def __call__(self, batch):
@@ -121,6 +196,7 @@ class ObservationEncoder(nn.Module):
     tokens, masks = [], []
     for cam in self.cameras:
       t, m = ImageTokenizer(self.width, self.patch_size, self.dot_general, tuple(self.stem),
+                            tuple(self.stem_strides), self.keypoints, self.keypoint_level,
                             name=f"image_{cam}")(
           batch[f"image_{cam}"], history_mask)
       t = t + layers.learned_embedding(self, f"camera_{cam}", (self.width,), ("embed",))

@@ -19,7 +19,7 @@ to pseudo-label action-free video (``wam_jax/data/pseudo_label.py``).
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wam_jax.models import layers, transition
+from wam_jax.models import encoders, layers, transition
 from wam_jax.models.heads import build_head
 from wam_jax.models.heads.regression import action_errors
 
@@ -38,7 +38,7 @@ class IDM(nn.Module):
         patch_size=cfg.patch_size, cameras=tuple(data.cameras), num_queries=data.action_horizon,
         vocab_size=self.vocab_size, num_datasets=self.num_datasets, use_proprio=cfg.use_proprio,
         use_language=cfg.use_language, frame_difference=cfg.frame_difference, dropout=cfg.dropout,
-        dot_general=self.dot_general, stem=tuple(cfg.get("stem", ())))
+        dot_general=self.dot_general, **encoders.image_fields(cfg))
     self.head = build_head(cfg.head, horizon=data.action_horizon, action_dim=data.action_dim,
                            dot_general=self.dot_general)
 
