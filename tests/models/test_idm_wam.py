@@ -359,3 +359,19 @@ def test_fsq_latent_action_model_trains_and_its_policy_classifies_the_codes():
   lat.num_codes = 8
   with pytest.raises(ValueError, match=r"kind='fsq' with levels=\(3, 3\) needs code_dim=2 and num_codes=9"):
     registry.check_model_config(cfg.model)
+
+
+@pytest.mark.parametrize("preset", ["idm_tiny", "latent_policy_tiny"])
+def test_keypoints_reach_the_family_through_its_image_fields(preset):
+  """``model.keypoints`` (encoders.image_fields) builds a keypoint token in the family's frame reader,
+  and the loss's gradient reaches its 1x1 convolution (the IDM's transition encoder; the latent
+  policy's observation encoder)."""
+  cfg = small_config(preset)
+  cfg.model.update(stem=(4, 8), keypoints=3, keypoint_level=1)
+  batch = make_batch(cfg, 4, num_datasets=2)
+  model, params = init(cfg, batch)
+  grads = jit(jax.grad(lambda p: registry.loss_fn(model, p, batch, jax.random.key(1))[0]))(params)
+  found = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(g)
+           for path, g in jax.tree_util.tree_leaves_with_path(grads) if "keypoint_logits" in str(path)}
+  assert any(path.endswith("kernel") and g.shape == (1, 1, 8, 3) for path, g in found.items()), sorted(found)
+  assert any(np.abs(g).sum() > 0 for path, g in found.items() if path.endswith("kernel")), sorted(found)
