@@ -36,16 +36,21 @@ def patchify(frames_BTHWC, patch: int):
   return to_patches(to_signed_unit(frames_BTHWC), patch)
 
 
+def _stem_strides(channels: tuple, strides: tuple) -> tuple:
+  """One stride per stem convolution: ``strides``, or 2 for each when ``strides=()``."""
+  strides = tuple(strides) or (2,) * len(channels)
+  if len(strides) != len(channels):
+    raise ValueError(f"model.stem_strides={strides} needs one stride per model.stem entry {tuple(channels)}")
+  return strides
+
+
 def conv_stem_levels(x_NHWC, channels: tuple, *, strides: tuple = (), prefix: str = "stem") -> list:
   """One 3x3 convolution + GELU per entry of ``channels``, stride ``strides[i]`` (default 2 each):
   [N, H, W, C] -> every level's output, [N, H/s_0, W/s_0, channels[0]], ... Call it inside a compact
   module: the convolutions become that module's submodules ``{prefix}_0``, ``{prefix}_1``, ... (the
   VLA's, the video predictor's and the plain CNN's trunks are this one function)."""
-  strides = tuple(strides) or (2,) * len(channels)
-  if len(strides) != len(channels):
-    raise ValueError(f"model.stem_strides={strides} needs one stride per model.stem entry {tuple(channels)}")
   levels = []
-  for i, (c, s) in enumerate(zip(channels, strides)):
+  for i, (c, s) in enumerate(zip(channels, _stem_strides(channels, strides))):
     x_NHWC = nn.gelu(layers.Conv(c, (3, 3), strides=s, names=(None, None, None, "embed"),
                                  name=f"{prefix}_{i}")(x_NHWC))
     levels.append(x_NHWC)
@@ -61,7 +66,7 @@ def conv_stem(x_NHWC, channels: tuple, *, strides: tuple = (), prefix: str = "st
 def stem_downsampling(stem: tuple, strides: tuple = ()) -> int:
   """How much ``conv_stem(x, stem, strides=strides)`` shrinks each side of the image."""
   factor = 1
-  for s in (tuple(strides) or (2,) * len(stem)):
+  for s in _stem_strides(stem, strides):
     factor *= s
   return factor
 
