@@ -27,7 +27,10 @@ trunk, one frame, 4000 steps): spatial-softmax keypoints (``model.keypoints``: 3
 pairs of a 1x1 convolution of the trunk's 16 x 16 level, one extra token per frame; robomimic's image
 BC) and a stride-1 first convolution (``model.stem_strides``: the trunk sees the full 64 px before
 downsampling; ~4x the trunk's FLOPs, so the same 4000 steps run past the 15-minute budget: the cell
-asks whether resolution is what the goal tasks lack, not whether it fits)."""
+asks whether resolution is what the goal tasks lack, not whether it fits). Session 27: the stride-1
+trunk at 2500 steps (38.7 vs 24.1 GFLOPs per step: 2500 steps cost what the preset's 4000 do, inside
+the budget), on three seeds; and the same with 32 keypoints of its full-resolution (64 x 64) first
+level, the goal dot before any downsampling."""
 
 from wam_jax.ablations.sweep import Cell, Sweep
 
@@ -73,5 +76,8 @@ SWEEP = Sweep(
                                                "train.steps": 4000, "train.ema_decay": 0.999}),
         _cell("keypoints32", {"model.keypoints": 32, "model.keypoint_level": 1}, pin=False),
         _cell("stride1_first_conv", {"model.stem_strides": (1, 2, 2, 2)}, pin=False),
+        _cell("stride1_steps2500", {"model.stem_strides": (1, 2, 2, 2), "train.steps": 2500}, pin=False),
+        _cell("stride1_keypoints32_full_steps2500", {"model.stem_strides": (1, 2, 2, 2), "model.keypoints": 32,
+                                                     "model.keypoint_level": 0, "train.steps": 2500}, pin=False),
     ),
 )
