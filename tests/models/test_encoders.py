@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -15,7 +16,7 @@ def _frames(b=2, t=2, s=32, seed=0):
 @pytest.mark.parametrize("stem", [(), (8,), (8, 16)])
 def test_stem_keeps_the_token_grid_and_mask(stem):
   frames, mask = _frames(), jnp.array([[False, True], [True, True]])
-  tok = encoders.ImageTokenizer(width=24, patch_size=8, stem=stem)
+  tok = encoders.ImageTokenizer(width=24, patch_size=8, image=encoders.ImageFields(stem=stem))
   params = tok.init(jax.random.key(0), frames, mask)
   out, out_mask = tok.apply(params, frames, mask)
   assert out.shape == (2, 2 * 16, 24)  # 32 px / patch 8 = 4 x 4 tokens per frame, whatever the stem
@@ -30,7 +31,7 @@ def test_stem_keeps_the_token_grid_and_mask(stem):
 def test_stem_tokens_are_local():
   """A pixel change in one 8x8 patch moves only the tokens whose stem receptive field covers it."""
   frames = _frames(b=1, t=1)
-  tok = encoders.ImageTokenizer(width=16, patch_size=8, stem=(4, 8))
+  tok = encoders.ImageTokenizer(width=16, patch_size=8, image=encoders.ImageFields(stem=(4, 8)))
   params = tok.init(jax.random.key(1), frames, jnp.ones((1, 1), bool))
   base, _ = tok.apply(params, frames, jnp.ones((1, 1), bool))
   changed, _ = tok.apply(params, frames.at[0, 0, 0:4, 0:4].set(255 - frames[0, 0, 0:4, 0:4]),
@@ -40,7 +41,7 @@ def test_stem_tokens_are_local():
 
 
 def test_stem_rejects_a_patch_it_cannot_halve_into():
-  tok = encoders.ImageTokenizer(width=8, patch_size=4, stem=(4, 4, 4))
+  tok = encoders.ImageTokenizer(width=8, patch_size=4, image=encoders.ImageFields(stem=(4, 4, 4)))
   with pytest.raises(ValueError, match=r"model.patch_size=4 is not divisible by the stem's downsampling 8"):
     tok.init(jax.random.key(0), _frames(), jnp.ones((2, 2), bool))
 
@@ -49,13 +50,15 @@ def test_stem_strides_keep_the_token_grid_at_a_finer_stem():
   """A stride-1 first convolution: the stem reads the full-resolution image, then the patch embedding
   takes (p / 4)^2 cells of stem features instead of (p / 8)^2: the same 16 tokens per frame."""
   frames, mask = _frames(), jnp.ones((2, 2), bool)
-  tok = encoders.ImageTokenizer(width=24, patch_size=8, stem=(4, 8, 8), stem_strides=(1, 2, 2))
+  tok = encoders.ImageTokenizer(
+      width=24, patch_size=8, image=encoders.ImageFields(stem=(4, 8, 8), stem_strides=(1, 2, 2)))
   params = tok.init(jax.random.key(0), frames, mask)
   out, _ = tok.apply(params, frames, mask)
   assert out.shape == (2, 2 * 16, 24)
   assert params["params"]["patch_embed"]["kernel"].unbox().shape == ((8 // 4) ** 2 * 8, 24)
   with pytest.raises(ValueError, match=r"model.stem_strides=\(1, 2\) needs one stride per model.stem entry"):
-    encoders.ImageTokenizer(width=24, patch_size=8, stem=(4, 8, 8), stem_strides=(1, 2)).init(
+    encoders.ImageTokenizer(
+        width=24, patch_size=8, image=encoders.ImageFields(stem=(4, 8, 8), stem_strides=(1, 2))).init(
         jax.random.key(0), frames, mask)
 
 
@@ -78,7 +81,8 @@ def test_keypoints_add_one_token_per_frame_that_follows_a_small_dot():
   a frame moves when a 2 px dot moves within one 8 px patch (where a patch token's content changes
   but its position embedding does not)."""
   frames, mask = _frames(), jnp.array([[False, True], [True, True]])
-  tok = encoders.ImageTokenizer(width=24, patch_size=8, stem=(4, 8), keypoints=5, keypoint_level=0)
+  tok = encoders.ImageTokenizer(
+      width=24, patch_size=8, image=encoders.ImageFields(stem=(4, 8), keypoints=5, keypoint_level=0))
   params = tok.init(jax.random.key(0), frames, mask)
   out, out_mask = tok.apply(params, frames, mask)
   assert out.shape == (2, 2 * 17, 24)
@@ -96,7 +100,19 @@ def test_keypoints_add_one_token_per_frame_that_follows_a_small_dot():
 def test_keypoints_need_a_stem_and_a_level_of_it():
   frames, mask = _frames(), jnp.ones((2, 2), bool)
   with pytest.raises(ValueError, match="model.keypoints needs a convolutional stem"):
-    encoders.ImageTokenizer(width=8, patch_size=8, keypoints=4).init(jax.random.key(0), frames, mask)
-  with pytest.raises(ValueError, match=r"model.keypoint_level=2 is not a level of model.stem=\(4, 8\)"):
-    encoders.ImageTokenizer(width=8, patch_size=8, stem=(4, 8), keypoints=4, keypoint_level=2).init(
+    encoders.ImageTokenizer(width=8, patch_size=8, image=encoders.ImageFields(keypoints=4)).init(
         jax.random.key(0), frames, mask)
+  with pytest.raises(ValueError, match=r"model.keypoint_level=2 is not a level of model.stem=\(4, 8\)"):
+    encoders.ImageTokenizer(
+        width=8, patch_size=8, image=encoders.ImageFields(stem=(4, 8), keypoints=4, keypoint_level=2)).init(
+        jax.random.key(0), frames, mask)
+
+
+def test_image_fields_read_a_config_into_one_hashable_value():
+  """``image_fields(config.model)``: every field from the config (lists become tuples), the default where
+  a config lacks one, and a value hashable enough to be a module attribute under ``jit``."""
+  cfg = ml_collections.ConfigDict(dict(stem=[32, 64], stem_strides=[1, 2], keypoints=np.int64(8)))
+  image = encoders.image_fields(cfg)
+  assert image == encoders.ImageFields(stem=(32, 64), stem_strides=(1, 2), keypoints=8, keypoint_level=0)
+  assert hash(image) == hash(encoders.ImageFields((32, 64), (1, 2), 8, 0))
+  assert encoders.image_fields(ml_collections.ConfigDict()) == encoders.ImageFields()

@@ -228,3 +228,29 @@ def test_data_pipeline_reads_generated_datasets(data_root, tmp_path):
   from_video = batch["dataset_id"] == 1
   assert not batch["action_mask"][from_video].any()  # Action-free windows.
   assert batch["action_dim_mask"][~from_video][:, :4].all()
+
+
+def test_collection_saves_each_task_before_the_next_one_starts(monkeypatch):
+  """In-process (``num_workers=1``) collection runs jobs in task order and hands a task to
+  ``on_task_done`` as soon as it has its episodes, before the next task's first rollout: an interrupted
+  generation keeps every finished task, and memory holds one task's episodes, not all of them. A failed
+  seed is replaced by the task's next unused seed."""
+  events = []
+
+  def fake_rollout(task, seed, **kwargs):
+    events.append(("rollout", task, seed))
+    success = not (task == "reach-v3" and seed == 1)
+    return {"episode_metadata": {"success": success, "seed": seed}, "steps": {"is_first": np.zeros(3, bool)}}
+
+  monkeypatch.setattr(metaworld_data, "rollout_expert", fake_rollout)
+  logs = []
+  done, stats = metaworld_data.collect_episodes(
+      ("reach-v3", "push-v3"), 3, num_workers=1, log=logs.append,
+      on_task_done=lambda task, eps: events.append(("saved", task, tuple(e["episode_metadata"]["seed"] for e in eps))))
+  saved_reach = events.index(("saved", "reach-v3", (0, 2, 3)))
+  first_push = next(i for i, e in enumerate(events) if e[:2] == ("rollout", "push-v3"))
+  assert saved_reach < first_push
+  assert events[-1] == ("saved", "push-v3", (0, 1, 2))
+  assert done == {"reach-v3": [], "push-v3": []}
+  assert (stats.episodes, stats.failures, stats.failed_seeds) == (6, 1, {"reach-v3": [1]})
+  assert logs[-1].startswith("[demos] 6/6 episodes, 1 failed")

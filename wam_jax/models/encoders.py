@@ -1,5 +1,7 @@
 """Observation encoders shared by every family: images, text, proprio -> tokens [B, N, D]."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -87,12 +89,34 @@ def spatial_softmax(features_NHWC, temperature_K=None):
   return attn_NKP @ grid_P2
 
 
-def image_fields(model_config) -> dict:
-  """The image-reading fields of a ``config.model`` that ``ImageTokenizer`` / ``ObservationEncoder``
-  take (``stem``, ``stem_strides``, ``keypoints``, ``keypoint_level``), their defaults when absent:
-  every family passes ``**image_fields(cfg)``, so a new way of reading frames reaches all of them."""
-  return dict(stem=tuple(model_config.get("stem", ())), stem_strides=tuple(model_config.get("stem_strides", ())),
-              keypoints=int(model_config.get("keypoints", 0)), keypoint_level=int(model_config.get("keypoint_level", 0)))
+@dataclasses.dataclass(frozen=True)
+class ImageFields:
+  """How ``ImageTokenizer`` reads a frame before the patch embedding: the image fields of ``config.model``.
+
+  stem: channels of one 3x3 convolution + GELU each (``conv_stem``); () embeds pixel patches (ViT).
+  stem_strides: one stride per ``stem`` entry; () = 2 for each.
+  keypoints: K > 0 adds one token per frame, K spatial-softmax keypoints of stem level ``keypoint_level``.
+  keypoint_level: index into ``stem`` (0: the first convolution's map).
+
+  One frozen (hashable) value, so the modules that build a tokenizer (``ObservationEncoder``,
+  ``transition.TransitionEncoder``) carry one field and a new way of reading frames reaches every
+  family without touching their construction sites.
+  """
+  stem: tuple = ()
+  stem_strides: tuple = ()
+  keypoints: int = 0
+  keypoint_level: int = 0
+
+  def __post_init__(self):  # config values arrive as lists or numpy ints; keep the value hashable
+    object.__setattr__(self, "stem", tuple(int(c) for c in self.stem))
+    object.__setattr__(self, "stem_strides", tuple(int(c) for c in self.stem_strides))
+    object.__setattr__(self, "keypoints", int(self.keypoints))
+    object.__setattr__(self, "keypoint_level", int(self.keypoint_level))
+
+
+def image_fields(model_config) -> ImageFields:
+  """``config.model``'s image fields (``ImageFields``), their defaults where a config lacks them."""
+  return ImageFields(**{f.name: model_config.get(f.name, f.default) for f in dataclasses.fields(ImageFields)})
 
 
 def stem_patches(x_BTHWC, patch: int, stem: tuple, *, strides: tuple = (), field: str = "model.patch_size",
@@ -131,32 +155,31 @@ class ImageTokenizer(nn.Module):
   gives each token local, translation-equivariant features at the same token count.
   ``keypoints=K`` adds one token per frame: K spatial-softmax keypoints (``spatial_softmax``) of a
   1x1 convolution of stem level ``keypoint_level``, their 2K coordinates embedded by one matrix.
+  All four are ``image`` (``ImageFields``).
   """
   width: int
   patch_size: int
   dot_general: layers.DotGeneral = None
-  stem: tuple = ()
-  stem_strides: tuple = ()
-  keypoints: int = 0
-  keypoint_level: int = 0
+  image: ImageFields = ImageFields()
 
   @nn.compact
   def __call__(self, frames_BTHWC, mask_BT):
     b, t = frames_BTHWC.shape[:2]
-    out = stem_patches(to_signed_unit(frames_BTHWC), self.patch_size, tuple(self.stem),
-                       strides=tuple(self.stem_strides), keep_level=self.keypoint_level if self.keypoints else None)
-    patches, level = out if self.keypoints else (out, None)
+    k = self.image.keypoints
+    out = stem_patches(to_signed_unit(frames_BTHWC), self.patch_size, self.image.stem,
+                       strides=self.image.stem_strides, keep_level=self.image.keypoint_level if k else None)
+    patches, level = out if k else (out, None)
     n = patches.shape[2]
     tok_BTND = layers.logical_dense(self.width, ("patch", "embed"), dot_general=self.dot_general,
                                     name="patch_embed")(patches)
     tok_BTND = tok_BTND + layers.learned_embedding(self, "pos", (n, self.width), ("length", "embed"))
-    if self.keypoints:
-      logits = layers.Conv(self.keypoints, (1, 1), names=(None, None, None, None), name="keypoint_logits")(level)
+    if k:
+      logits = layers.Conv(k, (1, 1), names=(None, None, None, None), name="keypoint_logits")(level)
       log_temp = self.param("keypoint_log_temperature", nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
-                            (self.keypoints,))
+                            (k,))
       kp_NK2 = spatial_softmax(logits, jnp.exp(log_temp))
       kp_tok = layers.logical_dense(self.width, (None, "embed"), dot_general=self.dot_general,
-                                    name="keypoint_embed")(kp_NK2.reshape(b, t, 1, 2 * self.keypoints))
+                                    name="keypoint_embed")(kp_NK2.reshape(b, t, 1, 2 * k))
       kp_tok = kp_tok + layers.learned_embedding(self, "keypoint_pos", (self.width,), ("embed",))
       tok_BTND = jnp.concatenate([tok_BTND, kp_tok.astype(tok_BTND.dtype)], axis=2)
       n += 1
@@ -190,19 +213,14 @@ class ObservationEncoder(nn.Module):
   vocab_size: int
   num_datasets: int
   dot_general: layers.DotGeneral = None
-  stem: tuple = ()  # ImageTokenizer.stem: conv channels before the patch embedding
-  stem_strides: tuple = ()  # ImageTokenizer's: one stride per stem entry, () = all 2
-  keypoints: int = 0  # ImageTokenizer's: spatial-softmax keypoints, one extra token per frame
-  keypoint_level: int = 0
+  image: ImageFields = ImageFields()  # each camera's ImageTokenizer: stem, strides, keypoints
 
   @nn.compact
   def __call__(self, batch):
     history_mask = batch["history_mask"]
     tokens, masks = [], []
     for cam in self.cameras:
-      t, m = ImageTokenizer(self.width, self.patch_size, self.dot_general, tuple(self.stem),
-                            tuple(self.stem_strides), self.keypoints, self.keypoint_level,
-                            name=f"image_{cam}")(
+      t, m = ImageTokenizer(self.width, self.patch_size, self.dot_general, self.image, name=f"image_{cam}")(
           batch[f"image_{cam}"], history_mask)
       t = t + layers.learned_embedding(self, f"camera_{cam}", (self.width,), ("embed",))
       tokens.append(t)

@@ -88,7 +88,7 @@ class LatentActionModel(nn.Module):
         cameras=tuple(data.cameras), num_queries=lat.num_tokens, vocab_size=self.vocab_size,
         num_datasets=self.num_datasets, use_proprio=cfg.use_proprio, use_language=cfg.use_language,
         frame_difference=cfg.frame_difference, dropout=cfg.dropout, dot_general=self.dot_general,
-        **encoders.image_fields(cfg))
+        image=encoders.image_fields(cfg))
     if discrete(lat):
       self.to_code = layers.logical_dense(lat.code_dim, ("embed", None), dot_general=self.dot_general)
       self.bottleneck = (quantizers.VectorQuantizer(lat.num_codes, lat.code_dim, lat.commitment, lat.entropy_weight)

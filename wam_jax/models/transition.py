@@ -49,10 +49,7 @@ class TransitionEncoder(nn.Module):
   frame_difference: bool = True
   dropout: float = 0.0
   dot_general: layers.DotGeneral = None
-  stem: tuple = ()  # ImageTokenizer.stem of the frames (the motion patches stay pixel differences)
-  stem_strides: tuple = ()  # ImageTokenizer's other image fields (encoders.image_fields)
-  keypoints: int = 0
-  keypoint_level: int = 0
+  image: encoders.ImageFields = encoders.ImageFields()  # the frames' tokenizer (motion patches stay pixel differences)
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
@@ -68,8 +65,7 @@ class TransitionEncoder(nn.Module):
       chex.assert_shape([hist_BTHWC, fut_BFHWC], [(b, t) + hist_BTHWC.shape[2:], (b, f) + hist_BTHWC.shape[2:]])
       frames = jnp.concatenate([hist_BTHWC, fut_BFHWC], axis=1)
       mask = jnp.concatenate([hist_mask_BT, fut_mask_BF], axis=1)
-      tok, m = encoders.ImageTokenizer(d, self.patch_size, dg, tuple(self.stem), tuple(self.stem_strides), self.keypoints,
-                                       self.keypoint_level, name=f"frames_{cam}")(frames, mask)
+      tok, m = encoders.ImageTokenizer(d, self.patch_size, dg, self.image, name=f"frames_{cam}")(frames, mask)
       tok = tok + layers.learned_embedding(self, f"camera_{cam}", (d,), ("embed",))
       tokens.append(tok)
       masks.append(m)

@@ -24,6 +24,7 @@ Seeds (the start state of an episode; disjoint ranges per use): demos
 import concurrent.futures
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import pathlib
@@ -180,8 +181,19 @@ def collect_episodes(tasks: Sequence[str], episodes_per_task: int, *, seed_base:
   run = functools.partial(rollout_expert, resolution=resolution, camera=camera, max_steps=max_steps)
   log(f"[{label}] {len(tasks)} tasks x {episodes_per_task} episodes, {resolution}px, "
       f"{num_workers} worker(s)")
+  # Jobs go in task order, at most ``in_flight`` at a time: tasks finish (and are saved through
+  # ``on_task_done``) one after another, memory holds a task's episodes rather than all of them, and
+  # the inline executor (which runs a job at ``submit``) reports progress as it goes.
+  jobs = iter([(t, seed_base + i) for t in tasks for i in range(episodes_per_task)])
+  in_flight = 2 * max(1, num_workers)
   with workers.executor(num_workers) as pool, workers.cancel_on_error(pool):
-    pending = {pool.submit(run, t, seed_base + i): t for t in tasks for i in range(episodes_per_task)}
+    pending = {}
+
+    def refill():
+      for task, seed in itertools.islice(jobs, max(0, in_flight - len(pending))):
+        pending[pool.submit(run, task, seed)] = task
+
+    refill()
     while pending:
       finished, _ = _wait_first(pending)
       for future in finished:
@@ -205,6 +217,7 @@ def collect_episodes(tasks: Sequence[str], episodes_per_task: int, *, seed_base:
                 f"(push-back-v3 ~300): raise max_steps (MetaWorld allows {mw.MAX_ENV_STEPS})")
           pending[pool.submit(run, task, next_seed[task])] = task
           next_seed[task] += 1
+      refill()
       now = time.time()
       n_done = sum(map(len, done.values())) + sum(n_released.values())
       if now - last_log > 5 or not pending:
