@@ -30,7 +30,8 @@ def data_config() -> ml_collections.ConfigDict:
       text_tokenizer="",    # "" = UTF-8 bytes; a tokenizer.json (absolute, or under the data root) = the LM BPE (hybrid)
       normalization="quantile",  # "zscore" | "quantile" (q01/q99 -> [-1, 1]).
       augment=ml_collections.ConfigDict(dict(
-          enabled=True, crop_scale=(0.85, 1.0), crop_ratio=(0.9, 1.1),
+          enabled=True, shift=0,  # shift: up to this many pixels each way, border repeated (DrQ)
+          crop_scale=(0.85, 1.0), crop_ratio=(0.9, 1.1),  # (1, 1), (1, 1): no resized crop
           brightness=0.2, contrast=0.2, saturation=0.2)),
       num_workers=0,        # grain worker processes (part of a run's identity).
       read_threads=-1,      # grain prefetch threads per process; -1: 0 in-process, 2 per worker (measured best on 2 cores).

@@ -30,7 +30,10 @@ downsampling; ~4x the trunk's FLOPs, so the same 4000 steps run past the 15-minu
 asks whether resolution is what the goal tasks lack, not whether it fits). Session 27: the stride-1
 trunk at 2500 steps (38.7 vs 24.1 GFLOPs per step: 2500 steps cost what the preset's 4000 do, inside
 the budget), on three seeds; and the same with 32 keypoints of its full-resolution (64 x 64) first
-level, the goal dot before any downsampling."""
+level, the goal dot before any downsampling. And the textbook cure for a policy that fits its 20 demos
+offline (held-out action error still falling) without gaining closed loop: random shifts of up to 4 px
+(``data.augment.shift``; DrQ, robomimic's crop randomizer) on the current preset, with no rescaling or
+colour jitter (version 1's augmentation had both and hurt)."""
 
 from wam_jax.ablations.sweep import Cell, Sweep
 
@@ -42,6 +45,11 @@ V2_PRESET = {"model.stem": (), "data.history": 2, "train.steps": 2000, "data.aug
 NO_AUGMENT = {"data.augment.enabled": False}
 AUGMENT = {"data.augment.enabled": True}  # random crops + colour jitter (the version-1 preset)
 STEM = {"model.stem": (32, 64)}
+# Random shifts of up to 4 px each way, the border repeated (DrQ's pad-and-crop), and nothing else: objects
+# move but keep their size and colour (version 1's crops also rescaled and its jitter recoloured).
+SHIFT4 = {"data.augment.enabled": True, "data.augment.shift": 4, "data.augment.crop_scale": (1.0, 1.0),
+          "data.augment.crop_ratio": (1.0, 1.0), "data.augment.brightness": 0.0, "data.augment.contrast": 0.0,
+          "data.augment.saturation": 0.0}
 
 
 def _cell(name: str, overrides: dict = None, config: str = "experiments/configs/vla_baseline.py:mt10_n20",
@@ -79,5 +87,6 @@ SWEEP = Sweep(
         _cell("stride1_steps2500", {"model.stem_strides": (1, 2, 2, 2), "train.steps": 2500}, pin=False),
         _cell("stride1_keypoints32_full_steps2500", {"model.stem_strides": (1, 2, 2, 2), "model.keypoints": 32,
                                                      "model.keypoint_level": 0, "train.steps": 2500}, pin=False),
+        _cell("shift4", SHIFT4, pin=False),
     ),
 )

@@ -1,4 +1,8 @@
-"""Frame augmentation in numpy: random resized crop + colour jitter.
+"""Frame augmentation in numpy: random shift, random resized crop, colour jitter.
+
+``shift=s`` (pixels) translates the frame by up to s pixels each way, the border repeated (DrQ's
+pad-and-crop): objects move, their size does not. ``crop_scale`` / ``crop_ratio`` crop and resize
+back (objects move and change size); ``crop_scale=(1, 1), crop_ratio=(1, 1)`` leaves that step out.
 
 One draw of parameters per (sample, camera) is applied to every frame of that
 camera in the sample, history and future alike, so motion between frames is
@@ -15,7 +19,13 @@ _GRAY = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def sample_params(rng: np.random.Generator, aug_cfg, height: int, width: int) -> dict:
-  """One draw: crop box (y, x, h, w) in pixels and jitter factors."""
+  """One draw: shift (dy, dx), crop box (y, x, h, w) in pixels and jitter factors.
+
+  The shift is drawn only when ``aug_cfg.shift > 0``, so configs without it keep their random stream."""
+  max_shift = int(aug_cfg.get("shift", 0))
+  if max_shift < 0 or max_shift >= min(height, width):
+    raise ValueError(f"data.augment.shift={max_shift} must be in [0, {min(height, width)}) for {height}x{width} frames")
+  shift = tuple(int(v) for v in rng.integers(-max_shift, max_shift + 1, 2)) if max_shift else (0, 0)
   area = height * width
   lo_s, hi_s = aug_cfg.crop_scale
   lo_r, hi_r = aug_cfg.crop_ratio
@@ -27,7 +37,7 @@ def sample_params(rng: np.random.Generator, aug_cfg, height: int, width: int) ->
   y, x = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
   def factor(amount):
     return float(rng.uniform(1 - amount, 1 + amount)) if amount else 1.0
-  return dict(box=(int(y), int(x), h, w), brightness=factor(aug_cfg.brightness),
+  return dict(shift=shift, box=(int(y), int(x), h, w), brightness=factor(aug_cfg.brightness),
               contrast=factor(aug_cfg.contrast), saturation=factor(aug_cfg.saturation))
 
 
@@ -43,15 +53,26 @@ def color_matrix(params: dict) -> np.ndarray:
   return params["contrast"] * params["brightness"] * sat
 
 
+def shift_frames(frames_NHWC: np.ndarray, dy: int, dx: int) -> np.ndarray:
+  """[N, H, W, C] -> the same frames moved by (dy, dx) pixels (down, right), the border repeated."""
+  if not dy and not dx:
+    return frames_NHWC
+  n, h, w, _ = frames_NHWC.shape
+  p = max(abs(dy), abs(dx))
+  padded = np.pad(frames_NHWC, ((0, 0), (p, p), (p, p), (0, 0)), mode="edge")
+  return padded[:, p - dy:p - dy + h, p - dx:p - dx + w]
+
+
 def augment_frames(frames_NHWC: np.ndarray, params: dict) -> np.ndarray:
   """uint8 [N, H, W, 3] -> uint8 [N, H, W, 3], same params on every frame.
 
-  Crop + bilinear resize back to [H, W] per frame, then the colour jitter as
+  Shift (``shift_frames``), then crop + bilinear resize back to [H, W] per frame, then the colour jitter as
   one affine colour transform over all N frames (contrast pivots on the mean
   gray of all N crops, so every frame gets identical parameters). Both steps
   run in PIL's C code (GIL released), ~100 us per 64x64 frame on this CPU.
   Clipping happens once, at the end.
   """
+  frames_NHWC = shift_frames(frames_NHWC, *params.get("shift", (0, 0)))
   n, h, w, _ = frames_NHWC.shape
   y0, x0, ch, cw = params["box"]
   crops = np.concatenate([
