@@ -74,6 +74,10 @@ def comparisons(best: str = FAMILY_CELLS[0]) -> list[Comparison]:
   for n in (2, 5):  # 2. inverse dynamics helps when labels are scarce
     rows += [Comparison("2", f"VLA on demos + IDM pseudo-labels vs demos only, N={n}",
                         Side(idm, f"vla_pseudo_n{n}"), Side(idm, f"vla_n{n}")),
+             Comparison("2", f"upper bound: VLA on demos + the pool's true (expert) labels vs demos only, N={n}",
+                        Side(idm, f"vla_oracle_n{n}"), Side(idm, f"vla_n{n}")),
+             Comparison("2", f"IDM pseudo-labels vs the pool's true labels, N={n}",
+                        Side(idm, f"vla_pseudo_n{n}"), Side(idm, f"vla_oracle_n{n}")),
              Comparison("2", f"plan with video, act with IDM vs VLA, N={n}", Side(idm, f"plan_idm_n{n}"),
                         Side(idm, f"vla_n{n}")),
              Comparison("2", f"latent-action pretraining + fine-tune vs VLA, N={n}",

@@ -3,6 +3,8 @@
   .venv/bin/python scripts/label_video.py --idm=runs/idm_tiny \
       --src=wam_data/metaworld_video/1.0.0 --out=wam_data/metaworld_video_labeled/1.0.0 \
       [--batch_size=64] [--max_episodes=N] [--step=S] [--overwrite]
+  .venv/bin/python scripts/label_video.py --expert --src=... --out=...   # the oracle: MetaWorld's
+      # scripted expert on each step's stored full state (the upper bound of pseudo-labelling)
 
 Writes an RLDS dataset in the demos' schema, actions from the IDM (which step
 gets which predicted action, the output layout and the metadata:
@@ -26,6 +28,8 @@ _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)
 from wam_jax.data import pseudo_label
 
 _IDM = flags.DEFINE_string("idm", None, "Workdir of a trained IDM run (config.model.name='idm').")
+_EXPERT = flags.DEFINE_bool("expert", False, "Label with MetaWorld's scripted expert instead of an IDM (the oracle; "
+                            "needs the source's env_state and task).")
 _SRC = flags.DEFINE_string("src", None, "Action-free RLDS dataset version dir (ArrayRecord).")
 _OUT = flags.DEFINE_string("out", None, "Output dataset version dir, e.g. wam_data/metaworld_video_labeled/1.0.0.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Windows per IDM call.")
@@ -34,13 +38,17 @@ _MAX = flags.DEFINE_integer("max_episodes", None, "Label at most this many episo
 _STEP = flags.DEFINE_integer("step", None, "IDM checkpoint step (default: the newest readable one).")
 _SHARD = flags.DEFINE_integer("episodes_per_shard", 100, "Episodes per output shard (the unit of resumption).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard an existing --out and any partial labelling.")
-flags.mark_flags_as_required(["idm", "src", "out"])
+flags.mark_flags_as_required(["src", "out"])
 
 
 def main(argv):
   del argv
+  if bool(_IDM.value) == _EXPERT.value:
+    print("label_video: pass exactly one labeller: --idm=<IDM workdir> or --expert", file=sys.stderr)
+    sys.exit(2)
+  labeler = pseudo_label.EXPERT if _EXPERT.value else _IDM.value
   try:
-    r = pseudo_label.label_dataset(_IDM.value, _SRC.value, _OUT.value, batch_size=_BATCH.value,
+    r = pseudo_label.label_dataset(labeler, _SRC.value, _OUT.value, batch_size=_BATCH.value,
                                    max_episodes=_MAX.value, episodes_per_shard=_SHARD.value, step=_STEP.value,
                                    overwrite=_OVERWRITE.value)
   except ValueError as e:
@@ -48,7 +56,7 @@ def main(argv):
     sys.exit(2)
   rate = 60 * r["episodes"] / max(r["seconds"], 1e-9)
   print(f"{r['status']}: {r['episodes']} episodes labelled in {r['seconds']:.1f} s ({rate:.1f} episodes/min), "
-        f"{r['skipped']} done before, IDM {r['idm_checkpoint']} -> {_OUT.value}")
+        f"{r['skipped']} done before, labeller {r['idm_checkpoint']} -> {_OUT.value}")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,18 @@ seed:
   stage, the same run as video_wam_data_efficiency's: linked from there when finished);
 - plan_idm_n{N}: plan with that video model, act with the IDM (an eval cell: eval.py --policy=plan_idm,
   the protocol's 200 episodes, no training);
-- vla_n{N}: the VLA on the demos only (the reference row, as baseline_data_efficiency: linked).
+- vla_n{N}: the VLA on the demos only (the reference row, as baseline_data_efficiency: linked);
+- label_oracle / vla_oracle_n{N} (added in session 27): the pool labelled by the scripted expert on
+  each step's stored state (label_video.py --expert) and the VLA on the demos + that pool: the upper
+  bound of pseudo-labelling, the pool's coverage without the IDM's label noise. Where vla_pseudo_n{N}
+  lands between vla_n{N} and vla_oracle_n{N} says whether the labels or the extra scenes limit it.
 
 The latent-action method of claim 2 is the latent_actions sweep."""
 
 from wam_jax.ablations.sweep import Cell, Sweep
 
 N_DEMOS = (2, 5)
+ORACLE = "metaworld_video_pool_oracle"
 
 
 def _cells(n):
@@ -29,6 +34,9 @@ def _cells(n):
       Cell(name=f"plan_idm_n{n}", kind="eval", init_from=f"idm_n{n}", video_from="video_pretrain",
            method="plan_idm", n_demos=n),
       Cell(name=f"vla_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}", method="vla_l1", n_demos=n),
+      Cell(name=f"vla_oracle_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
+           overrides={"data.mixture": ((demos, 1.0), (ORACLE, 1.0))}, data_from={ORACLE: "label_oracle"},
+           method="vla_oracle_labels", n_demos=n),
   )
 
 
@@ -38,6 +46,7 @@ SWEEP = Sweep(
                # v2: protocol presets read frames through the conv trunk protocol.STEM (session 9)
     description=__doc__,
     cells=(Cell(name="video_pretrain", config="experiments/configs/video_wam.py:pretrain_mt10", stage_seed=0,
-                method="video_pretrain"),)
+                method="video_pretrain"),
+           Cell(name="label_oracle", kind="label", overrides={"expert": True}, method="oracle_labels"))
     + tuple(c for n in N_DEMOS for c in _cells(n)),
 )

@@ -204,6 +204,10 @@ def test_script_reports_bad_input_in_one_line(runs, tmp_path):
   assert r.returncode == 2, r.stderr
   assert r.stderr.strip().splitlines()[-1].startswith("label_video: --src=")
   assert "no dataset_info.json" in r.stderr
+  both = subprocess.run([sys.executable, str(REPO / "scripts" / "label_video.py"), f"--idm={runs['workdir']}",
+                         "--expert", f"--src={runs['src']}", f"--out={tmp_path / 'y' / '1.0.0'}"],
+                        capture_output=True, text=True, cwd=REPO, env={"JAX_PLATFORMS": "cpu", "PATH": ""})
+  assert both.returncode == 2 and "pass exactly one labeller" in both.stderr.strip().splitlines()[-1]
 
 
 def test_the_sweep_harness_label_command_writes_a_finished_dataset(runs, tmp_path):
@@ -225,3 +229,33 @@ def test_the_sweep_harness_label_command_writes_a_finished_dataset(runs, tmp_pat
   assert sweep_lib._finished(rdir, None, "label") == (True, "")
   reader = rlds.RldsReader(rdir / sweep_lib.LABELLED, "train", registry.get_spec(LABELED))
   assert len(reader) == 2 and reader.decode(0).actions.shape == (5, 4)
+
+
+def test_the_expert_labels_a_real_pool_with_the_actions_it_took(tmp_path):
+  """The oracle (``--expert``): two scripted-expert rollouts written as action-free video (as the protocol
+  writes its pool) get back the actions the expert took, from each step's stored full state; the metadata
+  names the expert. A source without real tasks gets an error naming the task."""
+  from wam_jax.data import rlds_writer
+  from wam_jax.sim import metaworld_data
+  episodes = [metaworld_data.rollout_expert(task, seed, resolution=16, max_steps=40)
+              for task, seed in (("reach-v3", 0), ("drawer-close-v3", 1))]
+  taken = [ep["steps"]["action"] for ep in episodes]
+  for i, ep in enumerate(episodes):
+    ep.pop("first_success")
+    ep["steps"].pop("action")
+    ep["episode_metadata"]["episode_id"] = i
+  src = rlds_writer.write_rlds_dataset(tmp_path / "pool" / "1.0.0", metaworld_data.features(16, with_action=False),
+                                       {"train": episodes, "val": episodes[:1]})
+  out = tmp_path / "metaworld_video_pool_oracle" / "1.0.0"
+  r = pseudo_label.label_dataset(pseudo_label.EXPERT, src, out, log=lambda s: None)
+  assert (r["status"], r["episodes"], r["idm_checkpoint"]) == ("complete", 3, "metaworld-scripted-expert")
+  labelled = decoded_episodes(out, "train")
+  for ep, actions in zip(labelled, taken):
+    np.testing.assert_allclose(np.stack([s["action"] for s in ep["steps"]]), actions, atol=1e-5)
+    assert ep["episode_metadata"]["idm_checkpoint"].decode() == "metaworld-scripted-expert"
+  meta = json.loads((out / pseudo_label.METADATA_FILE).read_text())
+  assert meta["action_rule"] == pseudo_label.EXPERT_RULE and meta["dataset"] == "metaworld_mt10_n20"
+  synthetic_src = synthetic.write_metaworld(tmp_path / "synthetic", "metaworld_video", with_action=False)
+  with pytest.raises(ValueError, match="unknown MetaWorld task 'task 0'"):
+    pseudo_label.label_dataset(pseudo_label.EXPERT, synthetic_src, tmp_path / "bad" / "x" / "1.0.0",
+                               log=lambda s: None)

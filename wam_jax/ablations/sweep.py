@@ -13,6 +13,7 @@ same seed instead of training (claim 2's script-based methods), ``overrides`` be
 
   kind="label", init_from=<IDM cell>: scripts/label_video.py --idm=<workdir>/<IDM cell>/seed_<s>
       --src=<the protocol's action-free video pool> --out=<workdir>/<cell>/seed_<s>/dataset
+      (or no init_from and ``overrides={"expert": True}``: ``--expert``, the scripted-expert oracle)
       (the pool lies under ``overrides["data_dir"]``, '' as the trainer: $WAM_DATA_DIR or
       ./wam_data, and is generated first if missing). A train cell reads that dataset with
       ``data_from={<registry name in its mixture>: <label cell>}``: the harness adds
@@ -223,10 +224,14 @@ class Sweep:
           if getattr(c, field) and override in c.overrides:
             raise ValueError(f"{where} sets both {field} and the {override} override")
         continue
-      needed = ("init_from", "video_from") if c.kind == "eval" else ("init_from",)
+      expert = c.kind == "label" and bool(c.overrides.get("expert"))  # the oracle labeller: no IDM cell
+      if expert and c.init_from:
+        raise ValueError(f"{where}: a label cell labels with init_from's IDM or with the expert, not both")
+      needed = ("init_from", "video_from") if c.kind == "eval" else () if expert else ("init_from",)
       for field in needed:
         if not getattr(c, field):
-          raise ValueError(f"{where}: kind {c.kind!r} needs {field}")
+          hint = " (its IDM cell), or overrides={'expert': True} for the oracle labeller" if c.kind == "label" else ""
+          raise ValueError(f"{where}: kind {c.kind!r} needs {field}{hint}")
       for field in ("config", "data_from", "video_from"):
         if getattr(c, field) and field not in needed:
           raise ValueError(f"{where}: kind {c.kind!r} takes no {field}")
@@ -367,8 +372,8 @@ def command(cell: Cell, seed: int, run_dir: pathlib.Path) -> list[str]:
   uses = lambda name: str(dep_dir(workdir, cell, name, seed))
   if cell.kind == "label":
     src = protocol.dataset_dir(data_root(cell), protocol.VIDEO_NAME)
-    return ([sys.executable, str(LABEL_PY), f"--idm={uses(cell.init_from)}", f"--src={src}",
-             f"--out={pathlib.Path(run_dir) / LABELLED}"]
+    labeller = [f"--idm={uses(cell.init_from)}"] if cell.init_from else []  # else overrides say --expert
+    return ([sys.executable, str(LABEL_PY), *labeller, f"--src={src}", f"--out={pathlib.Path(run_dir) / LABELLED}"]
             + [f"--{k}={script_flag(v)}" for k, v in cell.overrides.items() if k != "data_dir"])
   if cell.kind == "eval":
     return ([sys.executable, str(EVAL_PY), "--policy=plan_idm", f"--idm_workdir={uses(cell.init_from)}",

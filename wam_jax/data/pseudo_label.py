@@ -48,9 +48,16 @@ every split is done the shards get their TFDS names, ``dataset_info.json`` /
 renamed to ``out`` in one step: ``out`` is either absent or complete, never
 half-written. A partial directory made by another IDM checkpoint or source is
 refused, as is an existing ``out`` labelled by another IDM.
+
+The oracle (``label_dataset(EXPERT, src, out)``, ``label_video.py --expert``): the same output, labelled
+by MetaWorld's scripted expert instead of an IDM (``ExpertLabeler``): a_t is the expert's action on the
+full state the pool stored at step t (``observation/env_state``, the 39-d observation it acted on when
+the pool was generated), i.e. the action it took, up to float32 rounding of that state. The upper bound
+of pseudo-labelling: the pool's coverage without the IDM's label noise.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -69,6 +76,7 @@ from wam_jax.data import tokenizer as tokenizer_lib
 METADATA_FILE = "pseudo_label.json"
 ACTION_RULE = ("a_t = first action of the chunk predicted for (o_t, o_t+k); the last k steps continue the chunk "
                "of the last step with a future frame")
+EXPERT_RULE = "a_t = the scripted expert's action on the stored full state at t (oracle labels)"
 
 
 # --- The IDM, from its checkpoint ----------------------------------------------------------------
@@ -89,6 +97,14 @@ class IDMLabeler:
   def checkpoint_id(self) -> str:
     return f"{self.workdir}@{self.step}"
 
+  @functools.cached_property
+  def window_spec(self) -> windows.WindowSpec:
+    return windows.WindowSpec.from_config(self.config.data)
+
+  @functools.cached_property
+  def tokenizer(self):
+    return tokenizer_lib.for_spec(self.window_spec)
+
   @property
   def action_dim(self) -> int:
     return self.normalizer.action_dim(self.dataset_name)
@@ -107,6 +123,57 @@ class IDMLabeler:
     n, k, a = pred_NKA.shape
     actions = self.normalizer.denormalize_actions(pred_NKA.reshape(n * k, a), self.dataset_name)
     return actions[:, :self.action_dim].reshape(n, k, self.action_dim).astype(np.float32)
+
+
+  def episode_actions(self, reader, e: int, example: dict, rng, batch_size: int) -> np.ndarray:
+    """Episode ``e`` of ``reader`` -> its labels [L, A] (the rule of the module docstring)."""
+    del example  # the IDM reads the episode as its training windows
+    wspec = self.window_spec
+    episode = windows.prepare_episode(
+        reader.decode(e, cameras=wspec.cameras, image_size=wspec.image_size), wspec, self.normalizer,
+        self.dataset_name, self.tokenizer)
+    chunks = self.chunks(label_windows(episode, wspec, self.dataset_id), rng, batch_size)
+    return step_actions(chunks, episode.length)
+
+
+EXPERT = "expert"  # label_dataset(EXPERT, ...): the scripted expert is the labeller (the oracle)
+
+
+@dataclasses.dataclass
+class ExpertLabeler:
+  """The oracle labeller: MetaWorld's scripted expert of the episode's task on each stored full state.
+
+  Labels in the demos' units (the expert's actions clipped to [-1, 1], as ``rollout_expert`` stores
+  them), under the action key of ``dataset_name``'s registry entry. Needs ``observation/env_state`` and
+  ``episode_metadata/task`` in the source: the protocol's pool has both (a policy never reads them).
+  """
+  dataset_name: str = "metaworld_mt10_n20"
+  checkpoint_id: str = "metaworld-scripted-expert"
+
+  @property
+  def action_dim(self) -> int:
+    from wam_jax.sim import metaworld as mw  # pylint: disable=g-import-not-at-top  (MuJoCo)
+    return mw.ACTION_DIM
+
+  @staticmethod
+  def actions(task: str, env_states_T39: np.ndarray) -> np.ndarray:
+    """float32 [T, A]: the expert of ``task`` applied to each state."""
+    from wam_jax.sim import metaworld_data  # pylint: disable=g-import-not-at-top  (MuJoCo)
+    policy = metaworld_data.expert_policy(task)
+    return np.stack([np.clip(policy.get_action(np.asarray(s, np.float64)), -1.0, 1.0)
+                     for s in env_states_T39]).astype(np.float32)
+
+  def episode_actions(self, reader, e: int, example: dict, rng, batch_size: int) -> np.ndarray:
+    del reader, rng, batch_size
+    meta = example.get("episode_metadata", {})
+    task = meta.get("task", b"")
+    task = task.decode() if isinstance(task, bytes) else str(task)
+    states = [step.get("observation", {}).get("env_state") for step in example["steps"]]
+    if not task or any(s is None for s in states):
+      raise ValueError(f"episode {e}: the expert labeller needs episode_metadata/task and "
+                       f"steps/observation/env_state (task {task!r}, env_state "
+                       f"{'missing' if any(s is None for s in states) else 'present'})")
+    return self.actions(task, np.stack(states))
 
 
 def load_idm(workdir, step: Optional[int] = None, dataset_name: Optional[str] = None,
@@ -240,7 +307,8 @@ class _ShardWriter:
 def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: Optional[int] = None,
                   episodes_per_shard: int = 100, step: Optional[int] = None, overwrite: bool = False,
                   log: Callable[[str], None] = print) -> dict:
-  """Labels every episode of every split of ``src`` into ``out`` (module docstring).
+  """Labels every episode of every split of ``src`` into ``out`` (module docstring), with the IDM run in
+  ``idm_workdir``, or the scripted expert if it is ``EXPERT`` (the oracle).
 
   Returns {"status": "complete" | "partial" | "already_complete", "episodes": newly labelled,
   "skipped": already done, "seconds", "idm_checkpoint"}.
@@ -256,7 +324,7 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
   if batch_size < 1 or episodes_per_shard < 1 or (max_episodes is not None and max_episodes < 0):
     raise ValueError(f"batch_size={batch_size}, episodes_per_shard={episodes_per_shard} must be >= 1 and "
                      f"max_episodes={max_episodes} >= 0")
-  idm = load_idm(idm_workdir, step)
+  idm = ExpertLabeler() if str(idm_workdir) == EXPERT else load_idm(idm_workdir, step)
   job = {"idm_checkpoint": idm.checkpoint_id, "src": str(src)}
   work = partial_dir(out)
   if overwrite:
@@ -283,8 +351,6 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
   action_key = action_step_key(idm)
   features = output_features(src_features, action_key, idm.action_dim)
   spec = source_spec(idm, src)
-  wspec = windows.WindowSpec.from_config(idm.config.data)
-  tokenizer = tokenizer_lib.for_spec(wspec)
   splits = [s["name"] for s in rlds.read_dataset_info(src)["splits"]]
   readers = {split: rlds.RldsReader(src, split, spec) for split in splits}
   for split, reader in readers.items():
@@ -292,7 +358,7 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
       raise ValueError(f"--src={src} is {reader.file_format!r}; convert it to ArrayRecord first "
                        "(scripts/convert_rlds.py) so episodes can be streamed")
   totals = {split: len(reader) for split, reader in readers.items()}
-  base_rng = jax.random.key(int(idm.config.seed))
+  base_rng = jax.random.key(int(idm.config.seed) if isinstance(idm, IDMLabeler) else 0)
   labelled = skipped = 0
   last_log = time.perf_counter()
   budget_left = lambda: max_episodes is None or labelled < max_episodes
@@ -308,14 +374,10 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
           break
         if writer is None:
           writer = _ShardWriter(work, split, len(shards), e)
-        raw = reader.raw(e)
-        episode = windows.prepare_episode(
-            reader.decode(e, cameras=wspec.cameras, image_size=wspec.image_size), wspec, idm.normalizer,
-            idm.dataset_name, tokenizer)
+        example = src_features.deserialize_example_np(reader.raw(e))
         rng = jax.random.fold_in(jax.random.fold_in(base_rng, split_index), e)
-        chunks = idm.chunks(label_windows(episode, wspec, idm.dataset_id), rng, batch_size)
-        actions = step_actions(chunks, episode.length)
-        writer.write(_labelled_record(features, src_features, raw, actions, action_key, idm.checkpoint_id))
+        actions = idm.episode_actions(reader, e, example, rng, batch_size)
+        writer.write(_labelled_record(features, example, actions, action_key, idm.checkpoint_id))
         labelled += 1
         if writer.count == episodes_per_shard:
           writer.close()
@@ -339,7 +401,8 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
         f"rerun the same command to continue")
     return dict(status="partial", episodes=labelled, skipped=skipped, seconds=seconds,
                 idm_checkpoint=idm.checkpoint_id)
-  _finish(work, out, features, splits, dict(job, action_rule=ACTION_RULE, dataset=idm.dataset_name,
+  rule = ACTION_RULE if isinstance(idm, IDMLabeler) else EXPERT_RULE
+  _finish(work, out, features, splits, dict(job, action_rule=rule, dataset=idm.dataset_name,
                                             action_key=action_key, pseudo_labeled=True))
   log(f"[label_video] wrote {out}: {sum(totals.values())} episodes "
       f"({', '.join(f'{s} {n}' for s, n in totals.items())}) labelled by {idm.checkpoint_id}")
@@ -347,9 +410,8 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
               idm_checkpoint=idm.checkpoint_id)
 
 
-def _labelled_record(features, src_features, raw: bytes, actions_TA, action_key: str, checkpoint_id: str) -> bytes:
+def _labelled_record(features, example: dict, actions_TA, action_key: str, checkpoint_id: str) -> bytes:
   """The source episode (all its features, decoded) with the labels and metadata added, serialized."""
-  example = src_features.deserialize_example_np(raw)
   steps = [dict(s, **{action_key: actions_TA[t]}) for t, s in enumerate(example["steps"])]
   if len(steps) != len(actions_TA):
     raise ValueError(f"episode has {len(steps)} steps but {len(actions_TA)} labels")
@@ -375,8 +437,8 @@ def _finish(work: pathlib.Path, out: pathlib.Path, features, splits, metadata: d
     split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=num_bytes))
   tfds.folder_dataset.write_metadata(
       data_dir=work, features=features, split_infos=split_infos, version=version, check_data=False,
-      description=f"Pseudo-labelled by the IDM {metadata['idm_checkpoint']} from {metadata['src']}: "
-                  f"{ACTION_RULE}.")
+      description=f"Pseudo-labelled by {metadata['idm_checkpoint']} from {metadata['src']}: "
+                  f"{metadata['action_rule']}.")
   (work / "job.json").unlink()
   _write_json_atomic(work / METADATA_FILE, metadata)
   os.rename(work, out)
