@@ -47,7 +47,7 @@ def consistency() -> list[tuple[str, Side]]:
 
 
 # The world-action families at N=20 side by side (the families sweep's cells; issue 15).
-FAMILY_CELLS = ("video_wam", "joint_wam", "latent_finetune")
+FAMILY_CELLS = ("video_wam", "joint_wam", "latent_finetune", "latent_finetune_k8cn_n20")
 
 
 def best_family(root, records_root=None) -> str:

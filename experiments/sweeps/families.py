@@ -6,8 +6,12 @@ readout) and its video_weight=0 ablation; family 2: latent actions learned from 
 a policy pretrained to predict them, then fine-tuned on the demos. The pretraining stages (video model,
 latent-action model, latent policy) learn from the action-free pool only and are trained once, at
 seed 0, for every seed (``stage_seed``; the protocol reuses pretraining across seeds). Family 4
-(hybrid) is the instruction_following sweep (claim 4)."""
+(hybrid) is the instruction_following sweep (claim 4). Added in session 27: family 2's strongest
+latent recipe, ``k8cn`` (frame gap 8 + the copy-normalized reconstruction: the latent_actions sweep's
+best at N=2), as the same three stages at N=20 (``latent_action_k8cn`` -> ``latent_policy_k8cn`` ->
+``latent_finetune_k8cn_n20``), the same cells and configs as that sweep's chain."""
 
+from experiments.sweeps import latent_actions
 from wam_jax.ablations.sweep import Cell, Sweep
 
 N = 20
@@ -33,5 +37,6 @@ SWEEP = Sweep(
              init_from="latent_action", method="latent_policy"),
         Cell(name="latent_finetune", config=f"experiments/configs/idm_wam.py:finetune_mt10_n{N}",
              init_from="latent_policy", method="latent_actions", n_demos=N),
-    ),
+    ) + tuple(c for c in latent_actions.variant_chain(
+        "k8cn", {"data.future_offset": 8, "model.recon_norm": "copy"}, {"data.future_offset": 8}, n_demos=(N,))),
 )

@@ -24,10 +24,10 @@ from wam_jax.ablations.sweep import Cell, Sweep
 N_DEMOS = (2, 5)
 
 
-def variant_chain(tag: str, lam_overrides: dict, policy_overrides: dict = None) -> tuple:
+def variant_chain(tag: str, lam_overrides: dict, policy_overrides: dict = None, n_demos: tuple = N_DEMOS) -> tuple:
   """The three stages again with the latent-action model changed by ``lam_overrides`` (and the latent
   policy that reads it by ``policy_overrides``): cells ``latent_action_<tag>`` ->
-  ``latent_policy_<tag>`` -> ``latent_finetune_<tag>_n<N>``."""
+  ``latent_policy_<tag>`` -> ``latent_finetune_<tag>_n<N>`` for each N of ``n_demos``."""
   return ((Cell(name=f"latent_action_{tag}", config="experiments/configs/idm_wam.py:latent_mt10", stage_seed=0,
                 overrides=lam_overrides, method=f"latent_action_{tag}"),
            Cell(name=f"latent_policy_{tag}", config="experiments/configs/idm_wam.py:latent_policy_mt10",
@@ -35,7 +35,7 @@ def variant_chain(tag: str, lam_overrides: dict, policy_overrides: dict = None) 
                 method=f"latent_policy_{tag}"))
           + tuple(Cell(name=f"latent_finetune_{tag}_n{n}", config=f"experiments/configs/idm_wam.py:finetune_mt10_n{n}",
                        init_from=f"latent_policy_{tag}", method=f"latent_actions_{tag}", n_demos=n)
-                  for n in N_DEMOS))
+                  for n in n_demos))
 
 
 SWEEP = Sweep(
