@@ -56,6 +56,10 @@ def test_the_command_of_each_kind(tmp_path, monkeypatch):
   monkeypatch.setenv("WAM_DATA_DIR", str(tmp_path / "elsewhere"))
   elsewhere = tmp_path / "elsewhere" / "metaworld_video_pool" / "1.0.0"
   assert f"--src={elsewhere}" in sweep_lib.command(bare, 0, run("label", 0))
+  # The oracle: no IDM cell, the expert labels (label_video.py --expert).
+  oracle = sweep_lib.command(sweep_lib.Cell("oracle", kind="label", overrides={"expert": True}), 0, run("oracle", 0))
+  assert oracle == [sys.executable, str(REPO / "scripts" / "label_video.py"), f"--src={elsewhere}",
+                    f"--out={run('oracle', 0) / 'dataset' / '1.0.0'}", "--expert=true"]
 
   plan = sweep_lib.command(cells["plan"], 2, run("plan"))
   assert plan[:6] == [sys.executable, str(REPO / "experiments" / "eval.py"), "--policy=plan_idm",
