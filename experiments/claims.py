@@ -111,6 +111,12 @@ def comparisons(best: str = FAMILY_CELLS[0]) -> list[Comparison]:
                          Side(instr, "hybrid_n20"), Side(fam, best)))
   for cell in FAMILY_CELLS:  # the families side by side at N=20
     rows.append(Comparison("all", f"{cell} vs VLA, N=20", Side(fam, cell), vla(20)))
+  # The families sweep runs the joint WAM and its video_weight=0 twin on three seeds at N=20 (the
+  # joint_wam_data_efficiency rows above have seed 0): the video objective's effect, claims 1 and 3.
+  joint, no_video = Side(fam, "joint_wam"), Side(fam, "joint_wam_no_video")
+  rows += [Comparison("1", "joint WAM vs its video_weight=0 ablation, N=20 (families)", joint, no_video),
+           Comparison("3", "joint WAM vs its video_weight=0 ablation, long tasks, N=20 (families)", joint, no_video,
+                      tasks=LONG_TASKS)]
   return rows
 
 
