@@ -37,6 +37,6 @@ SWEEP = Sweep(
              init_from="latent_action", method="latent_policy"),
         Cell(name="latent_finetune", config=f"experiments/configs/idm_wam.py:finetune_mt10_n{N}",
              init_from="latent_policy", method="latent_actions", n_demos=N),
-    ) + tuple(c for c in latent_actions.variant_chain(
-        "k8cn", {"data.future_offset": 8, "model.recon_norm": "copy"}, {"data.future_offset": 8}, n_demos=(N,))),
+    ) + latent_actions.variant_chain(
+        "k8cn", {"data.future_offset": 8, "model.recon_norm": "copy"}, {"data.future_offset": 8}, n_demos=(N,)),
 )

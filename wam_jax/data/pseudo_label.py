@@ -124,6 +124,11 @@ class IDMLabeler:
     actions = self.normalizer.denormalize_actions(pred_NKA.reshape(n * k, a), self.dataset_name)
     return actions[:, :self.action_dim].reshape(n, k, self.action_dim).astype(np.float32)
 
+  @property
+  def seed(self) -> int:  # sampling keys of a stochastic head: the run's own seed
+    return int(self.config.seed)
+
+  action_rule = ACTION_RULE
 
   def episode_actions(self, reader, e: int, example: dict, rng, batch_size: int) -> np.ndarray:
     """Episode ``e`` of ``reader`` -> its labels [L, A] (the rule of the module docstring)."""
@@ -149,6 +154,8 @@ class ExpertLabeler:
   """
   dataset_name: str = "metaworld_mt10_n20"
   checkpoint_id: str = "metaworld-scripted-expert"
+  seed = 0  # deterministic: no key is ever drawn
+  action_rule = EXPERT_RULE
 
   @property
   def action_dim(self) -> int:
@@ -169,10 +176,11 @@ class ExpertLabeler:
     task = meta.get("task", b"")
     task = task.decode() if isinstance(task, bytes) else str(task)
     states = [step.get("observation", {}).get("env_state") for step in example["steps"]]
-    if not task or any(s is None for s in states):
+    missing_state = any(s is None for s in states)
+    if not task or missing_state:
       raise ValueError(f"episode {e}: the expert labeller needs episode_metadata/task and "
                        f"steps/observation/env_state (task {task!r}, env_state "
-                       f"{'missing' if any(s is None for s in states) else 'present'})")
+                       f"{'missing' if missing_state else 'present'})")
     return self.actions(task, np.stack(states))
 
 
@@ -217,14 +225,14 @@ def step_actions(chunks_NKA: np.ndarray, length: int) -> np.ndarray:
 
 # --- Source and output schema --------------------------------------------------------------------
 
-def source_spec(idm: IDMLabeler, src) -> registry.DatasetSpec:
+def source_spec(idm: "IDMLabeler | ExpertLabeler", src) -> registry.DatasetSpec:
   """How the source is read: the IDM dataset's registry entry, without the action."""
   spec = registry.get_spec(idm.dataset_name)
   return dataclasses.replace(spec, name=f"{pathlib.Path(src).parent.name} (--src)", directory=str(src),
                              action_key=None, action_normalize_mask=(), action_kind=None)
 
 
-def action_step_key(idm: IDMLabeler) -> str:
+def action_step_key(idm: "IDMLabeler | ExpertLabeler") -> str:
   """The step key the labels are written under: the IDM dataset's own (one plain top-level key)."""
   spec = registry.get_spec(idm.dataset_name)
   parts = spec.action_parts
@@ -324,8 +332,8 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
   if batch_size < 1 or episodes_per_shard < 1 or (max_episodes is not None and max_episodes < 0):
     raise ValueError(f"batch_size={batch_size}, episodes_per_shard={episodes_per_shard} must be >= 1 and "
                      f"max_episodes={max_episodes} >= 0")
-  idm = ExpertLabeler() if str(idm_workdir) == EXPERT else load_idm(idm_workdir, step)
-  job = {"idm_checkpoint": idm.checkpoint_id, "src": str(src)}
+  labeler = ExpertLabeler() if str(idm_workdir) == EXPERT else load_idm(idm_workdir, step)
+  job = {"idm_checkpoint": labeler.checkpoint_id, "src": str(src)}
   work = partial_dir(out)
   if overwrite:
     shutil.rmtree(out, ignore_errors=True)
@@ -334,11 +342,11 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
     meta_path = out / METADATA_FILE
     done = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if {k: done.get(k) for k in job} != job:
-      raise ValueError(f"--out={out} exists and was not labelled by {idm.checkpoint_id} from {src} "
+      raise ValueError(f"--out={out} exists and was not labelled by {labeler.checkpoint_id} from {src} "
                        f"({meta_path.name}: {done or 'missing'}); pass --overwrite or another --out")
-    log(f"[label_video] {out} is already complete ({idm.checkpoint_id})")
+    log(f"[label_video] {out} is already complete ({labeler.checkpoint_id})")
     return dict(status="already_complete", episodes=0, skipped=0, seconds=time.perf_counter() - start,
-                idm_checkpoint=idm.checkpoint_id)
+                idm_checkpoint=labeler.checkpoint_id)
   work.mkdir(parents=True, exist_ok=True)
   job_path = work / "job.json"
   if job_path.exists() and json.loads(job_path.read_text()) != job:
@@ -348,9 +356,9 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
 
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (heavy)
   src_features = tfds.features.FeaturesDict.from_config(str(src))
-  action_key = action_step_key(idm)
-  features = output_features(src_features, action_key, idm.action_dim)
-  spec = source_spec(idm, src)
+  action_key = action_step_key(labeler)
+  features = output_features(src_features, action_key, labeler.action_dim)
+  spec = source_spec(labeler, src)
   splits = [s["name"] for s in rlds.read_dataset_info(src)["splits"]]
   readers = {split: rlds.RldsReader(src, split, spec) for split in splits}
   for split, reader in readers.items():
@@ -358,7 +366,7 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
       raise ValueError(f"--src={src} is {reader.file_format!r}; convert it to ArrayRecord first "
                        "(scripts/convert_rlds.py) so episodes can be streamed")
   totals = {split: len(reader) for split, reader in readers.items()}
-  base_rng = jax.random.key(int(idm.config.seed) if isinstance(idm, IDMLabeler) else 0)
+  base_rng = jax.random.key(labeler.seed)
   labelled = skipped = 0
   last_log = time.perf_counter()
   budget_left = lambda: max_episodes is None or labelled < max_episodes
@@ -376,8 +384,8 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
           writer = _ShardWriter(work, split, len(shards), e)
         example = src_features.deserialize_example_np(reader.raw(e))
         rng = jax.random.fold_in(jax.random.fold_in(base_rng, split_index), e)
-        actions = idm.episode_actions(reader, e, example, rng, batch_size)
-        writer.write(_labelled_record(features, example, actions, action_key, idm.checkpoint_id))
+        actions = labeler.episode_actions(reader, e, example, rng, batch_size)
+        writer.write(_labelled_record(features, example, actions, action_key, labeler.checkpoint_id))
         labelled += 1
         if writer.count == episodes_per_shard:
           writer.close()
@@ -400,14 +408,13 @@ def label_dataset(idm_workdir, src, out, *, batch_size: int = 64, max_episodes: 
     log(f"[label_video] stopped after {labelled} episodes (max_episodes={max_episodes}); "
         f"rerun the same command to continue")
     return dict(status="partial", episodes=labelled, skipped=skipped, seconds=seconds,
-                idm_checkpoint=idm.checkpoint_id)
-  rule = ACTION_RULE if isinstance(idm, IDMLabeler) else EXPERT_RULE
-  _finish(work, out, features, splits, dict(job, action_rule=rule, dataset=idm.dataset_name,
+                idm_checkpoint=labeler.checkpoint_id)
+  _finish(work, out, features, splits, dict(job, action_rule=labeler.action_rule, dataset=labeler.dataset_name,
                                             action_key=action_key, pseudo_labeled=True))
   log(f"[label_video] wrote {out}: {sum(totals.values())} episodes "
-      f"({', '.join(f'{s} {n}' for s, n in totals.items())}) labelled by {idm.checkpoint_id}")
+      f"({', '.join(f'{s} {n}' for s, n in totals.items())}) labelled by {labeler.checkpoint_id}")
   return dict(status="complete", episodes=labelled, skipped=skipped, seconds=time.perf_counter() - start,
-              idm_checkpoint=idm.checkpoint_id)
+              idm_checkpoint=labeler.checkpoint_id)
 
 
 def _labelled_record(features, example: dict, actions_TA, action_key: str, checkpoint_id: str) -> bytes:
