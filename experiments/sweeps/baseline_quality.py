@@ -35,7 +35,10 @@ offline (held-out action error still falling) without gaining closed loop: rando
 (``data.augment.shift``; DrQ, robomimic's crop randomizer) on the current preset, with no rescaling or
 colour jitter (version 1's augmentation had both and hurt). And the plain CNN at the VLA's compute:
 ``cnn_bc`` is 9.9 GFLOPs per step against the preset's 24.1, so 10000 of its steps cost what the
-preset's 4000 do (it rose 48% -> 68% from 2000 to 6000 steps)."""
+preset's 4000 do (it rose 48% -> 68% from 2000 to 6000 steps). Session 28: that CNN read two history
+frames in float32 (the default data window); with one frame and bf16, as the VLA preset reads them, its
+step is 5.2 GFLOPs and ~1.5x the VLA's steps/s, so 10000 steps come near the 15-minute budget: the same
+CNN at one frame, and at one frame with a 3x higher peak learning rate (fewer steps to the same fit)."""
 
 from wam_jax.ablations.sweep import Cell, Sweep
 
@@ -52,6 +55,9 @@ STEM = {"model.stem": (32, 64)}
 SHIFT4 = {"data.augment.enabled": True, "data.augment.shift": 4, "data.augment.crop_scale": (1.0, 1.0),
           "data.augment.crop_ratio": (1.0, 1.0), "data.augment.brightness": 0.0, "data.augment.contrast": 0.0,
           "data.augment.saturation": 0.0}
+
+# The plain CNN reading frames as the VLA preset does: one observation frame, bf16 compute.
+CNN_HISTORY1 = {"data.history": 1, "train.compute_dtype": "bfloat16"}
 
 
 def _cell(name: str, overrides: dict = None, config: str = "experiments/configs/vla_baseline.py:mt10_n20",
@@ -91,5 +97,9 @@ SWEEP = Sweep(
                                                      "model.keypoint_level": 0, "train.steps": 2500}, pin=False),
         _cell("shift4", SHIFT4, pin=False),
         _cell("cnn_bc_steps10000", {"train.steps": 10000}, config="experiments/configs/cnn_bc.py:mt10_n20", pin=False),
+    _cell("cnn_bc_history1_steps10000", {**CNN_HISTORY1, "train.steps": 10000},
+          config="experiments/configs/cnn_bc.py:mt10_n20", pin=False),
+    _cell("cnn_bc_history1_lr1e-3_steps8000", {**CNN_HISTORY1, "train.steps": 8000, "train.learning_rate": 1e-3},
+          config="experiments/configs/cnn_bc.py:mt10_n20", pin=False),
     ),
 )
