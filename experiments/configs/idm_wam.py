@@ -50,9 +50,9 @@ PROTOCOL_PRESETS = ("latent_mt10", "latent_policy_mt10") + tuple(
 
 def _sizes(**extra) -> dict:
   # stem: conv channels before the patch embeddings (encoders.ImageTokenizer; the VLA's model.stem), and
-  # the tokenizer's other image fields (stem_strides, keypoints, keypoint_level: encoders.image_fields).
+  # the tokenizer's other image fields (stem_strides, keypoints, keypoint_level, flat_token: encoders.image_fields).
   return dict(width=128, depth=4, num_heads=4, mlp_dim=512, patch_size=16, stem=(), stem_strides=(), keypoints=0,
-              keypoint_level=0, dropout=0.0, **extra)
+              keypoint_level=0, flat_token=False, dropout=0.0, **extra)
 
 
 def idm_config() -> ml_collections.ConfigDict:

@@ -97,6 +97,35 @@ def test_keypoints_add_one_token_per_frame_that_follows_a_small_dot():
   assert float(jnp.abs(ta[0, 16] - tb[0, 16]).max()) > 1e-3  # the keypoint token moved
 
 
+@pytest.mark.parametrize("stem", [(), (4, 8)])
+def test_flat_token_reads_the_whole_frame_with_weights_per_position(stem):
+  """``flat_token``: T*(N+1) tokens, the extra one after the patches (and after the keypoint token when
+  both are on) embedding all N patches' features with one matrix. Unlike a patch token, whose weights
+  are shared by every patch, it sees which patch a feature is in: the same 2 px square in two
+  different patches gives the same bag of patch embeddings (before positions) but two flat tokens."""
+  frames, mask = _frames(), jnp.array([[False, True], [True, True]])
+  tok = encoders.ImageTokenizer(width=24, patch_size=8, image=encoders.ImageFields(stem=stem, flat_token=True))
+  params = tok.init(jax.random.key(0), frames, mask)
+  out, out_mask = tok.apply(params, frames, mask)
+  assert out.shape == (2, 2 * 17, 24)
+  np.testing.assert_array_equal(out_mask, np.repeat(np.asarray(mask), 17, axis=1))
+  features = 8 * 8 * 3 if not stem else 2 * 2 * 8  # per patch: pixels, or the stem's 2 x 2 cells of 8 channels
+  assert params["params"]["flat_embed"]["kernel"].unbox().shape == (16 * features, 24)
+  black = jnp.zeros((1, 2, 32, 32, 3), jnp.uint8)
+  # A 2 px square in patch (1, 1) or (1, 2), placed so the stem's receptive fields (7 px) stay in the patch.
+  square_a, square_b = black.at[0, :, 11:13, 11:13].set(255), black.at[0, :, 11:13, 19:21].set(255)
+  ta, _ = tok.apply(params, square_a, jnp.ones((1, 2), bool))
+  tb, _ = tok.apply(params, square_b, jnp.ones((1, 2), bool))
+  pos = params["params"]["pos"].unbox()
+  bag_a, bag_b = np.sort(np.asarray(ta[0, :16] - pos), axis=0), np.sort(np.asarray(tb[0, :16] - pos), axis=0)
+  np.testing.assert_allclose(bag_a, bag_b, atol=1e-5)  # the patches' contents, unordered: the same
+  assert float(jnp.abs(ta[0, 16] - tb[0, 16]).max()) > 1e-3  # the flat token tells the two apart
+  both = encoders.ImageTokenizer(
+      width=24, patch_size=8, image=encoders.ImageFields(stem=(4, 8), keypoints=3, flat_token=True))
+  both_params = both.init(jax.random.key(0), frames, mask)
+  assert both.apply(both_params, frames, mask)[0].shape == (2, 2 * 18, 24)
+
+
 def test_keypoints_need_a_stem_and_a_level_of_it():
   frames, mask = _frames(), jnp.ones((2, 2), bool)
   with pytest.raises(ValueError, match="model.keypoints needs a convolutional stem"):
@@ -111,8 +140,9 @@ def test_keypoints_need_a_stem_and_a_level_of_it():
 def test_image_fields_read_a_config_into_one_hashable_value():
   """``image_fields(config.model)``: every field from the config (lists become tuples), the default where
   a config lacks one, and a value hashable enough to be a module attribute under ``jit``."""
-  cfg = ml_collections.ConfigDict(dict(stem=[32, 64], stem_strides=[1, 2], keypoints=np.int64(8)))
+  cfg = ml_collections.ConfigDict(dict(stem=[32, 64], stem_strides=[1, 2], keypoints=np.int64(8), flat_token=1))
   image = encoders.image_fields(cfg)
-  assert image == encoders.ImageFields(stem=(32, 64), stem_strides=(1, 2), keypoints=8, keypoint_level=0)
-  assert hash(image) == hash(encoders.ImageFields((32, 64), (1, 2), 8, 0))
+  assert image == encoders.ImageFields(stem=(32, 64), stem_strides=(1, 2), keypoints=8, keypoint_level=0,
+                                       flat_token=True)
+  assert hash(image) == hash(encoders.ImageFields((32, 64), (1, 2), 8, 0, True))
   assert encoders.image_fields(ml_collections.ConfigDict()) == encoders.ImageFields()

@@ -363,15 +363,17 @@ def test_fsq_latent_action_model_trains_and_its_policy_classifies_the_codes():
 
 @pytest.mark.parametrize("preset", ["idm_tiny", "latent_policy_tiny"])
 def test_keypoints_reach_the_family_through_its_image_fields(preset):
-  """``model.keypoints`` (encoders.image_fields) builds a keypoint token in the family's frame reader,
-  and the loss's gradient reaches its 1x1 convolution (the IDM's transition encoder; the latent
-  policy's observation encoder)."""
+  """``model.keypoints`` and ``model.flat_token`` (encoders.image_fields) build their tokens in the
+  family's frame reader, and the loss's gradient reaches their weights (the IDM's transition encoder;
+  the latent policy's observation encoder)."""
   cfg = small_config(preset)
-  cfg.model.update(stem=(4, 8), keypoints=3, keypoint_level=1)
+  cfg.model.update(stem=(4, 8), keypoints=3, keypoint_level=1, flat_token=True)
   batch = make_batch(cfg, 4, num_datasets=2)
   model, params = init(cfg, batch)
   grads = jit(jax.grad(lambda p: registry.loss_fn(model, p, batch, jax.random.key(1))[0]))(params)
-  found = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(g)
-           for path, g in jax.tree_util.tree_leaves_with_path(grads) if "keypoint_logits" in str(path)}
-  assert any(path.endswith("kernel") and g.shape == (1, 1, 8, 3) for path, g in found.items()), sorted(found)
-  assert any(np.abs(g).sum() > 0 for path, g in found.items() if path.endswith("kernel")), sorted(found)
+  for name, shape in [("keypoint_logits", (1, 1, 8, 3)), ("flat_embed", None)]:
+    found = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(g)
+             for path, g in jax.tree_util.tree_leaves_with_path(grads) if name in str(path)}
+    kernels = {path: g for path, g in found.items() if path.endswith("kernel")}
+    assert kernels and all(shape is None or g.shape == shape for g in kernels.values()), (name, sorted(found))
+    assert any(np.abs(g).sum() > 0 for g in kernels.values()), (name, sorted(found))

@@ -97,6 +97,9 @@ class ImageFields:
   stem_strides: one stride per ``stem`` entry; () = 2 for each.
   keypoints: K > 0 adds one token per frame, K spatial-softmax keypoints of stem level ``keypoint_level``.
   keypoint_level: index into ``stem`` (0: the first convolution's map).
+  flat_token: adds one token per frame, one matrix over all of the frame's patch features at once (the
+    plain CNN's readout: every position keeps its own weights, so where a feature is stays legible
+    without attention having to find it).
 
   One frozen (hashable) value, so the modules that build a tokenizer (``ObservationEncoder``,
   ``transition.TransitionEncoder``) carry one field and a new way of reading frames reaches every
@@ -106,12 +109,14 @@ class ImageFields:
   stem_strides: tuple = ()
   keypoints: int = 0
   keypoint_level: int = 0
+  flat_token: bool = False
 
   def __post_init__(self):  # config values arrive as lists or numpy ints; keep the value hashable
     object.__setattr__(self, "stem", tuple(int(c) for c in self.stem))
     object.__setattr__(self, "stem_strides", tuple(int(c) for c in self.stem_strides))
     object.__setattr__(self, "keypoints", int(self.keypoints))
     object.__setattr__(self, "keypoint_level", int(self.keypoint_level))
+    object.__setattr__(self, "flat_token", bool(self.flat_token))
 
 
 def image_fields(model_config) -> ImageFields:
@@ -155,7 +160,9 @@ class ImageTokenizer(nn.Module):
   gives each token local, translation-equivariant features at the same token count.
   ``keypoints=K`` adds one token per frame: K spatial-softmax keypoints (``spatial_softmax``) of a
   1x1 convolution of stem level ``keypoint_level``, their 2K coordinates embedded by one matrix.
-  All four are ``image`` (``ImageFields``).
+  ``flat_token`` adds one token per frame: all N patches' features flattened and embedded by one
+  matrix (the plain CNN's readout). All are ``image`` (``ImageFields``); extra tokens follow the
+  patches in each frame, keypoints first.
   """
   width: int
   patch_size: int
@@ -182,6 +189,12 @@ class ImageTokenizer(nn.Module):
                                     name="keypoint_embed")(kp_NK2.reshape(b, t, 1, 2 * k))
       kp_tok = kp_tok + layers.learned_embedding(self, "keypoint_pos", (self.width,), ("embed",))
       tok_BTND = jnp.concatenate([tok_BTND, kp_tok.astype(tok_BTND.dtype)], axis=2)
+      n += 1
+    if self.image.flat_token:
+      flat_tok = layers.logical_dense(self.width, (None, "embed"), dot_general=self.dot_general,
+                                      name="flat_embed")(patches.reshape(b, t, 1, -1))
+      flat_tok = flat_tok + layers.learned_embedding(self, "flat_pos", (self.width,), ("embed",))
+      tok_BTND = jnp.concatenate([tok_BTND, flat_tok.astype(tok_BTND.dtype)], axis=2)
       n += 1
     tok_BTND = tok_BTND + layers.learned_embedding(self, "time", (t, self.width), ("time", "embed"))[:, None]
     mask_BTN = jnp.broadcast_to(mask_BT[:, :, None], (b, t, n))

@@ -297,7 +297,7 @@ def check_config(model_cfg) -> None:
   if model_cfg.frames not in REPRESENTATIONS:
     raise ValueError(f"config.model.frames={model_cfg.frames!r} is not one of {list(REPRESENTATIONS)}")
   image = encoders.image_fields(model_cfg)
-  for field in ("stem_strides", "keypoints"):
+  for field in ("stem_strides", "keypoints", "flat_token"):
     if getattr(image, field):
       raise ValueError(f"config.model.{field}={getattr(image, field)!r}: the video predictor reads frames as its own token "
                        "grid (model.stem only); this field is for the families that read frames through "
