@@ -225,19 +225,19 @@ def step_actions(chunks_NKA: np.ndarray, length: int) -> np.ndarray:
 
 # --- Source and output schema --------------------------------------------------------------------
 
-def source_spec(idm: "IDMLabeler | ExpertLabeler", src) -> registry.DatasetSpec:
-  """How the source is read: the IDM dataset's registry entry, without the action."""
-  spec = registry.get_spec(idm.dataset_name)
+def source_spec(labeler: "IDMLabeler | ExpertLabeler", src) -> registry.DatasetSpec:
+  """How the source is read: the labeller's dataset's registry entry, without the action."""
+  spec = registry.get_spec(labeler.dataset_name)
   return dataclasses.replace(spec, name=f"{pathlib.Path(src).parent.name} (--src)", directory=str(src),
                              action_key=None, action_normalize_mask=(), action_kind=None)
 
 
-def action_step_key(idm: "IDMLabeler | ExpertLabeler") -> str:
-  """The step key the labels are written under: the IDM dataset's own (one plain top-level key)."""
-  spec = registry.get_spec(idm.dataset_name)
+def action_step_key(labeler: "IDMLabeler | ExpertLabeler") -> str:
+  """The step key the labels are written under: that dataset's own (one plain top-level key)."""
+  spec = registry.get_spec(labeler.dataset_name)
   parts = spec.action_parts
   if len(parts) != 1 or parts[0].dims or parts[0].ops or not parts[0].key or "/" in parts[0].key:
-    raise ValueError(f"dataset {idm.dataset_name!r}: action {[p.describe() for p in parts]} is not one plain "
+    raise ValueError(f"dataset {labeler.dataset_name!r}: action {[p.describe() for p in parts]} is not one plain "
                      "top-level step key; pseudo-labels are written in a single 'action'-style feature")
   return parts[0].key
 
