@@ -61,8 +61,13 @@ SHIFT4 = {"data.augment.enabled": True, "data.augment.shift": 4, "data.augment.c
           "data.augment.crop_ratio": (1.0, 1.0), "data.augment.brightness": 0.0, "data.augment.contrast": 0.0,
           "data.augment.saturation": 0.0}
 
+# The cnn_bc.py:mt10_n20 preset as its cells up to session 27 ran it (two history frames in float32,
+# 2000 steps at 3e-4); the preset has since taken session 28's winner, so every CNN cell pins this.
+CNN_V3_PRESET = {"data.history": 2, "train.compute_dtype": "float32", "train.steps": 2000,
+                 "train.learning_rate": 3e-4}
 # The plain CNN reading frames as the VLA preset does: one observation frame, bf16 compute.
 CNN_HISTORY1 = {"data.history": 1, "train.compute_dtype": "bfloat16"}
+CNN = "experiments/configs/cnn_bc.py:mt10_n20"
 
 
 def _cell(name: str, overrides: dict = None, config: str = "experiments/configs/vla_baseline.py:mt10_n20",
@@ -87,8 +92,8 @@ SWEEP = Sweep(
         _cell("no_augment_history1_steps4000", {**NO_AUGMENT, "data.history": 1, "train.steps": 4000}),
         _cell("no_augment_history1_patch8", {**NO_AUGMENT, "data.history": 1, "model.patch_size": 8}),
         _cell("no_augment_history1_lr1e-3", {**NO_AUGMENT, "data.history": 1, "train.learning_rate": 1e-3}),
-        _cell("cnn_bc", config="experiments/configs/cnn_bc.py:mt10_n20", pin=False),
-        _cell("cnn_bc_steps6000", {"train.steps": 6000}, config="experiments/configs/cnn_bc.py:mt10_n20", pin=False),
+        _cell("cnn_bc", CNN_V3_PRESET, config=CNN, pin=False),
+        _cell("cnn_bc_steps6000", {**CNN_V3_PRESET, "train.steps": 6000}, config=CNN, pin=False),
         _cell("stem4_steps4000", {"model.stem": (32, 64, 128, 128), "train.steps": 4000}),
         _cell("stem4_steps3000", {"model.stem": (32, 64, 128, 128), "train.steps": 3000}),
         _cell("no_augment_steps4000", {**NO_AUGMENT, "train.steps": 4000}),
@@ -101,11 +106,12 @@ SWEEP = Sweep(
         _cell("stride1_keypoints32_full_steps2500", {"model.stem_strides": (1, 2, 2, 2), "model.keypoints": 32,
                                                      "model.keypoint_level": 0, "train.steps": 2500}, pin=False),
         _cell("shift4", SHIFT4, pin=False),
-        _cell("cnn_bc_steps10000", {"train.steps": 10000}, config="experiments/configs/cnn_bc.py:mt10_n20", pin=False),
-        _cell("cnn_bc_history1_steps10000", {**CNN_HISTORY1, "train.steps": 10000},
-              config="experiments/configs/cnn_bc.py:mt10_n20", pin=False),
-        _cell("cnn_bc_history1_lr1e-3_steps8000", {**CNN_HISTORY1, "train.steps": 8000, "train.learning_rate": 1e-3},
-              config="experiments/configs/cnn_bc.py:mt10_n20", pin=False),
+        _cell("cnn_bc_steps10000", {**CNN_V3_PRESET, "train.steps": 10000}, config=CNN, pin=False),
+        _cell("cnn_bc_history1_steps10000", {**CNN_V3_PRESET, **CNN_HISTORY1, "train.steps": 10000}, config=CNN,
+              pin=False),
+        _cell("cnn_bc_history1_lr1e-3_steps8000",  # = the cnn_bc.py:mt10_n20 preset since session 28
+              {**CNN_V3_PRESET, **CNN_HISTORY1, "train.steps": 8000, "train.learning_rate": 1e-3}, config=CNN,
+              pin=False),
         _cell("flat_token", {"model.flat_token": True}, pin=False),
     ),
 )
