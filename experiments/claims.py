@@ -50,6 +50,10 @@ def consistency() -> list[tuple[str, Side]]:
 FAMILY_CELLS = ("video_wam", "joint_wam", "latent_finetune", "latent_finetune_k8cn_n20")
 
 
+# baseline_quality's cell that runs the cnn_bc.py:mt10_n20 preset as it stands (session 28).
+CNN_CELL = "cnn_bc_history1_lr1e-3_steps8000"
+
+
 def best_family(root, records_root=None) -> str:
   """Claim 4's "best world-action family": the families cell with the highest pooled success at N=20
   (its finished runs and records); the video WAM while none has finished."""
@@ -111,6 +115,10 @@ def comparisons(best: str = FAMILY_CELLS[0]) -> list[Comparison]:
                          Side(instr, "hybrid_n20"), Side(fam, best)))
   for cell in FAMILY_CELLS:  # the families side by side at N=20
     rows.append(Comparison("all", f"{cell} vs VLA, N=20", Side(fam, cell), vla(20)))
+  # The strongest reference at N=20: the protocol's plain CNN at its preset (baseline_quality, session 28).
+  cnn = Side(workdir("baseline_quality"), CNN_CELL)
+  rows.append(Comparison("all", "plain CNN (cnn_bc.py preset) vs VLA, N=20", cnn, vla(20)))
+  rows += [Comparison("all", f"{cell} vs the plain CNN, N=20", Side(fam, cell), cnn) for cell in FAMILY_CELLS]
   # The families sweep runs the joint WAM and its video_weight=0 twin on three seeds at N=20 (the
   # joint_wam_data_efficiency rows above have seed 0): the video objective's effect, claims 1 and 3.
   joint, no_video = Side(fam, "joint_wam"), Side(fam, "joint_wam_no_video")

@@ -131,3 +131,17 @@ def test_the_shipped_consistency_cells_exist():
     name, version = side.sweep.rsplit("_v", 1)
     sweep = importlib.import_module(f"experiments.sweeps.{name}").SWEEP
     assert int(version) == sweep.version and side.cell in {c.name for c in sweep.cells}, side
+
+
+def test_the_cnn_reference_cell_is_the_cnn_preset():
+  """The claims' plain-CNN row reads ``claims.CNN_CELL`` as "the cnn_bc.py:mt10_n20 preset": the cell's
+  config must be exactly the preset's (the trainer's run identity), or the row names the wrong run."""
+  from experiments.configs import cnn_bc  # pylint: disable=g-import-not-at-top
+  from experiments.sweeps import baseline_quality  # pylint: disable=g-import-not-at-top
+  from wam_jax.ablations import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  from wam_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  cell = sweep_lib.load_config(baseline_quality.SWEEP.cell(claims.CNN_CELL), seed=0)
+  preset = cnn_bc.get_config("mt10_n20")
+  preset.seed = 0
+  as_json = lambda c: json.loads(c.to_json_best_effort())
+  assert trainer.config_changes(as_json(preset), as_json(cell)) == {}
