@@ -27,8 +27,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     from experiments.configs import protocol  # pylint: disable=g-import-not-at-top
     protocol.apply(config, protocol.n_demos_of(arg))
     # One observation frame in bf16 (as the VLA preset reads frames: 5.2 GFLOPs per step) and a 3x
-    # higher peak learning rate: 76% (70-82) at N=20, seed 0, where two frames in float32 at 3e-4 gave
-    # 48% at 2000 steps and 70.5% at 10000 (BUILD_NOTES.md, baseline quality, session 28).
+    # higher peak learning rate: 77.5% (74-81) at N=20 over three seeds in ~13 min of training, where two
+    # frames in float32 at 3e-4 gave 48% at 2000 steps and 70.5% at 10000 (BUILD_NOTES.md, baseline
+    # quality, session 28).
     config.data.history = 1
     config.train.update(steps=8000, learning_rate=1e-3, compute_dtype="bfloat16")
   elif arg != "tiny":
