@@ -288,7 +288,8 @@ def test_config_errors_name_the_field():
   cfg.model.frames = "voxels"
   with pytest.raises(ValueError, match="config.model.frames"):
     registry.check_model_config(cfg.model)
-  for field, value in [("keypoints", 8), ("stem_strides", (1, 2)), ("flat_token", True)]:  # the ImageTokenizer's, not the predictor's
+  # The ImageTokenizer's fields, not the predictor's.
+  for field, value in [("keypoints", 8), ("stem_strides", (1, 2)), ("flat_token", True)]:
     cfg = small_config("policy_tiny")
     cfg.model[field] = value
     with pytest.raises(ValueError, match=f"config.model.{field}=.*the video predictor reads frames"):

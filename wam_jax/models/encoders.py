@@ -180,22 +180,20 @@ class ImageTokenizer(nn.Module):
     tok_BTND = layers.logical_dense(self.width, ("patch", "embed"), dot_general=self.dot_general,
                                     name="patch_embed")(patches)
     tok_BTND = tok_BTND + layers.learned_embedding(self, "pos", (n, self.width), ("length", "embed"))
+    extra = []  # (name, features [B, T, 1, F]): one more token per frame each, after the patches
     if k:
       logits = layers.Conv(k, (1, 1), names=(None, None, None, None), name="keypoint_logits")(level)
       log_temp = self.param("keypoint_log_temperature", nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
                             (k,))
-      kp_NK2 = spatial_softmax(logits, jnp.exp(log_temp))
-      kp_tok = layers.logical_dense(self.width, (None, "embed"), dot_general=self.dot_general,
-                                    name="keypoint_embed")(kp_NK2.reshape(b, t, 1, 2 * k))
-      kp_tok = kp_tok + layers.learned_embedding(self, "keypoint_pos", (self.width,), ("embed",))
-      tok_BTND = jnp.concatenate([tok_BTND, kp_tok.astype(tok_BTND.dtype)], axis=2)
-      n += 1
+      extra.append(("keypoint", spatial_softmax(logits, jnp.exp(log_temp)).reshape(b, t, 1, 2 * k)))
     if self.image.flat_token:
-      flat_tok = layers.logical_dense(self.width, (None, "embed"), dot_general=self.dot_general,
-                                      name="flat_embed")(patches.reshape(b, t, 1, -1))
-      flat_tok = flat_tok + layers.learned_embedding(self, "flat_pos", (self.width,), ("embed",))
-      tok_BTND = jnp.concatenate([tok_BTND, flat_tok.astype(tok_BTND.dtype)], axis=2)
-      n += 1
+      extra.append(("flat", patches.reshape(b, t, 1, -1)))
+    for name, features_BT1F in extra:  # each embedded by its own matrix, with its own learned position
+      tok_BT1D = layers.logical_dense(self.width, (None, "embed"), dot_general=self.dot_general,
+                                      name=f"{name}_embed")(features_BT1F)
+      tok_BT1D = tok_BT1D + layers.learned_embedding(self, f"{name}_pos", (self.width,), ("embed",))
+      tok_BTND = jnp.concatenate([tok_BTND, tok_BT1D.astype(tok_BTND.dtype)], axis=2)
+    n += len(extra)
     tok_BTND = tok_BTND + layers.learned_embedding(self, "time", (t, self.width), ("time", "embed"))[:, None]
     mask_BTN = jnp.broadcast_to(mask_BT[:, :, None], (b, t, n))
     return tok_BTND.reshape(b, t * n, self.width), mask_BTN.reshape(b, t * n)
