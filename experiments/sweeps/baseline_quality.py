@@ -71,9 +71,9 @@ CNN = "experiments/configs/cnn_bc.py:mt10_n20"
 
 
 def _cell(name: str, overrides: dict = None, config: str = "experiments/configs/vla_baseline.py:mt10_n20",
-          pin: bool = True) -> Cell:
+          pin: bool = True, n_demos: int = 20) -> Cell:
   overrides = {**(V2_PRESET if pin else {}), **(overrides or {})}
-  return Cell(name=name, config=config, overrides=overrides, method=name, n_demos=20)
+  return Cell(name=name, config=config, overrides=overrides, method=name, n_demos=n_demos)
 
 
 SWEEP = Sweep(
@@ -113,5 +113,8 @@ SWEEP = Sweep(
               {**CNN_V3_PRESET, **CNN_HISTORY1, "train.steps": 8000, "train.learning_rate": 1e-3}, config=CNN,
               pin=False),
         _cell("flat_token", {"model.flat_token": True}, pin=False),
+        _cell("lr1e-3", {"train.learning_rate": 1e-3}, pin=False),
+        _cell("cnn_bc_n2_steps2000", {"train.steps": 2000}, config="experiments/configs/cnn_bc.py:mt10_n2",
+              pin=False, n_demos=2),
     ),
 )
