@@ -379,6 +379,30 @@ def test_a_run_finished_by_a_sibling_sweep_is_linked_not_retrained(tmp_path, mon
   assert started == []
 
 
+def test_a_changed_cell_is_accepted_only_while_it_still_builds_the_runs_it_holds(tmp_path):
+  """Pinning a cell to the preset its runs were trained with (the preset has moved on since) leaves its
+  workdir usable and is recorded; a change that would train another run is refused, naming the run."""
+  vla = "experiments/configs/vla_baseline.py:tiny"
+  first = sweep_lib.Sweep(name="s", version=1, seeds=(0,), cells=(sweep_lib.Cell("c", vla),))
+  sweep_lib.write_sweep_json(first, tmp_path)
+  run = tmp_path / "c" / "seed_0"
+  run.mkdir(parents=True)
+  (run / "config.json").write_text(sweep_lib.load_config(first.cells[0], 0).to_json_best_effort())
+
+  pinned = sweep_lib.Sweep(name="s", version=1, seeds=(0,), cells=(
+      sweep_lib.Cell("c", vla, overrides={"train.steps": 1000}),  # the tiny preset's own value
+      sweep_lib.Cell("new", vla, overrides={"train.steps": 7})))
+  sweep_lib.write_sweep_json(pinned, tmp_path)
+  saved = json.loads((tmp_path / "sweep.json").read_text())
+  assert [c["overrides"] for c in saved["cells"]] == [{"train.steps": 1000}, {"train.steps": 7}]
+
+  moved = sweep_lib.Sweep(name="s", version=1, seeds=(0,), cells=(
+      sweep_lib.Cell("c", vla, overrides={"train.steps": 5}),))
+  with pytest.raises(ValueError, match=r"cell 'c' .* no longer describes its run\(s\) \['seed_0'\]"):
+    sweep_lib.write_sweep_json(moved, tmp_path)
+  assert json.loads((tmp_path / "sweep.json").read_text()) == saved
+
+
 def test_extra_evaluations_run_after_each_finished_run_and_have_their_own_report(tmp_path, monkeypatch):
   """Sweep.extra_evals: each finished run is evaluated again (eval.py --as_trained + the flags) into
   eval_<name>/, after its training; a failed one is retried on rerun without retraining; the

@@ -1176,10 +1176,17 @@ def write_sweep_json(sweep: Sweep, workdir: pathlib.Path) -> None:
     old = {c["name"]: c for c in saved["cells"]}
     for cell in sweep.cells:
       if cell.name in old and old[cell.name] != cell.spec():
-        raise ValueError(f"cell {cell.name!r} of sweep {sweep.name} v{sweep.version} changed since "
-                         f"{workdir} was started ({old[cell.name]} -> {cell.spec()}): bump the "
-                         f"sweep's version and use another --workdir")
-    cells = saved["cells"] + [c.spec() for c in sweep.cells if c.name not in old]
+        mismatch = _runs_it_no_longer_describes(cell, workdir)
+        if mismatch:
+          raise ValueError(f"cell {cell.name!r} of sweep {sweep.name} v{sweep.version} changed since "
+                           f"{workdir} was started ({old[cell.name]} -> {cell.spec()}) and no longer "
+                           f"describes its run(s) {mismatch}: bump the sweep's version and use another "
+                           f"--workdir")
+    # A cell whose spec changed but still builds exactly the runs it holds (e.g. its overrides now pin
+    # what its config's preset used to be) is recorded as it is now.
+    now = {c.name: c.spec() for c in sweep.cells}
+    cells = [now.get(c["name"], c) for c in saved["cells"]] + [
+        c.spec() for c in sweep.cells if c.name not in old]
   else:
     cells = [c.spec() for c in sweep.cells]
   workdir.mkdir(parents=True, exist_ok=True)
@@ -1188,6 +1195,27 @@ def write_sweep_json(sweep: Sweep, workdir: pathlib.Path) -> None:
   if (saved or {}).get("extra_evals"):  # added evaluations accumulate, as cells
     record["extra_evals"] = {**saved["extra_evals"], **record.get("extra_evals", {})}
   _write_json(path, record)
+
+
+def _runs_it_no_longer_describes(cell: Cell, workdir: pathlib.Path) -> list[str]:
+  """The run directories of ``cell`` in ``workdir`` (a train cell's ``seed_*`` with a config.json)
+  that ``cell`` as it is now would not train (``same_run``); label and eval cells, whose runs have no
+  config, are never described by a changed spec (all their runs are listed)."""
+  runs = sorted(p for p in (workdir / cell.name).glob("seed_*") if (p / "config.json").exists()
+                or cell.kind != "train")
+  if cell.kind != "train":
+    return [p.name for p in runs]
+  stale = []
+  for rdir in runs:
+    seed = int(rdir.name[len("seed_"):])
+    try:
+      current = json.loads(load_config(cell, seed, workdir).to_json_best_effort())
+    except ValueError as e:
+      stale.append(f"{rdir.name} ({e})")
+      continue
+    if not same_run(read_json(rdir / "config.json"), current):
+      stale.append(rdir.name)
+  return stale
 
 
 def sweep_meta(sweep: Sweep) -> dict:
