@@ -24,6 +24,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       keypoints=0,          # K > 0: spatial-softmax keypoints of stem level keypoint_level, one token per frame
       keypoint_level=0,     # index into stem: 0 = the first convolution's map (64 px: 32 x 32)
       flat_token=False,     # one more token per frame: all its patch features through one matrix (cnn_bc's readout)
+      text_pool=False,      # the instruction as one token (mean of its byte embeddings), not one per byte
       dropout=0.0,
       # Which action head: config.model.head.name in l1, mse, diffusion, flow, discrete; each
       # generative head's fields under head.<name>.* (defaults: wam_jax/models/heads).

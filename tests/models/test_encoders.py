@@ -146,3 +146,30 @@ def test_image_fields_read_a_config_into_one_hashable_value():
                                        flat_token=True)
   assert hash(image) == hash(encoders.ImageFields((32, 64), (1, 2), 8, 0, True))
   assert encoders.image_fields(ml_collections.ConfigDict()) == encoders.ImageFields()
+
+
+def test_text_pool_is_one_token_the_mean_of_the_valid_byte_tokens():
+  """``text_pool``: the instruction becomes one token, the masked mean of the same (unpooled) byte
+  tokens with the same parameters; padding bytes past the mask do not move it."""
+  b, length, width = 2, 6, 16
+  ids = jnp.array([[5, 9, 2, 7, 0, 0], [3, 3, 8, 1, 4, 6]])
+  batch = {"image_cam": jnp.asarray(_frames(b=b, t=1, s=16)), "history_mask": jnp.ones((b, 1), bool),
+           "proprio": jnp.ones((b, 1, 4)), "language_tokens": ids,
+           "language_mask": jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool),
+           "dataset_id": jnp.zeros((b,), jnp.int32)}
+  make = lambda pool: encoders.ObservationEncoder(width=width, patch_size=8, cameras=("cam",), vocab_size=16,
+                                                  num_datasets=1, text_pool=pool)
+  full, pooled = make(False), make(True)
+  params = full.init(jax.random.PRNGKey(0), batch)
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+      pooled.init(jax.random.PRNGKey(0), batch))
+  tok_full, mask_full = full.apply(params, batch)
+  tok_pool, mask_pool = pooled.apply(params, batch)
+  assert tok_pool.shape == (b, tok_full.shape[1] - (length - 1), width)
+  text = slice(-1 - length, -1)  # the text tokens sit just before the dataset token
+  expected = np.stack([np.asarray(tok_full[0, text][:4]).mean(0), np.asarray(tok_full[1, text]).mean(0)])
+  np.testing.assert_allclose(tok_pool[:, -2], expected, rtol=1e-5, atol=1e-6)
+  assert mask_pool[:, -2].all() and mask_pool.shape == tok_pool.shape[:2]
+  np.testing.assert_array_equal(tok_pool[:, :-2], tok_full[:, :text.start])  # images, proprio unchanged
+  moved = dict(batch, language_tokens=ids.at[0, 4:].set(11))  # other bytes where the mask is False
+  np.testing.assert_allclose(pooled.apply(params, moved)[0], tok_pool, rtol=0, atol=0)

@@ -212,11 +212,19 @@ class TextTokenizer(nn.Module):
     return x + layers.learned_embedding(self, "pos", (ids_BL.shape[1], self.width), ("length", "embed"))
 
 
+def masked_mean(x_BLD, mask_BL):
+  """Mean over the valid positions: [B, L, D], [B, L] -> [B, D] (zeros where a row has none)."""
+  m_BL = mask_BL.astype(x_BLD.dtype)
+  return (x_BLD * m_BL[..., None]).sum(1) / jnp.maximum(m_BL.sum(1), 1.0)[:, None]
+
+
 class ObservationEncoder(nn.Module):
   """All observation tokens of a batch: cameras, proprio, instruction, dataset id.
 
   Returns tokens [B, N, D] and mask [B, N]. Each camera has its own patch
-  embedding; proprio is one token per history step.
+  embedding; proprio is one token per history step. ``text_pool``: the instruction is one token,
+  the mean of its (position-embedded) byte embeddings, instead of one token per byte (L of them):
+  the plain CNN's task embedding, and L - 1 fewer tokens through every block.
   """
   width: int
   patch_size: int
@@ -225,6 +233,7 @@ class ObservationEncoder(nn.Module):
   num_datasets: int
   dot_general: layers.DotGeneral = None
   image: ImageFields = ImageFields()  # each camera's ImageTokenizer: stem, strides, keypoints
+  text_pool: bool = False
 
   @nn.compact
   def __call__(self, batch):
@@ -241,8 +250,13 @@ class ObservationEncoder(nn.Module):
     proprio = proprio + layers.learned_embedding(self, "proprio_time", (proprio.shape[1], self.width), ("time", "embed"))
     tokens.append(proprio)
     masks.append(history_mask)
-    tokens.append(TextTokenizer(self.width, self.vocab_size, name="text")(batch["language_tokens"]))
-    masks.append(batch["language_mask"])
+    text_BLD = TextTokenizer(self.width, self.vocab_size, name="text")(batch["language_tokens"])
+    text_mask_BL = batch["language_mask"]
+    if self.text_pool:
+      text_BLD = masked_mean(text_BLD, text_mask_BL)[:, None]
+      text_mask_BL = text_mask_BL.any(axis=1, keepdims=True)
+    tokens.append(text_BLD)
+    masks.append(text_mask_BL)
     dataset_tok = nn.Embed(self.num_datasets, self.width, name="dataset",
                            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")))(
                                batch["dataset_id"])

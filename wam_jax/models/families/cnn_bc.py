@@ -55,9 +55,7 @@ class CNNBC(nn.Module):
         (batch["proprio"] * batch["history_mask"][:, :, None]).reshape(b, -1)))
     emb = nn.Embed(self.vocab_size, cfg.width, name="text",
                    embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
-    mask_BL = batch["language_mask"].astype(jnp.float32)
-    feats.append((emb(batch["language_tokens"]) * mask_BL[..., None]).sum(1)
-                 / jnp.maximum(mask_BL.sum(1, keepdims=True), 1.0))
+    feats.append(encoders.masked_mean(emb(batch["language_tokens"]), batch["language_mask"]))
     feats.append(nn.Embed(self.num_datasets, cfg.width, name="dataset",
                           embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")))(
                               batch["dataset_id"]))
