@@ -98,6 +98,9 @@ def check_compatible(video_cfg, video_names, video_norm, idm_cfg, idm_names, idm
   if idm_cfg.model.name != "idm":
     raise ValueError(f"--idm_workdir: config.model.name={idm_cfg.model.name!r}, expected 'idm' "
                      "(e.g. experiments/configs/idm_wam.py:idm_tiny)")
+  if idm_cfg.model.get("use_future_proprio", False):
+    raise ValueError("--idm_workdir: config.model.use_future_proprio=True: the IDM reads the robot's state at "
+                     "t+k, which a video model's plan does not have; plan with an IDM trained on frames only")
   for field in SHARED_DATA_FIELDS:
     v, i = _field(video_cfg.data, field), _field(idm_cfg.data, field)
     if v != i:

@@ -58,7 +58,8 @@ def _sizes(**extra) -> dict:
 def idm_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_sizes(
       name="idm",
-      use_proprio=True,        # proprio at t-h+1..t (the future's proprio is never seen)
+      use_proprio=True,        # proprio at t-h+1..t
+      use_future_proprio=False,  # also the proprio at t+k (robot logs that record state; not plan-with-video)
       use_language=False,      # the instruction; off: labels depend on what the frames show only
       frame_difference=True,   # tokens of o_t+k - o_t beside both frames
       head=heads.default_head_config("l1"),

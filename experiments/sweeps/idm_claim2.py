@@ -15,6 +15,11 @@ seed:
   bound of pseudo-labelling, the pool's coverage without the IDM's label noise. Where vla_pseudo_n{N}
   lands between vla_n{N} and vla_oracle_n{N} says whether the labels or the extra scenes limit it.
 
+- idm_state_n{N} / label_state_n{N} / vla_state_pseudo_n{N} (added in session 29): the same three steps
+  with an IDM that also reads the robot's proprio at t+k (``model.use_future_proprio``). The oracle showed
+  that the labels limit pseudo-labelling at N=2; the pool records the hand's state at every step (only the
+  actions are dropped), as robot logs without actions usually do, and where the hand went is most of
+  what the actions did. Not a video-only method: it cannot label human or web video, or plan.
 The latent-action method of claim 2 is the latent_actions sweep."""
 
 from wam_jax.ablations.sweep import Cell, Sweep
@@ -37,6 +42,13 @@ def _cells(n):
       Cell(name=f"vla_oracle_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
            overrides={"data.mixture": ((demos, 1.0), (ORACLE, 1.0))}, data_from={ORACLE: "label_oracle"},
            method="vla_oracle_labels", n_demos=n),
+      Cell(name=f"idm_state_n{n}", config=f"experiments/configs/idm_wam.py:idm_mt10_n{n}",
+           overrides={"model.use_future_proprio": True}, method="idm_state", n_demos=n),
+      Cell(name=f"label_state_n{n}", kind="label", init_from=f"idm_state_n{n}", method="state_pseudo_labels",
+           n_demos=n),
+      Cell(name=f"vla_state_pseudo_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
+           overrides={"data.mixture": ((demos, 1.0), (labelled, 1.0))}, data_from={labelled: f"label_state_n{n}"},
+           method="vla_state_pseudo_labels", n_demos=n),
   )
 
 

@@ -52,6 +52,8 @@ def test_window_edges(t, hist, hmask, fut, fmask, amask):
   np.testing.assert_array_equal(w["future_mask"], np.array(fmask, bool))
   np.testing.assert_array_equal(w["action_mask"], np.array(amask, bool))
   np.testing.assert_array_equal(w["proprio"][:, 0], hist)  # Same history steps as frames.
+  np.testing.assert_array_equal(w["future_proprio"][:, 0], fut)  # Same future steps as frames.
+  assert w["future_proprio"].shape == (2, 5)
   assert w["proprio"].shape == (3, 5) and not w["proprio"][:, 4:].any()
   n = sum(amask)
   np.testing.assert_array_equal(w["actions"][:n, 0], 100 + np.arange(t, t + n))

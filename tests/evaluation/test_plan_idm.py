@@ -149,6 +149,7 @@ def test_the_presets_chain_and_mismatches_fail_in_one_line_naming_the_field():
       ("--video_workdir: config.model.name='vla'", lambda c: c.model.update(name="vla"), None),
       ("--idm_workdir: config.model.name='latent_action', expected 'idm'",
        None, lambda c: c.model.update(name="latent_action")),
+      ("--idm_workdir: config.model.use_future_proprio=True", None, lambda c: c.model.update(use_future_proprio=True)),
   ]
   for field, video_edit, idm_edit in cases:
     with pytest.raises(ValueError, match=f"^{re.escape(field)}") as e:

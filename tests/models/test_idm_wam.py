@@ -139,6 +139,57 @@ def test_idm_predict_actions_needs_the_future_frame(built):
                              jax.random.key(0))
 
 
+def _state_system(cfg, n, seed):
+  """Frames that show nothing (one grey image); the hand starts at the origin and moves by the chunk's
+  one repeated action each step, so only future_proprio tells the chunk: [n] windows of batch.py keys."""
+  batch = make_batch(cfg, n, seed=seed)
+  rs = np.random.RandomState(seed)
+  k = cfg.data.action_horizon
+  v = rs.uniform(-1, 1, (n, 1, cfg.data.action_dim)).astype(np.float32)
+  for key in batch:
+    if "image" in key:
+      batch[key] = np.full_like(batch[key], 128)
+  batch.update(actions=np.repeat(v, k, axis=1), action_mask=np.ones((n, k), bool),
+               action_dim_mask=np.ones((n, cfg.data.action_dim), bool),
+               history_mask=np.ones_like(batch["history_mask"]), future_mask=np.ones_like(batch["future_mask"]))
+  batch["proprio"] = np.zeros_like(batch["proprio"])  # the hand starts at the origin
+  batch["future_proprio"] = 0.5 * k * v[:, :, :batch["proprio"].shape[-1]]
+  return batch
+
+
+def test_future_proprio_lets_the_idm_read_the_chunk_the_frames_do_not_show():
+  """``model.use_future_proprio``: the IDM learns a chunk that only the state at t+k reveals (blank
+  frames) to a small error; the same IDM without it cannot beat predicting the mean. Masked-out
+  future steps (past the episode end) leave the prediction unchanged."""
+  errors = {}
+  for use in (True, False):
+    cfg = small_config()
+    cfg.model.use_future_proprio = use
+    cfg.data.update(action_dim=4, proprio_dim=4)
+    train, held_out = _state_system(cfg, 128, 0), _state_system(cfg, 64, 1)
+    model, params = init(cfg, train)
+    tx = optax.adam(3e-3)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, batch):
+      (_, _), grads = jax.value_and_grad(lambda p: registry.loss_fn(model, p, batch, jax.random.key(1)),
+                                         has_aux=True)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+    for _ in range(150):
+      params, opt_state = step(params, opt_state, train)
+    predict = jax.jit(lambda p, b: registry.predict_actions(model, p, b, jax.random.key(0)))
+    errors[use] = float(np.abs(np.asarray(predict(params, held_out)) - held_out["actions"]).mean())
+    if use:
+      moved = dict(held_out, future_proprio=held_out["future_proprio"] + 1.0)
+      gone = dict(held_out, future_mask=np.zeros_like(held_out["future_mask"]))
+      gone_moved = dict(moved, future_mask=gone["future_mask"])
+      assert np.abs(np.asarray(predict(params, moved)) - np.asarray(predict(params, held_out))).max() > 0.05
+      np.testing.assert_allclose(predict(params, gone_moved), predict(params, gone), atol=1e-6)
+  assert errors[True] < 0.1 and errors[False] > 0.4, errors  # uniform(-1, 1): the mean's L1 is 0.5
+
+
 # --- latent-action model ---------------------------------------------------------------------------
 
 def test_latent_action_validation_metrics_and_deterministic_codes(built):

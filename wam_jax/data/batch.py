@@ -15,6 +15,7 @@ history_mask            bool     [B, T]                False for padded steps be
 future_image_<cam>      uint8    [B, F, H, W, 3]       frames at t+k, t+2k, ... (world prediction)
 future_mask             bool     [B, F]                False where t+f*k is past the episode end
 proprio                 float32  [B, T, P]             normalized proprio history (zero-padded dims)
+future_proprio          float32  [B, F, P]             normalized proprio at t+k, t+2k, ... (as the future frames)
 actions                 float32  [B, K, A]             normalized chunk a_t..a_{t+K-1}
 action_mask             bool     [B, K]                False past episode end, all False if action-free
 action_dim_mask         bool     [B, A]                True for real (unpadded) action dims

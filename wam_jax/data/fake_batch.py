@@ -23,6 +23,7 @@ def make_batch(config, batch_size: int, seed: int = 0, num_datasets: int = 1) ->
       history_mask=history_mask,
       future_mask=np.ones((batch_size, d.num_future), bool),
       proprio=rs.randn(batch_size, t, p).astype(np.float32),
+      future_proprio=rs.randn(batch_size, d.num_future, p).astype(np.float32),
       actions=np.clip(rs.randn(batch_size, k, a), -1, 1).astype(np.float32),
       action_mask=action_mask,
       action_dim_mask=dim_mask,

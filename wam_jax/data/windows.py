@@ -6,8 +6,8 @@ actions normalized and zero-padded, instruction tokenized); a window at step
 
 * history frames/proprio at t-h+1..t; steps before 0 repeat step 0 and have
   ``history_mask`` False;
-* future frames at t+k, t+2k, ..., t+F*k, clamped to the last step, with
-  ``future_mask`` False past the end;
+* future frames and proprio at t+k, t+2k, ..., t+F*k, clamped to the last step,
+  with ``future_mask`` False past the end;
 * actions a_t..a_{t+H-1}, zero past the end with ``action_mask`` False; an
   action-free dataset gives zeros and an all-False ``action_mask``.
 
@@ -81,6 +81,7 @@ class WindowSpec:
         history_mask=((b, self.history), np.dtype(bool)),
         future_mask=((b, self.num_future), np.dtype(bool)),
         proprio=((b, self.history, self.proprio_dim), np.dtype(np.float32)),
+        future_proprio=((b, self.num_future, self.proprio_dim), np.dtype(np.float32)),
         actions=((b, self.action_horizon, self.action_dim), np.dtype(np.float32)),
         action_mask=((b, self.action_horizon), np.dtype(bool)),
         action_dim_mask=((b, self.action_dim), np.dtype(bool)),
@@ -168,6 +169,7 @@ def cut_window(ep: PreparedEpisode, t: int, wspec: WindowSpec, dataset_id: int) 
     actions[:n] = ep.actions[t:t + n]
   sample.update(
       history_mask=history_mask, future_mask=future_mask, proprio=ep.proprio[hist],
+      future_proprio=ep.proprio[fut],
       actions=actions, action_mask=action_mask, action_dim_mask=ep.action_dim_mask,
       language_tokens=ep.tokens, language_mask=ep.token_mask,
       dataset_id=np.int32(dataset_id), step=np.int32(t))

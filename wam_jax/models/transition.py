@@ -13,6 +13,11 @@ transformer (``layers.Transformer``) over:
   context   proprio, instruction, dataset id (``encoders.ObservationEncoder``
             with no cameras); ``use_proprio`` / ``use_language`` switch the
             first two off (zero proprio, all-False language mask)
+  state     optional (``use_future_proprio``): one token per future step, the
+            proprio at t+jk (masked past the episode end). Robot logs without
+            actions usually still record the robot's state; where the hand went
+            is most of what the actions did. Video without state (humans, the
+            web, a video model's plan) cannot feed it
   queries   Q learned tokens; their outputs [B, Q, D] are the readout
 """
 
@@ -47,6 +52,7 @@ class TransitionEncoder(nn.Module):
   use_proprio: bool = True
   use_language: bool = True
   frame_difference: bool = True
+  use_future_proprio: bool = False
   dropout: float = 0.0
   dot_general: layers.DotGeneral = None
   image: encoders.ImageFields = encoders.ImageFields()  # the frames' tokenizer (motion patches stay pixel differences)
@@ -81,6 +87,12 @@ class TransitionEncoder(nn.Module):
         width=d, patch_size=self.patch_size, cameras=(), vocab_size=self.vocab_size,
         num_datasets=self.num_datasets, dot_general=dg, name="context")(
             context_inputs(batch, use_proprio=self.use_proprio, use_language=self.use_language))
+    if self.use_future_proprio:
+      chex.assert_shape(batch["future_proprio"], (b, f, batch["proprio"].shape[-1]))
+      state_BFD = layers.logical_dense(d, (None, "embed"), dot_general=dg, name="future_proprio")(
+          batch["future_proprio"])
+      tokens.append(state_BFD + layers.learned_embedding(self, "future_proprio_time", (f, d), ("time", "embed")))
+      masks.append(fut_mask_BF)
     queries = layers.learned_embedding(self, "queries", (self.num_queries, d), ("length", "embed"))
     tokens += [ctx_BSD, jnp.broadcast_to(queries[None], (b, self.num_queries, d))]
     masks += [ctx_mask_BS, jnp.ones((b, self.num_queries), bool)]

@@ -37,7 +37,8 @@ class IDM(nn.Module):
         width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
         patch_size=cfg.patch_size, cameras=tuple(data.cameras), num_queries=data.action_horizon,
         vocab_size=self.vocab_size, num_datasets=self.num_datasets, use_proprio=cfg.use_proprio,
-        use_language=cfg.use_language, frame_difference=cfg.frame_difference, dropout=cfg.dropout,
+        use_language=cfg.use_language, frame_difference=cfg.frame_difference,
+        use_future_proprio=cfg.get("use_future_proprio", False), dropout=cfg.dropout,
         dot_general=self.dot_general, image=encoders.image_fields(cfg))
     self.head = build_head(cfg.head, horizon=data.action_horizon, action_dim=data.action_dim,
                            dot_general=self.dot_general)
