@@ -47,9 +47,9 @@ class Built:
   ``value_and_grad(params, actions, batch) -> ((loss, metrics), (g_params, g_actions))`` (train=True), which
   the preset, mask, learning and freezing tests all reuse (compiling is most of these tests' time)."""
 
-  def __init__(self, preset):
-    self.cfg = small_config(preset)
-    self.batch = make_batch(self.cfg, 4, num_datasets=2)
+  def __init__(self, preset, cfg=None, batch=None):
+    self.cfg = small_config(preset) if cfg is None else cfg
+    self.batch = make_batch(self.cfg, 4, num_datasets=2) if batch is None else batch
     self.model, self.params = init(self.cfg, self.batch)
     model = self.model
 
@@ -166,20 +166,10 @@ def test_future_proprio_lets_the_idm_read_the_chunk_the_frames_do_not_show():
     cfg = small_config()
     cfg.model.use_future_proprio = use
     cfg.data.update(action_dim=4, proprio_dim=4)
-    train, held_out = _state_system(cfg, 128, 0), _state_system(cfg, 64, 1)
-    model, params = init(cfg, train)
-    tx = optax.adam(3e-3)
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, batch):
-      (_, _), grads = jax.value_and_grad(lambda p: registry.loss_fn(model, p, batch, jax.random.key(1)),
-                                         has_aux=True)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state
-    for _ in range(150):
-      params, opt_state = step(params, opt_state, train)
-    predict = jax.jit(lambda p, b: registry.predict_actions(model, p, b, jax.random.key(0)))
+    held_out = _state_system(cfg, 64, 1)
+    b = Built("idm_tiny", cfg, _state_system(cfg, 128, 0))
+    params, _ = b.train(150, optax.adam(3e-3))
+    predict = jit(lambda p, x: registry.predict_actions(b.model, p, x, jax.random.key(0)))
     errors[use] = float(np.abs(np.asarray(predict(params, held_out)) - held_out["actions"]).mean())
     if use:
       moved = dict(held_out, future_proprio=held_out["future_proprio"] + 1.0)
