@@ -120,6 +120,7 @@ SWEEP = Sweep(
         _cell("lr1e-3", {"train.learning_rate": 1e-3}, pin=False),
         _cell("text_pool_lr1e-3_steps6000", {"model.text_pool": True, "train.learning_rate": 1e-3,
                                              "train.steps": 6000}, pin=False),
+        _cell("text_pool_lr1e-3", {"model.text_pool": True, "train.learning_rate": 1e-3}, pin=False),
         _cell("cnn_bc_n2_steps2000", {"train.steps": 2000}, config="experiments/configs/cnn_bc.py:mt10_n2",
               pin=False, n_demos=2),
     ),
