@@ -90,12 +90,14 @@ def latent_action_config() -> ml_collections.ConfigDict:
 
 def latent_policy_config() -> ml_collections.ConfigDict:
   lam = latent_action_config()  # must match the restored latent_action run (fields are checked by shape)
-  return ml_collections.ConfigDict(_sizes(name="latent_policy", lam=lam))
+  return ml_collections.ConfigDict(_sizes(name="latent_policy", lam=lam, text_pool=False))
 
 
 def vla_config() -> ml_collections.ConfigDict:
   """The finetune stage: the VLA family, sized as the latent policy so encoder/backbone restore by path."""
-  return ml_collections.ConfigDict(_sizes(name="vla", head=heads.default_head_config("l1")))
+  # text_pool: the instruction as one token (the VLA's model.text_pool); the latent policy's parameters
+  # restore either way (pooling adds none).
+  return ml_collections.ConfigDict(_sizes(name="vla", head=heads.default_head_config("l1"), text_pool=False))
 
 
 def get_config(arg: str = "idm_tiny") -> ml_collections.ConfigDict:

@@ -31,6 +31,7 @@ def model_config() -> ml_collections.ConfigDict:
       frames="pixels",          # "pixels" (frame patches) | "latents" (of the frame autoencoder)
       patch_size=16,            # pixels: patch side in pixels
       stem=(),                  # conv stem of the history frames (VideoPredictor.stem; the VLA's model.stem)
+      text_pool=False,          # the instruction as one token (encoders.ObservationEncoder; the VLA's model.text_pool)
       latent_patch_size=4,      # latents: patch side in latent cells
       autoencoder=frame_autoencoder.autoencoder_config(),
       video=ml_collections.ConfigDict(dict(

@@ -37,6 +37,7 @@ def model_config() -> ml_collections.ConfigDict:
       frames="pixels",          # "pixels" (frame patches) | "latents" (of the frame autoencoder)
       patch_size=16,            # pixels: patch side in pixels
       stem=(),                  # conv stem of the history frames (VideoPredictor.stem; the VLA's model.stem)
+      text_pool=False,          # the instruction as one token (encoders.ObservationEncoder; the VLA's model.text_pool)
       latent_patch_size=4,      # latents: patch side in latent cells (16 x 16 latents -> 16 tokens)
       autoencoder=frame_autoencoder.autoencoder_config(),  # latents: must match the restored run
       video=ml_collections.ConfigDict(dict(

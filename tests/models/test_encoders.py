@@ -173,3 +173,27 @@ def test_text_pool_is_one_token_the_mean_of_the_valid_byte_tokens():
   np.testing.assert_array_equal(tok_pool[:, :-2], tok_full[:, :text.start])  # images, proprio unchanged
   moved = dict(batch, language_tokens=ids.at[0, 4:].set(11))  # other bytes where the mask is False
   np.testing.assert_allclose(pooled.apply(params, moved)[0], tok_pool, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("config,preset", [("vla_baseline", "tiny"), ("video_wam", "policy_tiny"),
+                                           ("joint_wam", "tiny"), ("idm_wam", "latent_policy_tiny")])
+def test_text_pool_reaches_every_family_that_reads_the_instruction(config, preset):
+  """``model.text_pool`` is a field of each family's config and reaches its ObservationEncoder: the
+  pooled instruction makes the lowered loss cheaper (one token instead of L), parameters unchanged."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from wam_jax.data.fake_batch import make_batch  # pylint: disable=g-import-not-at-top
+  from wam_jax.models import registry  # pylint: disable=g-import-not-at-top
+  flops, shapes = {}, {}
+  for pool in (False, True):
+    cfg = importlib.import_module(f"experiments.configs.{config}").get_config(preset)
+    assert cfg.model.text_pool is False  # off by default: saved runs keep their identity
+    cfg.model.text_pool = pool
+    cfg.train.init_from = ""
+    batch = make_batch(cfg, 2)
+    model = registry.build_model(cfg, num_datasets=1)
+    shapes[pool] = jax.eval_shape(lambda b, m=model: registry.init_params(m, jax.random.key(0), b), batch)
+    cost = jax.jit(lambda p, b, m=model: registry.loss_fn(m, p, b, jax.random.key(1), train=False)).lower(
+        shapes[pool], batch).cost_analysis()
+    flops[pool] = (cost if isinstance(cost, dict) else cost[0])["flops"]
+  assert jax.tree_util.tree_structure(shapes[True]) == jax.tree_util.tree_structure(shapes[False])
+  assert flops[True] < 0.95 * flops[False], flops

@@ -40,7 +40,7 @@ class LatentPolicy(nn.Module):
     self.encoder = encoders.ObservationEncoder(
         width=cfg.width, patch_size=cfg.patch_size, cameras=tuple(data.cameras),
         vocab_size=self.vocab_size, num_datasets=self.num_datasets, dot_general=self.dot_general,
-        image=encoders.image_fields(cfg))
+        image=encoders.image_fields(cfg), text_pool=cfg.get("text_pool", False))
     self.latent_queries = self.param(
         "latent_queries", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("length", "embed")),
         (lat.num_tokens, cfg.width))

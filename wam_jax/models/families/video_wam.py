@@ -94,7 +94,7 @@ class VideoWAM(nn.Module):
     # Proprio, instruction and dataset-id tokens; frames are the predictor's own tokens.
     self.encoder = encoders.ObservationEncoder(
         width=cfg.width, patch_size=cfg.patch_size, cameras=(), vocab_size=self.vocab_size,
-        num_datasets=self.num_datasets, dot_general=self.dot_general)
+        num_datasets=self.num_datasets, dot_general=self.dot_general, text_pool=cfg.get("text_pool", False))
     self.predictor = vp.VideoPredictor(
         width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, token_dim=p,
         tokens_per_frame=n, num_cameras=len(data.cameras), history=data.history, num_future=data.num_future,
