@@ -82,6 +82,10 @@ def comparisons(best: str = FAMILY_CELLS[0]) -> list[Comparison]:
                         Side(idm, f"vla_oracle_n{n}"), Side(idm, f"vla_n{n}")),
              Comparison("2", f"IDM pseudo-labels vs the pool's true labels, N={n}",
                         Side(idm, f"vla_pseudo_n{n}"), Side(idm, f"vla_oracle_n{n}")),
+             Comparison("2", f"VLA on demos + pseudo-labels of an IDM that also reads the state at t+k vs demos "
+                        f"only, N={n}", Side(idm, f"vla_state_pseudo_n{n}"), Side(idm, f"vla_n{n}")),
+             Comparison("2", f"state-reading IDM pseudo-labels vs the pool's true labels, N={n}",
+                        Side(idm, f"vla_state_pseudo_n{n}"), Side(idm, f"vla_oracle_n{n}")),
              Comparison("2", f"plan with video, act with IDM vs VLA, N={n}", Side(idm, f"plan_idm_n{n}"),
                         Side(idm, f"vla_n{n}")),
              Comparison("2", f"latent-action pretraining + fine-tune vs VLA, N={n}",
