@@ -274,10 +274,10 @@ def test_dry_run_of_the_idm_claim2_sweep(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   lines = out.stdout.splitlines()
   # The video model is a stage shared by every seed: one run, video_pretrain/seed_0 (stage_seed).
-  assert lines[0] == f"sweep idm_claim2 v{idm_claim2.SWEEP.version}: 14 cells x seeds [0, 1, 2] = 40 runs"
-  plan = [l.split() for l in lines[1:41]]
+  assert lines[0] == f"sweep idm_claim2 v{idm_claim2.SWEEP.version}: 20 cells x seeds [0, 1, 2] = 58 runs"
+  plan = [l.split() for l in lines[1:59]]
   by_name = {(p[0], int(p[p.index("seed") + 1])): p for p in plan}
-  assert len(by_name) == 40 and all(p[p.index("seed") + 2] == "pending" for p in plan)
+  assert len(by_name) == 58 and all(p[p.index("seed") + 2] == "pending" for p in plan)
   assert [k for k in by_name if k[0] == "video_pretrain"] == [("video_pretrain", 0)]
   for s in (0, 1, 2):
     for n in (2, 5):
@@ -286,9 +286,12 @@ def test_dry_run_of_the_idm_claim2_sweep(tmp_path):
       assert by_name[(f"plan_idm_n{n}", s)][-3:] == ["after", f"idm_n{n},", "video_pretrain"]
       assert by_name[(f"vla_pseudo_n{n}", s)][-2:] == ["after", f"label_n{n}"]
       assert by_name[(f"vla_oracle_n{n}", s)][-2:] == ["after", "label_oracle"]
+      assert by_name[(f"label_state_n{n}", s)][1] == "[label]"
+      assert by_name[(f"label_state_n{n}", s)][-2:] == ["after", f"idm_state_n{n}"]
+      assert by_name[(f"vla_state_pseudo_n{n}", s)][-2:] == ["after", f"label_state_n{n}"]
     assert by_name[("label_oracle", s)][1] == "[label]"  # the expert labels: it waits for nothing
   assert all(p[p.index("seed") + 3].startswith("~") for p in plan)  # an estimate for every run
-  assert lines[41].startswith("40 runs to do: ~")
+  assert lines[59].startswith("58 runs to do: ~")
   data = next(l for l in lines if l.startswith("protocol data"))
   assert f"{tmp_path / 'no_data'}/metaworld_video_pool" in data and f"{tmp_path / 'no_data'}/metaworld_mt10_n5" in data
   assert lines[-1].startswith("first command: ") and "pretrain_mt10 " in lines[-1]

@@ -1198,15 +1198,17 @@ def write_sweep_json(sweep: Sweep, workdir: pathlib.Path) -> None:
 
 
 def _runs_it_no_longer_describes(cell: Cell, workdir: pathlib.Path) -> list[str]:
-  """The run directories of ``cell`` in ``workdir`` (a train cell's ``seed_*`` with a config.json)
-  that ``cell`` as it is now would not train (``same_run``); label and eval cells, whose runs have no
-  config, are never described by a changed spec (all their runs are listed)."""
-  runs = sorted(p for p in (workdir / cell.name).glob("seed_*") if (p / "config.json").exists()
-                or cell.kind != "train")
+  """The run directories (``seed_*``) of ``cell`` in ``workdir`` that ``cell`` as it is now would not
+  train (``same_run`` on their config.json). A run without a config.json cannot be shown to match, nor
+  can the runs of label and eval cells (they have none): all of those are listed."""
+  runs = sorted((workdir / cell.name).glob("seed_*"))
   if cell.kind != "train":
     return [p.name for p in runs]
   stale = []
   for rdir in runs:
+    if not (rdir / "config.json").exists():
+      stale.append(f"{rdir.name} (no config.json)")
+      continue
     seed = int(rdir.name[len("seed_"):])
     try:
       current = json.loads(load_config(cell, seed, workdir).to_json_best_effort())
