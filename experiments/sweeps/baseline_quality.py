@@ -49,6 +49,7 @@ byte embeddings, the CNN's task embedding) instead of 32 byte tokens, which take
 13.4 GFLOPs, so 6000 steps at 1e-3 cost less than the preset's 4000. And the CNN preset at N=2 with a
 quarter of its steps (its 8000 steps at 1e-3 gave 24% at N=2 against the VLA's 43%)."""
 
+from experiments.configs.vla_baseline import BYTE_TOKENS
 from wam_jax.ablations.sweep import Cell, Sweep
 
 # The mt10_n20 preset as these cells ran it (session 8): 16 pixel-patch tokens per frame, two history
@@ -76,7 +77,9 @@ CNN = "experiments/configs/cnn_bc.py:mt10_n20"
 
 def _cell(name: str, overrides: dict = None, config: str = "experiments/configs/vla_baseline.py:mt10_n20",
           pin: bool = True, n_demos: int = 20) -> Cell:
-  overrides = {**(V2_PRESET if pin else {}), **(overrides or {})}
+  # Every VLA cell ran the preset as it was before session 30 (BYTE_TOKENS) or sets those fields itself.
+  pinned = {**(BYTE_TOKENS if "vla_baseline.py" in config else {}), **(V2_PRESET if pin else {})}
+  overrides = {**pinned, **(overrides or {})}
   return Cell(name=name, config=config, overrides=overrides, method=name, n_demos=n_demos)
 
 

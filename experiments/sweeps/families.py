@@ -12,6 +12,7 @@ best at N=2), as the same three stages at N=20 (``latent_action_k8cn`` -> ``late
 ``latent_finetune_k8cn_n20``), the same cells and configs as that sweep's chain."""
 
 from experiments.sweeps import latent_actions
+from experiments.configs.vla_baseline import BYTE_TOKENS
 from wam_jax.ablations.sweep import Cell, Sweep
 
 N = 20
@@ -23,7 +24,8 @@ SWEEP = Sweep(
                # v2: the protocol presets train on unaugmented frames (session 8)
     description=__doc__,
     cells=(
-        Cell(name="vla", config=f"experiments/configs/vla_baseline.py:mt10_n{N}", method="vla", n_demos=N),
+        Cell(name="vla", config=f"experiments/configs/vla_baseline.py:mt10_n{N}", overrides=BYTE_TOKENS, method="vla",
+             n_demos=N),
         Cell(name="video_pretrain", config="experiments/configs/video_wam.py:pretrain_mt10", stage_seed=0,
              method="video_pretrain"),
         Cell(name="video_wam", config=f"experiments/configs/video_wam.py:policy_mt10_n{N}",

@@ -3,6 +3,7 @@ discrete tokens), at N=20 demos per MT10 task, 3 seeds. Each head with its defau
 (config.model.head.<name>.*, wam_jax/models/heads); the L1 cell is the same configuration as
 baseline_data_efficiency's vla_l1_n20 (rerun here so the sweep stands alone)."""
 
+from experiments.configs.vla_baseline import BYTE_TOKENS
 from wam_jax.ablations.sweep import Cell, Sweep
 
 SWEEP = Sweep(
@@ -12,6 +13,6 @@ SWEEP = Sweep(
     description=__doc__,
     cells=tuple(
         Cell(name=f"vla_{head}_n20", config="experiments/configs/vla_baseline.py:mt10_n20",
-             overrides={"model.head.name": head}, method=f"vla_{head}", n_demos=20)
+             overrides={**BYTE_TOKENS, "model.head.name": head}, method=f"vla_{head}", n_demos=20)
         for head in ("l1", "diffusion", "flow", "discrete")),
 )

@@ -22,6 +22,7 @@ seed:
   what the actions did. Not a video-only method: it cannot label human or web video, or plan.
 The latent-action method of claim 2 is the latent_actions sweep."""
 
+from experiments.configs.vla_baseline import BYTE_TOKENS
 from wam_jax.ablations.sweep import Cell, Sweep
 
 N_DEMOS = (2, 5)
@@ -34,20 +35,23 @@ def _cells(n):
       Cell(name=f"idm_n{n}", config=f"experiments/configs/idm_wam.py:idm_mt10_n{n}", method="idm", n_demos=n),
       Cell(name=f"label_n{n}", kind="label", init_from=f"idm_n{n}", method="pseudo_labels", n_demos=n),
       Cell(name=f"vla_pseudo_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
-           overrides={"data.mixture": ((demos, 1.0), (labelled, 1.0))}, data_from={labelled: f"label_n{n}"},
+           overrides={**BYTE_TOKENS, "data.mixture": ((demos, 1.0), (labelled, 1.0))},
+           data_from={labelled: f"label_n{n}"},
            method="vla_pseudo_labels", n_demos=n),
       Cell(name=f"plan_idm_n{n}", kind="eval", init_from=f"idm_n{n}", video_from="video_pretrain",
            method="plan_idm", n_demos=n),
-      Cell(name=f"vla_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}", method="vla_l1", n_demos=n),
+      Cell(name=f"vla_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}", overrides=BYTE_TOKENS,
+           method="vla_l1", n_demos=n),
       Cell(name=f"vla_oracle_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
-           overrides={"data.mixture": ((demos, 1.0), (ORACLE, 1.0))}, data_from={ORACLE: "label_oracle"},
+           overrides={**BYTE_TOKENS, "data.mixture": ((demos, 1.0), (ORACLE, 1.0))}, data_from={ORACLE: "label_oracle"},
            method="vla_oracle_labels", n_demos=n),
       Cell(name=f"idm_state_n{n}", config=f"experiments/configs/idm_wam.py:idm_mt10_n{n}",
            overrides={"model.use_future_proprio": True}, method="idm_state", n_demos=n),
       Cell(name=f"label_state_n{n}", kind="label", init_from=f"idm_state_n{n}", method="state_pseudo_labels",
            n_demos=n),
       Cell(name=f"vla_state_pseudo_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
-           overrides={"data.mixture": ((demos, 1.0), (labelled, 1.0))}, data_from={labelled: f"label_state_n{n}"},
+           overrides={**BYTE_TOKENS, "data.mixture": ((demos, 1.0), (labelled, 1.0))},
+           data_from={labelled: f"label_state_n{n}"},
            method="vla_state_pseudo_labels", n_demos=n),
   )
 

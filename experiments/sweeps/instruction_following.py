@@ -10,6 +10,7 @@ Rows: the VLA baseline (its run is reused from baseline_data_efficiency), the hy
 restored from the LLM -> VLM ladder (runs/vlm_tiny, trained once), and the hybrid without the
 ladder (the same network from scratch): the ladder's contribution to (a) and (b)."""
 
+from experiments.configs.vla_baseline import BYTE_TOKENS
 from wam_jax.ablations.sweep import Cell, Sweep
 
 N = 20
@@ -22,7 +23,7 @@ SWEEP = Sweep(
     extra_evals={"paraphrase": {"instructions": "paraphrase"}},
     cells=(
         Cell(name=f"vla_l1_n{N}", config=f"experiments/configs/vla_baseline.py:mt10_n{N}", method="vla_l1",
-             n_demos=N),
+             overrides=BYTE_TOKENS, n_demos=N),
         Cell(name=f"hybrid_n{N}", config=f"experiments/configs/hybrid.py:mt10_n{N}", method="hybrid", n_demos=N),
         Cell(name=f"hybrid_scratch_n{N}", config=f"experiments/configs/hybrid.py:mt10_n{N}",
              overrides={"train.init_from": "", "train.init_from_map": ""}, method="hybrid_scratch", n_demos=N),

@@ -9,6 +9,7 @@ baseline_data_efficiency). Evaluation reports the rollout consistency of the joi
 predicted t+k frames beside success; per-task success on pick-place, push and peg-insert-side is
 the long-horizon part of claim 3."""
 
+from experiments.configs.vla_baseline import BYTE_TOKENS
 from wam_jax.ablations.sweep import Cell, Sweep
 
 N_DEMOS = (2, 5, 20)
@@ -32,6 +33,6 @@ SWEEP = Sweep(
                           "train.grad_norm_of": "video_loss_vs_copy,action_loss"},
                method=f"joint_wam_vnorm{w}", n_demos=n) for w in VNORM_WEIGHTS),
         Cell(name=f"vla_l1_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
-             method="vla_l1", n_demos=n),
+             overrides=BYTE_TOKENS, method="vla_l1", n_demos=n),
     )),
 )

@@ -19,6 +19,7 @@ step 1000 its code adds 15.6 points beyond the task (k=8 alone 7.1; BUILD_NOTES,
 The other two claim-2 methods (a VLA on labels + IDM pseudo-labels, and plan-with-video-act-with-
 IDM) are the idm_claim2 sweep (label and eval cells)."""
 
+from experiments.configs.vla_baseline import BYTE_TOKENS
 from wam_jax.ablations.sweep import Cell, Sweep
 
 N_DEMOS = (2, 5)
@@ -52,7 +53,7 @@ SWEEP = Sweep(
         Cell(name=f"latent_finetune_n{n}", config=f"experiments/configs/idm_wam.py:finetune_mt10_n{n}",
              init_from="latent_policy", method="latent_actions", n_demos=n),
         Cell(name=f"vla_l1_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
-             method="vla_l1", n_demos=n),
+             overrides=BYTE_TOKENS, method="vla_l1", n_demos=n),
     ))
     + variant_chain("k8", {"data.future_offset": 8}, {"data.future_offset": 8})
     + variant_chain("cn", {"model.recon_norm": "copy"})

@@ -3,6 +3,7 @@ demos, 200 training steps (not the budget: a path check, not a result), closed-l
 5 episodes per MT10 task with the protocol's seeds and settings, 1 seed. Run it before a family's
 full sweep."""
 
+from experiments.configs.vla_baseline import BYTE_TOKENS
 from wam_jax.ablations.sweep import Cell, Sweep
 
 SWEEP = Sweep(
@@ -13,7 +14,7 @@ SWEEP = Sweep(
     seeds=(0,),
     cells=(
         Cell(name="vla_l1_n2_200steps", config="experiments/configs/vla_baseline.py:mt10_n2",
-             overrides={"train.steps": 200, "train.ckpt_every": 100, "train.val_every": 100,
+             overrides={**BYTE_TOKENS, "train.steps": 200, "train.ckpt_every": 100, "train.val_every": 100,
                         "eval.episodes_per_task": 5},
              method="vla_l1", n_demos=2),
     ),

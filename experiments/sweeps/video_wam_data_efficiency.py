@@ -6,6 +6,7 @@ the pretraining; both see the pool at weight 0.3 beside the demos), and the VLA 
 labeled data and policy budget (~15 min: the VLA 4000 steps at one frame, the WAM 2000 at two; the
 reference row, as baseline_data_efficiency)."""
 
+from experiments.configs.vla_baseline import BYTE_TOKENS
 from wam_jax.ablations.sweep import Cell, Sweep
 
 N_DEMOS = (2, 5, 20)
@@ -18,7 +19,7 @@ def _cells(n):
       Cell(name=f"video_wam_scratch_n{n}", config=f"experiments/configs/video_wam.py:policy_mt10_n{n}",
            overrides={"train.init_from": ""}, method="video_wam_scratch", n_demos=n),
       Cell(name=f"vla_l1_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
-           method="vla_l1", n_demos=n),
+           overrides=BYTE_TOKENS, method="vla_l1", n_demos=n),
   )
 
 
