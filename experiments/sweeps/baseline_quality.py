@@ -127,6 +127,10 @@ SWEEP = Sweep(
         _cell("text_pool_lr1e-3_steps6000_n2", {"model.text_pool": True, "train.learning_rate": 1e-3,
                                                 "train.steps": 6000},
               config="experiments/configs/vla_baseline.py:mt10_n2", pin=False, n_demos=2),
+        # Session 30: the pooled preset at lr 1e-3 scored 38% and 41% at N=2 (seeds 0, 1; the byte-token VLA
+        # 40-47%) and 57%, 56% at N=5 (59-61%). Pooled at the old lr 3e-4: is it the learning rate?
+        *(_cell(f"text_pool_lr3e-4_n{n}", {"model.text_pool": True, "train.learning_rate": 3e-4},
+                config=f"experiments/configs/vla_baseline.py:mt10_n{n}", pin=False, n_demos=n) for n in (2, 5)),
         _cell("cnn_bc_n2_steps2000", {"train.steps": 2000}, config="experiments/configs/cnn_bc.py:mt10_n2",
               pin=False, n_demos=2),
     ),
