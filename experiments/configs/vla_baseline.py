@@ -50,11 +50,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       config.data.history = 1
       config.train.steps = 4000
       # The instruction as one token (the masked mean of its byte embeddings, as the plain CNN reads
-      # it) and lr 1e-3. Measured (baseline_quality, N=20): 66% (seed 0) with 32 byte tokens at lr 1e-3,
-      # 74% pooled (seed 0); 74.0% (70-77) pooled over three seeds at 6000 steps. Reach, push and
-      # pick-place go from 5/60 to 18/60; the sequence from 58 tokens to 27 and the step from 24.1 to
-      # 13.4 GFLOPs (7.0 steps/s: ~10 min of training idle). Sweeps that ran the preset before session
-      # 30 pin the old recipe with ``BYTE_TOKENS`` (their runs stay valid).
+      # it) and lr 1e-3. Measured over three seeds (baseline_data_efficiency, vla_pooled_n* against the
+      # byte-token vla_l1_n*): N=20 72% vs 65% (+6.8, CI +1.6..+12.0), reach + push + pick-place 52/180
+      # vs 3/60 (seed 0); N=5 58% vs 60%, N=2 40% vs 43% (both unresolved, both a little lower). The
+      # sequence drops from 58 tokens to 27, the step from 24.1 to 13.4 GFLOPs (7.0 steps/s idle: ~10
+      # min of training). Sweeps that ran the preset before session 30 pin the old recipe with
+      # ``BYTE_TOKENS`` (their runs stay valid).
       config.model.text_pool = True
       config.train.learning_rate = 1e-3
   elif arg == "base":
