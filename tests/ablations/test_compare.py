@@ -145,3 +145,21 @@ def test_the_cnn_reference_cell_is_the_cnn_preset():
   preset.seed = 0
   as_json = lambda c: json.loads(c.to_json_best_effort())
   assert trainer.config_changes(as_json(preset), as_json(cell)) == {}
+
+
+def test_the_vla_reference_cells_are_the_preset_and_the_byte_token_recipe():
+  """``vla_pooled_n*`` is the ``vla_baseline.py:mt10_n*`` preset exactly; ``vla_l1_n*`` (what the families
+  were compared with) differs from it in the instruction's encoding and the learning rate, nothing else."""
+  from experiments.configs import vla_baseline  # pylint: disable=g-import-not-at-top
+  from experiments.sweeps import baseline_data_efficiency  # pylint: disable=g-import-not-at-top
+  from wam_jax.ablations import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  from wam_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  as_json = lambda c: json.loads(c.to_json_best_effort())
+  for n in (2, 5, 20):
+    preset = vla_baseline.get_config(f"mt10_n{n}")
+    preset.seed = 0
+    assert preset.model.text_pool and preset.train.learning_rate == 1e-3
+    cell = lambda name: as_json(sweep_lib.load_config(baseline_data_efficiency.SWEEP.cell(name), seed=0))
+    assert trainer.config_changes(as_json(preset), cell(f"vla_pooled_n{n}")) == {}
+    changed = trainer.config_changes(as_json(preset), cell(f"vla_l1_n{n}"))
+    assert set(changed) == {"model.text_pool", "train.learning_rate"}, changed
