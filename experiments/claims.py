@@ -124,7 +124,7 @@ def comparisons(best: str = FAMILY_CELLS[0]) -> list[Comparison]:
   cnn = Side(workdir("baseline_quality"), CNN_CELL)
   rows.append(Comparison("all", "plain CNN (cnn_bc.py preset) vs VLA, N=20", cnn, vla(20)))
   rows += [Comparison("all", f"{cell} vs the plain CNN, N=20", Side(fam, cell), cnn) for cell in FAMILY_CELLS]
-  # The VLA preset since session 30 reads the instruction as one pooled token (vla_pooled_n*, 74% at N=20):
+  # The VLA preset since session 30 reads the instruction as one pooled token (vla_pooled_n*, 72% at N=20):
   # the strongest VLA. The families still read it as 32 byte tokens, as vla_l1_n* does, so every row
   # against vla_l1_n* above is the like-for-like one; each is repeated against the pooled VLA (but the
   # joint WAM's video-heard variants, one of nine run).

@@ -11,8 +11,8 @@ latent recipe, ``k8cn`` (frame gap 8 + the copy-normalized reconstruction: the l
 best at N=2), as the same three stages at N=20 (``latent_action_k8cn`` -> ``latent_policy_k8cn`` ->
 ``latent_finetune_k8cn_n20``), the same cells and configs as that sweep's chain."""
 
-from experiments.sweeps import latent_actions
 from experiments.configs.vla_baseline import BYTE_TOKENS
+from experiments.sweeps import latent_actions
 from wam_jax.ablations.sweep import Cell, Sweep
 
 N = 20
