@@ -48,7 +48,7 @@ def consistency() -> list[tuple[str, Side]]:
 
 
 # The world-action families at N=20 side by side (the families sweep's cells; issue 15).
-FAMILY_CELLS = ("video_wam", "joint_wam", "latent_finetune", "latent_finetune_k8cn_n20")
+FAMILY_CELLS = ("video_wam", "joint_wam", "latent_finetune", "latent_finetune_k8cn_n20", "joint_wam_pooled")
 
 
 # baseline_quality's cell that runs the cnn_bc.py:mt10_n20 preset as it stands (session 28).
@@ -141,6 +141,11 @@ def comparisons(best: str = FAMILY_CELLS[0]) -> list[Comparison]:
   rows += [Comparison("1", "joint WAM vs its video_weight=0 ablation, N=20 (families)", joint, no_video),
            Comparison("3", "joint WAM vs its video_weight=0 ablation, long tasks, N=20 (families)", joint, no_video,
                       tasks=LONG_TASKS)]
+  # Does a family gain from the pooled instruction what the VLA gained (+6.8 at N=20)? The joint WAM with
+  # the preset's recipe (vla_baseline.POOLED_INSTRUCTION) against itself with byte tokens (session 31; its
+  # rows against both VLAs and the CNN are FAMILY_CELLS').
+  rows.append(Comparison("all", "joint WAM with the pooled instruction vs the joint WAM with byte tokens, N=20 "
+                         "(families)", Side(fam, "joint_wam_pooled"), joint))
   return rows
 
 

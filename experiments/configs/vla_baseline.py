@@ -12,6 +12,9 @@ from wam_jax.models import heads
 # What ``mt10*`` set before session 30 (32 byte tokens of the instruction, lr 3e-4): the overrides by which
 # a sweep cell that ran the preset then still describes its runs (e.g. every family sweep's VLA row).
 BYTE_TOKENS = {"model.text_pool": False, "train.learning_rate": 3e-4}
+# What ``mt10*`` sets since session 30, as overrides: the pooled instruction and its learning rate, for a
+# family's cell that asks whether the family gains from it what the VLA gained (e.g. families:joint_wam_pooled).
+POOLED_INSTRUCTION = {"model.text_pool": True, "train.learning_rate": 1e-3}
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -56,8 +59,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       # sequence drops from 58 tokens to 27, the step from 24.1 to 13.4 GFLOPs (7.0 steps/s idle: ~10
       # min of training). Sweeps that ran the preset before session 30 pin the old recipe with
       # ``BYTE_TOKENS`` (their runs stay valid).
-      config.model.text_pool = True
-      config.train.learning_rate = 1e-3
+      config.update_from_flattened_dict(POOLED_INSTRUCTION)
   elif arg == "base":
     config.model.update(width=512, depth=12, num_heads=8, mlp_dim=2048, patch_size=16)
     config.data.image_size = 128

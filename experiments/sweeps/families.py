@@ -9,9 +9,13 @@ seed 0, for every seed (``stage_seed``; the protocol reuses pretraining across s
 (hybrid) is the instruction_following sweep (claim 4). Added in session 27: family 2's strongest
 latent recipe, ``k8cn`` (frame gap 8 + the copy-normalized reconstruction: the latent_actions sweep's
 best at N=2), as the same three stages at N=20 (``latent_action_k8cn`` -> ``latent_policy_k8cn`` ->
-``latent_finetune_k8cn_n20``), the same cells and configs as that sweep's chain."""
+``latent_finetune_k8cn_n20``), the same cells and configs as that sweep's chain. Added in session 31:
+``joint_wam_pooled``, the joint WAM with the VLA preset's pooled instruction and learning rate
+(``vla_baseline.POOLED_INSTRUCTION``; the VLA gained +6.8 points at N=20 from it): does a family gain the
+same?"""
 
 from experiments.configs.vla_baseline import BYTE_TOKENS
+from experiments.configs.vla_baseline import POOLED_INSTRUCTION
 from experiments.sweeps import latent_actions
 from wam_jax.ablations.sweep import Cell, Sweep
 
@@ -33,6 +37,8 @@ SWEEP = Sweep(
         Cell(name="joint_wam", config=f"experiments/configs/joint_wam.py:mt10_n{N}", method="joint_wam", n_demos=N),
         Cell(name="joint_wam_no_video", config=f"experiments/configs/joint_wam.py:mt10_n{N}",
              overrides={"model.video_weight": 0.0}, method="joint_wam_no_video", n_demos=N),
+        Cell(name="joint_wam_pooled", config=f"experiments/configs/joint_wam.py:mt10_n{N}",
+             overrides=POOLED_INSTRUCTION, method="joint_wam_pooled", n_demos=N),
         Cell(name="latent_action", config="experiments/configs/idm_wam.py:latent_mt10", stage_seed=0,
              method="latent_action"),
         Cell(name="latent_policy", config="experiments/configs/idm_wam.py:latent_policy_mt10", stage_seed=0,

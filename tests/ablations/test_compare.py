@@ -163,3 +163,19 @@ def test_the_vla_reference_cells_are_the_preset_and_the_byte_token_recipe():
     assert trainer.config_changes(as_json(preset), cell(f"vla_pooled_n{n}")) == {}
     changed = trainer.config_changes(as_json(preset), cell(f"vla_l1_n{n}"))
     assert set(changed) == {"model.text_pool", "train.learning_rate"}, changed
+
+
+def test_the_pooled_joint_wam_differs_from_the_joint_wam_only_in_the_vla_presets_instruction_recipe():
+  """``families:joint_wam_pooled`` is the ``joint_wam`` cell with the VLA preset's pooled instruction and
+  learning rate (``vla_baseline.POOLED_INSTRUCTION``), and the claims compare it with the byte-token twin."""
+  from experiments import claims  # pylint: disable=g-import-not-at-top
+  from experiments.sweeps import families  # pylint: disable=g-import-not-at-top
+  from wam_jax.ablations import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  from wam_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  cell = lambda name: json.loads(sweep_lib.load_config(families.SWEEP.cell(name), seed=0).to_json_best_effort())
+  pooled, byte = cell("joint_wam_pooled"), cell("joint_wam")
+  assert trainer.config_changes(byte, pooled) == {"model.text_pool": (False, True),
+                                                  "train.learning_rate": (3e-4, 1e-3)}
+  refs = {(r.method.cell, r.reference.cell) for r in claims.comparisons()}
+  assert {("joint_wam_pooled", "joint_wam"), ("joint_wam_pooled", "vla_pooled_n20"),
+          ("joint_wam_pooled", "vla_l1_n20")} <= refs
