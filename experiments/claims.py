@@ -146,6 +146,8 @@ def comparisons(best: str = FAMILY_CELLS[0]) -> list[Comparison]:
   # rows against both VLAs and the CNN are FAMILY_CELLS').
   rows.append(Comparison("all", "joint WAM with the pooled instruction vs the joint WAM with byte tokens, N=20 "
                          "(families)", Side(fam, "joint_wam_pooled"), joint))
+  rows += [Comparison("all", f"joint WAM with {what} alone vs the joint WAM, N=20 (families)", Side(fam, cell), joint)
+           for what, cell in (("the pooled instruction", "joint_wam_text_pool"), ("lr 1e-3", "joint_wam_lr1e-3"))]
   return rows
 
 

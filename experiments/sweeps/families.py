@@ -12,7 +12,7 @@ best at N=2), as the same three stages at N=20 (``latent_action_k8cn`` -> ``late
 ``latent_finetune_k8cn_n20``), the same cells and configs as that sweep's chain. Added in session 31:
 ``joint_wam_pooled``, the joint WAM with the VLA preset's pooled instruction and learning rate
 (``vla_baseline.POOLED_INSTRUCTION``; the VLA gained +6.8 points at N=20 from it): does a family gain the
-same?"""
+same? And ``joint_wam_text_pool`` / ``joint_wam_lr1e-3``: each half of that recipe alone."""
 
 from experiments.configs.vla_baseline import BYTE_TOKENS
 from experiments.configs.vla_baseline import POOLED_INSTRUCTION
@@ -39,6 +39,10 @@ SWEEP = Sweep(
              overrides={"model.video_weight": 0.0}, method="joint_wam_no_video", n_demos=N),
         Cell(name="joint_wam_pooled", config=f"experiments/configs/joint_wam.py:mt10_n{N}",
              overrides=POOLED_INSTRUCTION, method="joint_wam_pooled", n_demos=N),
+        # Which half of the recipe: the pooled instruction alone, the learning rate alone.
+        *(Cell(name=f"joint_wam_{name}", config=f"experiments/configs/joint_wam.py:mt10_n{N}",
+               overrides={key: POOLED_INSTRUCTION[key]}, method=f"joint_wam_{name}", n_demos=N)
+          for name, key in (("text_pool", "model.text_pool"), ("lr1e-3", "train.learning_rate"))),
         Cell(name="latent_action", config="experiments/configs/idm_wam.py:latent_mt10", stage_seed=0,
              method="latent_action"),
         Cell(name="latent_policy", config="experiments/configs/idm_wam.py:latent_policy_mt10", stage_seed=0,

@@ -176,6 +176,9 @@ def test_the_pooled_joint_wam_differs_from_the_joint_wam_only_in_the_vla_presets
   pooled, byte = cell("joint_wam_pooled"), cell("joint_wam")
   assert trainer.config_changes(byte, pooled) == {"model.text_pool": (False, True),
                                                   "train.learning_rate": (3e-4, 1e-3)}
+  for half, key in (("joint_wam_text_pool", "model.text_pool"), ("joint_wam_lr1e-3", "train.learning_rate")):
+    assert trainer.config_changes(byte, cell(half)) == {key: trainer.config_changes(byte, pooled)[key]}
   refs = {(r.method.cell, r.reference.cell) for r in claims.comparisons()}
   assert {("joint_wam_pooled", "joint_wam"), ("joint_wam_pooled", "vla_pooled_n20"),
-          ("joint_wam_pooled", "vla_l1_n20")} <= refs
+          ("joint_wam_pooled", "vla_l1_n20"), ("joint_wam_text_pool", "joint_wam"),
+          ("joint_wam_lr1e-3", "joint_wam")} <= refs
