@@ -108,6 +108,11 @@ def comparisons(best: str = FAMILY_CELLS[0]) -> list[Comparison]:
                Comparison("3", f"joint WAM, video heard (x{w}), vs VLA, N={n}", heard, vla(n)),
                Comparison("3", f"joint WAM, video heard (x{w}), vs VLA, long tasks, N={n}", heard, vla(n),
                           tasks=LONG_TASKS)]
+  for n in (2, 5):  # the joint WAM with the VLA preset's instruction recipe (N=20: the families rows below)
+    rows += [Comparison("3", f"joint WAM with the pooled instruction vs VLA, N={n}",
+                        Side(joint, f"joint_wam_pooled_n{n}"), vla(n)),
+             Comparison("3", f"joint WAM with the pooled instruction vs the joint WAM with byte tokens, N={n}",
+                        Side(joint, f"joint_wam_pooled_n{n}"), Side(joint, f"joint_wam_n{n}"))]
   for eval_name in ("", "paraphrase"):  # 4. hybrids balance instruction following and dynamics
     what = "unseen paraphrases" if eval_name else "training instructions"
     rows += [Comparison("4", f"hybrid vs VLA, {what}", Side(instr, "hybrid_n20"), Side(instr, "vla_l1_n20"),

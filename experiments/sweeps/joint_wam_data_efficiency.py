@@ -10,6 +10,7 @@ predicted t+k frames beside success; per-task success on pick-place, push and pe
 the long-horizon part of claim 3."""
 
 from experiments.configs.vla_baseline import BYTE_TOKENS
+from experiments.configs.vla_baseline import POOLED_INSTRUCTION
 from wam_jax.ablations.sweep import Cell, Sweep
 
 N_DEMOS = (2, 5, 20)
@@ -34,5 +35,8 @@ SWEEP = Sweep(
                method=f"joint_wam_vnorm{w}", n_demos=n) for w in VNORM_WEIGHTS),
         Cell(name=f"vla_l1_n{n}", config=f"experiments/configs/vla_baseline.py:mt10_n{n}",
              overrides=BYTE_TOKENS, method="vla_l1", n_demos=n),
+        # The VLA preset's instruction recipe (families:joint_wam_pooled: +9.8 at N=20), at every N (session 31).
+        Cell(name=f"joint_wam_pooled_n{n}", config=f"experiments/configs/joint_wam.py:mt10_n{n}",
+             overrides=POOLED_INSTRUCTION, method="joint_wam_pooled", n_demos=n),
     )),
 )
