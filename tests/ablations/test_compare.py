@@ -178,6 +178,12 @@ def test_the_pooled_joint_wam_differs_from_the_joint_wam_only_in_the_vla_presets
                                                   "train.learning_rate": (3e-4, 1e-3)}
   for half, key in (("joint_wam_text_pool", "model.text_pool"), ("joint_wam_lr1e-3", "train.learning_rate")):
     assert trainer.config_changes(byte, cell(half)) == {key: trainer.config_changes(byte, pooled)[key]}
+  from experiments.sweeps import joint_wam_data_efficiency as jw  # pylint: disable=g-import-not-at-top
+  jw_cell = lambda name: json.loads(sweep_lib.load_config(jw.SWEEP.cell(name), seed=0).to_json_best_effort())
+  assert trainer.config_changes(pooled, jw_cell("joint_wam_pooled_n20")) == {}  # the same runs: linked
+  for n in (2, 5):
+    assert trainer.config_changes(jw_cell(f"joint_wam_n{n}"), jw_cell(f"joint_wam_pooled_n{n}")) == \
+        trainer.config_changes(byte, pooled)
   refs = {(r.method.cell, r.reference.cell) for r in claims.comparisons()}
   assert {("joint_wam_pooled", "joint_wam"), ("joint_wam_pooled", "vla_pooled_n20"),
           ("joint_wam_pooled", "vla_l1_n20"), ("joint_wam_text_pool", "joint_wam"),
