@@ -133,18 +133,25 @@ def test_the_shipped_consistency_cells_exist():
     assert int(version) == sweep.version and side.cell in {c.name for c in sweep.cells}, side
 
 
+def _as_json(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def _cell_config(sweep, name: str) -> dict:
+  """The seed-0 config of a shipped sweep's cell, as the trainer compares run identities (JSON)."""
+  from wam_jax.ablations import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  return _as_json(sweep_lib.load_config(sweep.cell(name), seed=0))
+
+
 def test_the_cnn_reference_cell_is_the_cnn_preset():
   """The claims' plain-CNN row reads ``claims.CNN_CELL`` as "the cnn_bc.py:mt10_n20 preset": the cell's
   config must be exactly the preset's (the trainer's run identity), or the row names the wrong run."""
   from experiments.configs import cnn_bc  # pylint: disable=g-import-not-at-top
   from experiments.sweeps import baseline_quality  # pylint: disable=g-import-not-at-top
-  from wam_jax.ablations import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
   from wam_jax.training import trainer  # pylint: disable=g-import-not-at-top
-  cell = sweep_lib.load_config(baseline_quality.SWEEP.cell(claims.CNN_CELL), seed=0)
   preset = cnn_bc.get_config("mt10_n20")
   preset.seed = 0
-  as_json = lambda c: json.loads(c.to_json_best_effort())
-  assert trainer.config_changes(as_json(preset), as_json(cell)) == {}
+  assert trainer.config_changes(_as_json(preset), _cell_config(baseline_quality.SWEEP, claims.CNN_CELL)) == {}
 
 
 def test_the_vla_reference_cells_are_the_preset_and_the_byte_token_recipe():
@@ -152,34 +159,30 @@ def test_the_vla_reference_cells_are_the_preset_and_the_byte_token_recipe():
   were compared with) differs from it in the instruction's encoding and the learning rate, nothing else."""
   from experiments.configs import vla_baseline  # pylint: disable=g-import-not-at-top
   from experiments.sweeps import baseline_data_efficiency  # pylint: disable=g-import-not-at-top
-  from wam_jax.ablations import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
   from wam_jax.training import trainer  # pylint: disable=g-import-not-at-top
-  as_json = lambda c: json.loads(c.to_json_best_effort())
   for n in (2, 5, 20):
     preset = vla_baseline.get_config(f"mt10_n{n}")
     preset.seed = 0
     assert preset.model.text_pool and preset.train.learning_rate == 1e-3
-    cell = lambda name: as_json(sweep_lib.load_config(baseline_data_efficiency.SWEEP.cell(name), seed=0))
-    assert trainer.config_changes(as_json(preset), cell(f"vla_pooled_n{n}")) == {}
-    changed = trainer.config_changes(as_json(preset), cell(f"vla_l1_n{n}"))
+    cell = lambda name: _cell_config(baseline_data_efficiency.SWEEP, name)
+    assert trainer.config_changes(_as_json(preset), cell(f"vla_pooled_n{n}")) == {}
+    changed = trainer.config_changes(_as_json(preset), cell(f"vla_l1_n{n}"))
     assert set(changed) == {"model.text_pool", "train.learning_rate"}, changed
 
 
 def test_the_pooled_joint_wam_differs_from_the_joint_wam_only_in_the_vla_presets_instruction_recipe():
   """``families:joint_wam_pooled`` is the ``joint_wam`` cell with the VLA preset's pooled instruction and
   learning rate (``vla_baseline.POOLED_INSTRUCTION``), and the claims compare it with the byte-token twin."""
-  from experiments import claims  # pylint: disable=g-import-not-at-top
   from experiments.sweeps import families  # pylint: disable=g-import-not-at-top
-  from wam_jax.ablations import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  from experiments.sweeps import joint_wam_data_efficiency  # pylint: disable=g-import-not-at-top
   from wam_jax.training import trainer  # pylint: disable=g-import-not-at-top
-  cell = lambda name: json.loads(sweep_lib.load_config(families.SWEEP.cell(name), seed=0).to_json_best_effort())
+  cell = lambda name: _cell_config(families.SWEEP, name)
+  jw_cell = lambda name: _cell_config(joint_wam_data_efficiency.SWEEP, name)
   pooled, byte = cell("joint_wam_pooled"), cell("joint_wam")
   assert trainer.config_changes(byte, pooled) == {"model.text_pool": (False, True),
                                                   "train.learning_rate": (3e-4, 1e-3)}
   for half, key in (("joint_wam_text_pool", "model.text_pool"), ("joint_wam_lr1e-3", "train.learning_rate")):
     assert trainer.config_changes(byte, cell(half)) == {key: trainer.config_changes(byte, pooled)[key]}
-  from experiments.sweeps import joint_wam_data_efficiency as jw  # pylint: disable=g-import-not-at-top
-  jw_cell = lambda name: json.loads(sweep_lib.load_config(jw.SWEEP.cell(name), seed=0).to_json_best_effort())
   assert trainer.config_changes(pooled, jw_cell("joint_wam_pooled_n20")) == {}  # the same runs: linked
   for n in (2, 5):
     assert trainer.config_changes(jw_cell(f"joint_wam_n{n}"), jw_cell(f"joint_wam_pooled_n{n}")) == \
