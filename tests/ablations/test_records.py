@@ -191,7 +191,7 @@ def test_a_run_recorded_by_another_sweep_is_recorded_for_this_one(tmp_path):
   """link_identical_records: a train cell whose config and seed, and whose chain of init_from
   stages (configs and seeds), match another sweep's recorded run gets that record (naming it); a
   different config, a different stage, a seed without a record, or a run this sweep recorded itself
-  gets none; linked records are not sources."""
+  gets none; linked records are not sources; a stage (one run for every seed) is linked once."""
   vla = "experiments/configs/vla_baseline.py:tiny"
   pretrain, policy = "experiments/configs/video_wam.py:pretrain_tiny", "experiments/configs/video_wam.py:policy_tiny"
   other = sweep_lib.Sweep(name="other", version=2, seeds=(0, 1), cells=(
@@ -199,7 +199,7 @@ def test_a_run_recorded_by_another_sweep_is_recorded_for_this_one(tmp_path):
       sweep_lib.Cell("pretrain", pretrain, stage_seed=0),
       sweep_lib.Cell("policy", policy, init_from="pretrain")))
   odir = records.records_dir("other", 2, tmp_path)
-  for cell, seed in (("vla", 0), ("vla", 1), ("policy", 0), ("policy", 1)):
+  for cell, seed in (("vla", 0), ("vla", 1), ("pretrain", 0), ("policy", 0), ("policy", 1)):
     records.write(odir, {"sweep": "other", "version": 2, "cell": cell, "seed": seed, "evals": {"": {}},
                          "wall_seconds": 60.0, "source": "run here"})
   this = sweep_lib.Sweep(name="this", version=1, seeds=(0, 1, 2), cells=(
@@ -217,8 +217,10 @@ def test_a_run_recorded_by_another_sweep_is_recorded_for_this_one(tmp_path):
                        "source": "its own run"})
   lines = []
   linked = sweep_lib.link_identical_records(this, root=tmp_path, others=[other], log=lines.append)
-  # same_vla seed 1: its own record; seed 2: none anywhere. policy: restored from an identical stage.
-  assert linked == ["same_vla/seed_0", "policy/seed_0", "policy/seed_1"], linked
+  # same_vla seed 1: its own record; seed 2: none anywhere. video_pretrain: one run for the three
+  # seeds, recorded once. policy: restored from an identical stage.
+  assert linked == ["same_vla/seed_0", "video_pretrain/seed_0", "policy/seed_0", "policy/seed_1"], linked
+  assert len(lines) == len(linked)
   rec = json.loads(records.path(rdir, "same_vla", 0).read_text())
   assert (rec["sweep"], rec["version"], rec["cell"], rec["linked_from"]) == ("this", 1, "same_vla",
                                                                              "other v2 vla/seed_0")

@@ -645,8 +645,8 @@ def link_identical_records(sweep: Sweep, seeds: Optional[Sequence[int]] = None, 
   seeds = tuple(sweep.seeds if seeds is None else seeds)
   rdir = records.records_dir(sweep.name, sweep.version, root)
   own = records.recorded(rdir)
-  wanted = [(c, c.seed_of(s)) for c in sweep.cells if _linkable(sweep, c) for s in seeds
-            if (c.name, c.seed_of(s)) not in own]
+  wanted = {(c.name, c.seed_of(s)): (c, c.seed_of(s)) for c in sweep.cells if _linkable(sweep, c)
+            for s in seeds if (c.name, c.seed_of(s)) not in own}  # a stage cell: one run for every seed
   if not wanted:
     return []
   configs = {}
@@ -670,7 +670,7 @@ def link_identical_records(sweep: Sweep, seeds: Optional[Sequence[int]] = None, 
         if not rec.get("linked_from"):
           candidates.append((other, cell, int(p.stem[5:]), rec))
   linked = []
-  for cell, seed in wanted:
+  for cell, seed in wanted.values():
     for other, ocell, oseed, rec in candidates:
       if oseed != seed or not _same_chain((sweep, cell, seed), (other, ocell, oseed), config_of):
         continue
