@@ -43,7 +43,6 @@ def consistency() -> list[tuple[str, Side]]:
   return ([(f"joint WAM, N={n}", Side(joint, f"joint_wam_n{n}")) for n in (2, 5, 20)]
           + [(f"joint WAM, video heard (x{w}), N={n}", Side(joint, f"joint_wam_vnorm{w}_n{n}"))
              for w in VNORM_WEIGHTS for n in (2, 5, 20)]
-          + [("joint WAM, N=20 (families)", Side(workdir("families"), "joint_wam"))]
           + [(f"video WAM, N={n}", Side(video, f"video_wam_n{n}")) for n in (2, 5, 20)])
 
 
@@ -108,7 +107,7 @@ def comparisons(best: str = FAMILY_CELLS[0]) -> list[Comparison]:
                Comparison("3", f"joint WAM, video heard (x{w}), vs VLA, N={n}", heard, vla(n)),
                Comparison("3", f"joint WAM, video heard (x{w}), vs VLA, long tasks, N={n}", heard, vla(n),
                           tasks=LONG_TASKS)]
-  for n in (2, 5):  # the joint WAM with the VLA preset's instruction recipe (N=20: the families rows below)
+  for n in (2, 5, 20):  # the joint WAM with the VLA preset's instruction recipe (vla_baseline.POOLED_INSTRUCTION)
     rows += [Comparison("3", f"joint WAM with the pooled instruction vs VLA, N={n}",
                         Side(joint, f"joint_wam_pooled_n{n}"), vla(n)),
              Comparison("3", f"joint WAM with the pooled instruction vs the joint WAM with byte tokens, N={n}",
@@ -140,17 +139,10 @@ def comparisons(best: str = FAMILY_CELLS[0]) -> list[Comparison]:
            and "video heard" not in r.name]
   rows += [Comparison("all", f"pooled-instruction VLA (the preset) vs VLA with byte tokens, N={n}",
                       pooled(vla(n)), vla(n)) for n in (2, 5, 20)]
-  # The families sweep runs the joint WAM and its video_weight=0 twin on three seeds at N=20 (the
-  # joint_wam_data_efficiency rows above have seed 0): the video objective's effect, claims 1 and 3.
-  joint, no_video = Side(fam, "joint_wam"), Side(fam, "joint_wam_no_video")
-  rows += [Comparison("1", "joint WAM vs its video_weight=0 ablation, N=20 (families)", joint, no_video),
-           Comparison("3", "joint WAM vs its video_weight=0 ablation, long tasks, N=20 (families)", joint, no_video,
-                      tasks=LONG_TASKS)]
-  # Does a family gain from the pooled instruction what the VLA gained (+6.8 at N=20)? The joint WAM with
-  # the preset's recipe (vla_baseline.POOLED_INSTRUCTION) against itself with byte tokens (session 31; its
-  # rows against both VLAs and the CNN are FAMILY_CELLS').
-  rows.append(Comparison("all", "joint WAM with the pooled instruction vs the joint WAM with byte tokens, N=20 "
-                         "(families)", Side(fam, "joint_wam_pooled"), joint))
+  # The joint_wam_data_efficiency N=20 cells are the families' joint WAM cells, the same runs (their
+  # records linked: sweep.link_identical_records), so the rows above read all three seeds. Each half of
+  # the pooled-instruction recipe alone is a families cell only (session 31).
+  joint = Side(fam, "joint_wam")
   rows += [Comparison("all", f"joint WAM with {what} alone vs the joint WAM, N=20 (families)", Side(fam, cell), joint)
            for what, cell in (("the pooled instruction", "joint_wam_text_pool"), ("lr 1e-3", "joint_wam_lr1e-3"))]
   return rows

@@ -172,7 +172,8 @@ def test_the_vla_reference_cells_are_the_preset_and_the_byte_token_recipe():
 
 def test_the_pooled_joint_wam_differs_from_the_joint_wam_only_in_the_vla_presets_instruction_recipe():
   """``families:joint_wam_pooled`` is the ``joint_wam`` cell with the VLA preset's pooled instruction and
-  learning rate (``vla_baseline.POOLED_INSTRUCTION``), and the claims compare it with the byte-token twin."""
+  learning rate (``vla_baseline.POOLED_INSTRUCTION``), and the claims compare it with the byte-token twin
+  at every N (at N=20 through ``joint_wam_data_efficiency``'s cells: the families' runs, linked)."""
   from experiments.sweeps import families  # pylint: disable=g-import-not-at-top
   from experiments.sweeps import joint_wam_data_efficiency  # pylint: disable=g-import-not-at-top
   from wam_jax.training import trainer  # pylint: disable=g-import-not-at-top
@@ -184,10 +185,11 @@ def test_the_pooled_joint_wam_differs_from_the_joint_wam_only_in_the_vla_presets
   for half, key in (("joint_wam_text_pool", "model.text_pool"), ("joint_wam_lr1e-3", "train.learning_rate")):
     assert trainer.config_changes(byte, cell(half)) == {key: trainer.config_changes(byte, pooled)[key]}
   assert trainer.config_changes(pooled, jw_cell("joint_wam_pooled_n20")) == {}  # the same runs: linked
+  assert trainer.config_changes(byte, jw_cell("joint_wam_n20")) == {}
   for n in (2, 5):
     assert trainer.config_changes(jw_cell(f"joint_wam_n{n}"), jw_cell(f"joint_wam_pooled_n{n}")) == \
         trainer.config_changes(byte, pooled)
   refs = {(r.method.cell, r.reference.cell) for r in claims.comparisons()}
-  assert {("joint_wam_pooled", "joint_wam"), ("joint_wam_pooled", "vla_pooled_n20"),
-          ("joint_wam_pooled", "vla_l1_n20"), ("joint_wam_text_pool", "joint_wam"),
-          ("joint_wam_lr1e-3", "joint_wam")} <= refs
+  assert {*((f"joint_wam_pooled_n{n}", f"joint_wam_n{n}") for n in (2, 5, 20)),
+          ("joint_wam_pooled", "vla_pooled_n20"), ("joint_wam_pooled", "vla_l1_n20"),
+          ("joint_wam_text_pool", "joint_wam"), ("joint_wam_lr1e-3", "joint_wam")} <= refs
