@@ -47,7 +47,8 @@ def consistency() -> list[tuple[str, Side]]:
 
 
 # The world-action families at N=20 side by side (the families sweep's cells; issue 15).
-FAMILY_CELLS = ("video_wam", "joint_wam", "latent_finetune", "latent_finetune_k8cn_n20", "joint_wam_pooled")
+FAMILY_CELLS = ("video_wam", "joint_wam", "latent_finetune", "latent_finetune_k8cn_n20", "joint_wam_pooled",
+                "video_wam_pooled")
 
 
 # baseline_quality's cell that runs the cnn_bc.py:mt10_n20 preset as it stands (session 28).
@@ -145,6 +146,8 @@ def comparisons(best: str = FAMILY_CELLS[0]) -> list[Comparison]:
   joint = Side(fam, "joint_wam")
   rows += [Comparison("all", f"joint WAM with {what} alone vs the joint WAM, N=20 (families)", Side(fam, cell), joint)
            for what, cell in (("the pooled instruction", "joint_wam_text_pool"), ("lr 1e-3", "joint_wam_lr1e-3"))]
+  rows.append(Comparison("all", "video WAM with the pooled instruction vs the video WAM with byte tokens, N=20 "
+                         "(families)", Side(fam, "video_wam_pooled"), Side(fam, "video_wam")))
   return rows
 
 

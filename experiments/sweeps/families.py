@@ -12,7 +12,8 @@ best at N=2), as the same three stages at N=20 (``latent_action_k8cn`` -> ``late
 ``latent_finetune_k8cn_n20``), the same cells and configs as that sweep's chain. Added in session 31:
 ``joint_wam_pooled``, the joint WAM with the VLA preset's pooled instruction and learning rate
 (``vla_baseline.POOLED_INSTRUCTION``; the VLA gained +6.8 points at N=20 from it): does a family gain the
-same? And ``joint_wam_text_pool`` / ``joint_wam_lr1e-3``: each half of that recipe alone."""
+same? And ``joint_wam_text_pool`` / ``joint_wam_lr1e-3``: each half of that recipe alone. Added in session
+32: ``video_wam_pooled``, the same recipe on the video WAM (restored from the same video pretraining)."""
 
 from experiments.configs.vla_baseline import BYTE_TOKENS
 from experiments.configs.vla_baseline import POOLED_INSTRUCTION
@@ -34,6 +35,9 @@ SWEEP = Sweep(
              method="video_pretrain"),
         Cell(name="video_wam", config=f"experiments/configs/video_wam.py:policy_mt10_n{N}",
              init_from="video_pretrain", method="video_wam", n_demos=N),
+        # The VLA preset's instruction recipe on the video WAM (the joint WAM gained +9.8 from it; session 32).
+        Cell(name="video_wam_pooled", config=f"experiments/configs/video_wam.py:policy_mt10_n{N}",
+             overrides=POOLED_INSTRUCTION, init_from="video_pretrain", method="video_wam_pooled", n_demos=N),
         Cell(name="joint_wam", config=f"experiments/configs/joint_wam.py:mt10_n{N}", method="joint_wam", n_demos=N),
         Cell(name="joint_wam_no_video", config=f"experiments/configs/joint_wam.py:mt10_n{N}",
              overrides={"model.video_weight": 0.0}, method="joint_wam_no_video", n_demos=N),

@@ -193,3 +193,19 @@ def test_the_pooled_joint_wam_differs_from_the_joint_wam_only_in_the_vla_presets
   assert {*((f"joint_wam_pooled_n{n}", f"joint_wam_n{n}") for n in (2, 5, 20)),
           ("joint_wam_pooled", "vla_pooled_n20"), ("joint_wam_pooled", "vla_l1_n20"),
           ("joint_wam_text_pool", "joint_wam"), ("joint_wam_lr1e-3", "joint_wam")} <= refs
+
+
+def test_the_pooled_video_wam_differs_from_the_video_wam_only_in_the_vla_presets_instruction_recipe():
+  """``families:video_wam_pooled`` is ``video_wam`` (the same video pretraining) with
+  ``vla_baseline.POOLED_INSTRUCTION``, and the claims compare it with its byte-token twin."""
+  from experiments.configs import vla_baseline  # pylint: disable=g-import-not-at-top
+  from experiments.sweeps import families  # pylint: disable=g-import-not-at-top
+  from wam_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  byte, pooled = (_cell_config(families.SWEEP, c) for c in ("video_wam", "video_wam_pooled"))
+  changes = trainer.config_changes(byte, pooled)
+  assert set(changes) == set(vla_baseline.POOLED_INSTRUCTION), changes
+  assert {k: new for k, (_, new) in changes.items()} == vla_baseline.POOLED_INSTRUCTION
+  assert families.SWEEP.cell("video_wam_pooled").init_from == families.SWEEP.cell("video_wam").init_from
+  refs = {(r.method.cell, r.reference.cell) for r in claims.comparisons()}
+  assert {("video_wam_pooled", "video_wam"), ("video_wam_pooled", "vla_l1_n20"),
+          ("video_wam_pooled", "vla_pooled_n20")} <= refs
