@@ -143,8 +143,9 @@ def comparisons(best: str = FAMILY_CELLS[0]) -> list[Comparison]:
   # The joint_wam_data_efficiency N=20 cells are the families' joint WAM cells, the same runs (their
   # records linked: sweep.link_identical_records), so the rows above read all three seeds. Each half of
   # the pooled-instruction recipe alone is a families cell only (session 31).
-  joint = Side(fam, "joint_wam")
-  rows += [Comparison("all", f"joint WAM with {what} alone vs the joint WAM, N=20 (families)", Side(fam, cell), joint)
+  fam_joint = Side(fam, "joint_wam")
+  rows += [Comparison("all", f"joint WAM with {what} alone vs the joint WAM, N=20 (families)", Side(fam, cell),
+                      fam_joint)
            for what, cell in (("the pooled instruction", "joint_wam_text_pool"), ("lr 1e-3", "joint_wam_lr1e-3"))]
   rows.append(Comparison("all", "video WAM with the pooled instruction vs the video WAM with byte tokens, N=20 "
                          "(families)", Side(fam, "video_wam_pooled"), Side(fam, "video_wam")))
